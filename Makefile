@@ -1,0 +1,92 @@
+# mseg.fleet — the two commands a new user needs are `make demo` and `make test`.
+# Every target sets itself up on a fresh Debian 12 machine (run as root): Debian packages,
+# a virtualenv with the pinned Python packages, and a collection path that points at this checkout.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+BUILD := $(CURDIR)/.build
+COLLECTIONS := $(BUILD)/collections
+COLLECTION_LINK := $(COLLECTIONS)/ansible_collections/mseg/fleet
+DEB_PACKAGES := nftables iproute2 iptables ipset debootstrap systemd-container openssh-client \
+	python3-venv rsync procps kmod
+
+export PATH := $(VENV)/bin:$(PATH)
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export ANSIBLE_FORCE_COLOR ?= 0
+export ANSIBLE_NOCOLOR ?= 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+# ---------------------------------------------------------------- set-up
+
+$(BUILD)/debs.stamp: Makefile
+	@mkdir -p $(BUILD)
+	@echo ">>> Debian packages: $(DEB_PACKAGES)"
+	@if dpkg-query -W -f='$${Status}\n' $(DEB_PACKAGES) 2>/dev/null | grep -qv 'install ok installed' \
+	   || [ "$$(dpkg-query -W -f='$${Status}\n' $(DEB_PACKAGES) 2>/dev/null | wc -l)" -ne "$(words $(DEB_PACKAGES))" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PACKAGES) >/dev/null; \
+	fi
+	@touch $@
+
+$(VENV)/.stamp: requirements.txt
+	@echo ">>> virtualenv $(VENV) from requirements.txt"
+	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/python -m pip install -q --upgrade pip
+	@$(VENV)/bin/python -m pip install -q -r requirements.txt
+	@touch $@
+
+$(COLLECTION_LINK):
+	@mkdir -p $(dir $@)
+	@ln -sfn $(CURDIR) $@
+
+.PHONY: setup
+setup: $(BUILD)/debs.stamp $(VENV)/.stamp $(COLLECTION_LINK) ## install Debian packages, the virtualenv and the collection path
+
+# ---------------------------------------------------------------- the two commands
+
+.PHONY: demo
+demo: setup ## render the example inventory and print each host's ruleset summary and the trace matrix
+	@ansible-playbook playbooks/demo.yml
+
+.PHONY: test
+test: setup ## run every test: unit, integration (real nftables in network namespaces), sanity, lint
+	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory integration
+	@$(MAKE) --no-print-directory sanity
+	@$(MAKE) --no-print-directory lint
+
+# ---------------------------------------------------------------- test stages
+
+.PHONY: unit
+unit: setup ## unit tests of the engine and plugins
+	@echo ">>> unit tests"
+	@python -m pytest -q -p no:cacheprovider tests/unit
+
+.PHONY: integration
+integration: setup ## real nftables rulesets in network namespaces (root)
+	@echo ">>> integration tests (network namespaces)"
+	@python -m pytest -q -p no:cacheprovider tests/integration
+
+SANITY_ROOT := $(BUILD)/sanity/ansible_collections/mseg/fleet
+.PHONY: sanity
+sanity: setup ## ansible-test sanity on a copy of the tracked files
+	@echo ">>> ansible-test sanity"
+	@rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_ROOT)
+	@git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --files-from=- ./ $(SANITY_ROOT)/
+	@cd $(SANITY_ROOT) && ansible-test sanity --venv --python 3.11 --color no
+
+.PHONY: lint
+lint: setup ## ansible-lint --profile production
+	@echo ">>> ansible-lint --profile production"
+	@ansible-lint --profile production
+
+.PHONY: clean
+clean: ## remove the virtualenv and build outputs (not the lab cache)
+	rm -rf $(VENV) $(BUILD) tests/output
