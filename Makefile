@@ -75,12 +75,13 @@ integration: setup ## real nftables rulesets in network namespaces (root)
 	@python -m pytest -q -p no:cacheprovider tests/integration
 
 SANITY_ROOT := $(BUILD)/sanity/ansible_collections/mseg/fleet
+SANITY_ARGS ?=
 .PHONY: sanity
 sanity: setup ## ansible-test sanity on a copy of the tracked files
 	@echo ">>> ansible-test sanity"
 	@rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_ROOT)
 	@git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --files-from=- ./ $(SANITY_ROOT)/
-	@cd $(SANITY_ROOT) && ansible-test sanity --venv --python 3.11 --color no
+	@cd $(SANITY_ROOT) && ansible-test sanity --venv --python 3.11 --color no $(SANITY_ARGS)
 
 .PHONY: lint
 lint: setup ## ansible-lint --profile production
