@@ -1,0 +1,126 @@
+# -*- coding: utf-8 -*-
+# Copyright: mseg.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Compile the fleet policy once on the controller; see the documentation stub in plugins/modules/compile.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from ansible.errors import AnsibleActionFail
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.plugins.action import ActionBase
+from ansible_collections.mseg.fleet.plugins.module_utils.errors import MsegError
+from ansible_collections.mseg.fleet.plugins.module_utils.fleet import compile_fleet
+from ansible_collections.mseg.fleet.plugins.module_utils.render import render_plan
+from ansible_collections.mseg.fleet.plugins.plugin_utils.inventory import gather_fleet
+
+ARGUMENT_SPEC = {
+    "policy": {"type": "raw"},
+    "hosts": {"type": "list", "elements": "str"},
+    "render_dir": {"type": "path"},
+    "return_rulesets": {"type": "bool", "default": False},
+}
+
+
+def write_if_changed(path, text):
+    """Write atomically (temp file + rename, 0600); return True if the content changed."""
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            if handle.read() == text:
+                return False
+    except (IOError, OSError):
+        pass
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".mseg-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o600)
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return True
+
+
+def compile_from_task(action, task_vars, policy):
+    """Gather the inventory and compile it; raise MsegError with every problem found."""
+    fleet, problems = gather_fleet(task_vars, action._templar)
+    try:
+        result = compile_fleet(policy, fleet)
+    except MsegError as exc:
+        raise MsegError(problems + exc.messages)
+    if problems:
+        raise MsegError(problems)
+    return result
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _supports_check_mode = True
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        validation = ArgumentSpecValidator(ARGUMENT_SPEC).validate(self._task.args)
+        if validation.error_messages:
+            raise AnsibleActionFail("mseg.fleet.compile: %s" % "; ".join(validation.error_messages))
+        args = validation.validated_parameters
+        policy = args["policy"] if args["policy"] is not None else task_vars.get("mseg_policy")
+        try:
+            fleet = compile_from_task(self, task_vars, self._templar.template(policy))
+            names = self._targets(fleet, args["hosts"])
+        except MsegError as exc:
+            result.update(failed=True, msg="mseg.fleet: the policy or inventory is invalid; nothing was "
+                          "rendered and no host was touched.\n%s" % exc, problems=exc.messages)
+            return result
+        for warning in fleet.warnings:
+            self._display.warning("mseg.fleet: %s" % warning)
+        rulesets = {}
+        summary = {}
+        for name in names:
+            text, stats = render_plan(fleet.plans[name])
+            rulesets[name] = text
+            plan = fleet.plans[name]
+            summary[name] = dict(stats, mode=plan.mode, ingress_rules=len(plan.ingress), egress_rules=len(plan.egress))
+        changed = False
+        files = []
+        if args["render_dir"]:
+            changed = self._write(args["render_dir"], rulesets, fleet.to_data(names), files)
+        result.update(changed=changed, policy_digest=fleet.policy.digest, hosts=len(names), summary=summary,
+                      warnings_list=fleet.warnings, files=files)
+        if args["return_rulesets"]:
+            result["rulesets"] = rulesets
+        return result
+
+    @staticmethod
+    def _targets(fleet, wanted):
+        if wanted is None:
+            return sorted(fleet.plans)
+        unknown = sorted(set(wanted) - set(fleet.plans))
+        if unknown:
+            raise MsegError("hosts: %s not in the inventory; check mseg_render_hosts" % ", ".join(unknown))
+        return sorted(set(wanted))
+
+    def _write(self, directory, rulesets, plan_data, files):
+        text = {"%s.nft" % name: body for name, body in rulesets.items()}
+        text["plan.json"] = json.dumps(plan_data, indent=1, sort_keys=True) + "\n"
+        if self._task.check_mode:
+            return any(not os.path.exists(os.path.join(directory, f)) or
+                       open(os.path.join(directory, f), encoding="utf-8").read() != body
+                       for f, body in text.items())
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            changed = False
+            for filename in sorted(text):
+                path = os.path.join(directory, filename)
+                changed = write_if_changed(path, text[filename]) or changed
+                files.append(path)
+        except (IOError, OSError) as exc:
+            raise AnsibleActionFail("mseg.fleet.compile: cannot write to render_dir %s: %s; choose a writable "
+                                    "directory with -e mseg_render_dir=DIR" % (directory, exc.strerror or exc))
+        return changed

@@ -1,0 +1,182 @@
+# -*- coding: utf-8 -*-
+# Copyright: mseg.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Render a ``HostPlan`` as the host's ``inet mseg`` table (DESIGN section 5).
+
+Chain ``input`` (and its mirror ``output``) evaluates, in order: conntrack established/related accept, invalid
+drop, loopback accept, ICMPv6 neighbour discovery accept, management accept (input only), ``log`` rules, ``deny``
+rules, ``allow`` rules, then the direction's default. Every policy rule counts into its named counter
+``rule_<id>_<in|out>`` and carries the comment ``ID=<id>``.
+
+Logging is rate-limited, and since ``limit`` is a match that stops its rule when exceeded, a log never shares a rule
+with a verdict: a matching deny rule jumps to a chain ``deny_<id>_<dir>`` holding a rate-limited log rule followed by
+an unconditional counted drop. In observe mode the same chain logs ``[MSEG-AUDIT]`` and accepts instead.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.mseg.fleet.plugins.module_utils import nft
+
+TABLE_FAMILY = "inet"
+TABLE_NAME = "mseg"
+LOG_LIMIT = "limit rate 10/second burst 20 packets"
+ND_TYPES = "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert"
+BYPASS_MARKER = "mode_bypass"
+_FAMILY = {4: ("ip", "ipv4", "ipv4_addr", "icmp"), 6: ("ip6", "ipv6", "ipv6_addr", "ipv6-icmp")}
+_DIRECTION = {
+    # direction: (chain, hook, suffix, peer field, local field, interface key)
+    "ingress": ("input", "input", "in", "saddr", "daddr", "iif"),
+    "egress": ("output", "output", "out", "daddr", "saddr", "oif"),
+}
+
+
+def _set_elements(table, name, addresses, version):
+    _proto, _nfproto, addr_type, _icmp = _FAMILY[version]
+    if name not in table.sets:
+        table.add_set(nft.Set(name, addr_type, ("interval",), addresses))
+    return "@" + name
+
+
+def _inline(addresses):
+    return addresses[0] if len(addresses) == 1 else "{ %s }" % ", ".join(addresses)
+
+
+def port_matches(ports, version):
+    """The layer-4 matches for a port list: one per protocol, or [""] when every protocol matches."""
+    if ports is None:
+        return [""]
+    matches = []
+    for proto in sorted({p.proto for p in ports}):
+        specs = [p for p in ports if p.proto == proto]
+        if proto == "icmp":
+            matches.append("meta l4proto %s" % _FAMILY[version][3])
+        elif any(p.first is None for p in specs):
+            matches.append("meta l4proto %s" % proto)
+        else:
+            items = ["%d" % p.first if p.first == p.last else "%d-%d" % (p.first, p.last) for p in specs]
+            matches.append("%s dport %s" % (proto, _inline(items)))
+    return matches
+
+
+def _mgmt_auto_sets(table):
+    table.add_set(nft.Set("mgmt_auto_v4", "ipv4_addr . inet_service"))
+    table.add_set(nft.Set("mgmt_auto_v6", "ipv6_addr . inet_service"))
+
+
+def _verdict_pair(table, chain, match, prefix, rule_id, counter, verdict, comment):
+    """A rate-limited log followed by an unconditional counted verdict: the limit can never skip the verdict."""
+    table.counter(counter)
+    lead = match + " " if match else ""
+    chain.add('%s%s log prefix %s' % (lead, LOG_LIMIT, nft.quote("%s ID=%d " % (prefix, rule_id))), comment)
+    chain.add('%scounter name %s %s' % (lead, nft.quote(counter), verdict), comment)
+
+
+def _direction(table, plan, direction):
+    chain_name, hook, suffix, peer_field, local_field, iface = _DIRECTION[direction]
+    chain = table.chain(chain_name, type_="filter", hook=hook)
+    observe = plan.mode == "observe"
+    chain.add("ct state established,related accept")
+    invalid = "invalid_%s" % suffix
+    if observe:
+        _verdict_pair(table, chain, "ct state invalid", "[MSEG-AUDIT]", 0, invalid, "accept", None)
+    else:
+        table.counter(invalid)
+        chain.add("ct state invalid counter name %s drop" % nft.quote(invalid))
+    chain.add('%s "lo" accept' % iface)
+    chain.add("icmpv6 type { %s } accept" % ND_TYPES)
+    if direction == "ingress":
+        _management(table, chain, plan)
+    for item in plan.rules(direction):
+        _plan_rule(table, chain, item, direction, suffix, peer_field, local_field, observe)
+    default_counter = "default_%s" % suffix
+    if plan.policy.defaults[direction] == "allow":
+        table.counter(default_counter)
+        chain.add("counter name %s accept" % nft.quote(default_counter), "ID=0")
+    elif observe:
+        _verdict_pair(table, chain, "", "[MSEG-AUDIT]", 0, default_counter, "accept", "ID=0")
+    else:
+        _verdict_pair(table, chain, "", "[MSEG-DROP]", 0, default_counter, "drop", "ID=0")
+
+
+def _management(table, chain, plan):
+    table.counter("mgmt_in")
+    counted = "counter name %s accept" % nft.quote("mgmt_in")
+    chain.add("ip saddr . tcp dport @mgmt_auto_v4 " + counted, "management (controller)")
+    chain.add("ip6 saddr . tcp dport @mgmt_auto_v6 " + counted, "management (controller)")
+    for position, entry in enumerate(plan.management):
+        for version in (4, 6):
+            addresses = entry.networks.family(version)
+            if not addresses:
+                continue
+            proto = _FAMILY[version][0]
+            peer = "%s saddr %s" % (proto, _set_elements(table, "mgmt_%d_v%d" % (position, version), addresses,
+                                                         version))
+            for l4 in port_matches(entry.ports, version):
+                chain.add(" ".join(p for p in (l4, peer, counted) if p), "management")
+
+
+def _plan_rule(table, chain, item, direction, suffix, peer_field, local_field, observe):
+    rule_id = item.rule.id
+    comment = "ID=%d" % rule_id
+    counter = "rule_%d_%s" % (rule_id, suffix)
+    table.counter(counter)
+    for version in (4, 6):
+        proto, nfproto = _FAMILY[version][0], _FAMILY[version][1]
+        peers = item.peers.family(version)
+        if not peers:
+            continue
+        local = ""
+        if item.local is not None:
+            own = item.local.family(version)
+            if not own:
+                continue
+            local = "%s %s %s" % (proto, local_field, _inline(own))
+        if item.peers.full_v4 if version == 4 else item.peers.full_v6:
+            peer = "" if local else "meta nfproto %s" % nfproto
+        else:
+            set_name = "r%d_%s_v%d" % (rule_id, suffix, version)
+            peer = "%s %s %s" % (proto, peer_field, _set_elements(table, set_name, peers, version))
+        for l4 in port_matches(item.ports, version):
+            match = " ".join(p for p in (l4, peer, local) if p)
+            if item.action == "allow":
+                chain.add("%s counter name %s accept" % (match, nft.quote(counter)), comment)
+            elif item.action == "log":
+                chain.add("%s counter name %s %s log prefix %s" % (
+                    match, nft.quote(counter), LOG_LIMIT, nft.quote("[MSEG-LOG] ID=%d " % rule_id)), comment)
+            else:
+                target = "deny_%d_%s" % (rule_id, suffix)
+                if not any(c.name == target for c in table.chains):
+                    verdict = table.chain(target)
+                    if observe:
+                        _verdict_pair(table, verdict, "", "[MSEG-AUDIT]", rule_id, counter, "accept", comment)
+                    else:
+                        _verdict_pair(table, verdict, "", "[MSEG-DROP]", rule_id, counter, "drop", comment)
+                chain.add("%s jump %s" % (match, target), comment)
+
+
+def build_table(plan):
+    """The ``inet mseg`` table for one host plan."""
+    table = nft.Table(TABLE_FAMILY, TABLE_NAME)
+    _mgmt_auto_sets(table)
+    if plan.mode == "bypass":
+        table.counter(BYPASS_MARKER)
+        for direction in ("ingress", "egress"):
+            chain_name, hook = _DIRECTION[direction][0], _DIRECTION[direction][1]
+            table.chain(chain_name, type_="filter", hook=hook).add(
+                "counter name %s accept" % nft.quote(BYPASS_MARKER), "mode=bypass")
+        return table
+    table.chain("input", type_="filter", hook="input")
+    table.chain("output", type_="filter", hook="output")
+    _direction(table, plan, "ingress")
+    _direction(table, plan, "egress")
+    return table
+
+
+def render_plan(plan):
+    """The complete ``nft -f`` file for a host and the table's statistics."""
+    table = build_table(plan)
+    header = [
+        "mseg.fleet ruleset for %s: mode=%s policy=%s" % (plan.name, plan.mode, plan.policy.digest[:16]),
+        "Generated from the fleet policy; edits on the host are drift and will be replaced.",
+    ]
+    return nft.replace_script(table, header), table.stats()
