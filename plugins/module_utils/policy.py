@@ -202,12 +202,12 @@ def _parse_names(problems, where, data, what):
 def parse_network(text):
     """Parse an address or prefix strictly; returns (IPNetwork, None) or (None, reason)."""
     if not isinstance(text, str) or not text.strip():
-        return None, "is not an address or prefix string"
+        return None, "is not an address or prefix; write e.g. 10.20.0.0/16 or 2001:db8::/32"
     text = text.strip()
     try:
         net = netaddr.IPNetwork(text)
     except (netaddr.AddrFormatError, ValueError, TypeError):
-        return None, "is not a valid IPv4 or IPv6 address or prefix"
+        return None, "is not a valid IPv4 or IPv6 address or prefix; write e.g. 10.20.0.0/16 or 2001:db8::/32"
     if "/" in text and net.ip != net.network:
         return None, "has host bits set; write %s, or %s/%d for the single address" % (
             net.cidr, net.ip, net.ip.version == 4 and 32 or 128)
@@ -222,8 +222,7 @@ def _parse_cidrs(problems, where, data):
     for index, item in enumerate(_as_list(data)):
         net, reason = parse_network(item)
         if net is None:
-            problems.append("%s[%d]: %s %s; write a prefix such as 10.20.0.0/16 or 2001:db8::/32" % (
-                where, index, _describe(item), reason))
+            problems.append("%s[%d]: %s %s" % (where, index, _describe(item), reason))
         else:
             nets.append(net)
     return tuple(sorted(set(nets), key=lambda n: (n.version, n.first, n.prefixlen)))

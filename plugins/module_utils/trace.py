@@ -111,21 +111,25 @@ def trace_pair(fleet, src, dst, port_spec):
             egress = evaluate(fleet.plans[src.host], "egress", dst_address, src_address, proto, port)
         if dst.host is not None:
             ingress = evaluate(fleet.plans[dst.host], "ingress", src_address, dst_address, proto, port)
-        if _stops(egress) or (ingress is None and egress is not None):
-            decided_at = "egress of %s" % src.label
-        elif ingress is not None:
-            decided_at = "ingress of %s" % dst.label
-        else:
-            decided_at = None
+        side = _deciding_side(egress, ingress)
+        decided_at = None if side is None else "%s of %s" % (side, src.label if side == "egress" else dst.label)
         allowed = (egress is None or egress.accepted) and (ingress is None or ingress.accepted)
         results.append(Trace(src, dst, port_spec, version, src_address, dst_address, allowed, decided_at,
                              egress, ingress))
     return results
 
 
-def _stops(verdict):
-    """A side that drops the packet, or would drop it under enforce (observe), is where the pair is decided."""
-    return verdict is not None and (not verdict.accepted or verdict.audited)
+def _deciding_side(egress, ingress):
+    """Where a pair is decided: the first side that drops; else the first that only audits (observe mode: enforce
+    would drop there); else the receiver's ingress (or the sender's egress when the receiver is outside)."""
+    present = [(name, v) for name, v in (("egress", egress), ("ingress", ingress)) if v is not None]
+    for name, verdict in present:
+        if not verdict.accepted:
+            return name
+    for name, verdict in present:
+        if verdict.audited:
+            return name
+    return present[-1][0] if present else None
 
 
 def _first(addresses, version):

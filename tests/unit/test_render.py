@@ -1,0 +1,106 @@
+"""Rendering: golden files, the nftables contract, and determinism."""
+
+import os
+import random
+import re
+
+import pytest
+
+from ansible_collections.mseg.fleet.plugins.module_utils.fleet import compile_fleet
+from ansible_collections.mseg.fleet.plugins.module_utils.render import render_plan
+from test_fleet import load_fixture
+
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "golden")
+HOSTS = ["app-01", "db-01", "legacy-01", "web-01", "web-02"]
+
+
+@pytest.fixture(name="rendered", scope="module")
+def fixture_rendered():
+    data = load_fixture()
+    fleet = compile_fleet(data["policy"], data["hosts"])
+    return {name: render_plan(fleet.plans[name])[0] for name in HOSTS}
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_rendering_matches_golden_file(rendered, host):
+    path = os.path.join(GOLDEN, "%s.nft" % host)
+    if os.environ.get("MSEG_UPDATE_GOLDEN") == "1":
+        os.makedirs(GOLDEN, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(rendered[host])
+    with open(path, encoding="utf-8") as handle:
+        assert rendered[host] == handle.read()
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_only_table_inet_mseg_is_touched(rendered, host):
+    top_level = [line for line in rendered[host].splitlines() if line and not line.startswith(("\t", "#", "}"))]
+    assert top_level == ["table inet mseg {}", "delete table inet mseg", "table inet mseg {"]
+    assert "flush" not in rendered[host]
+
+
+def test_a_rate_limit_never_shares_a_rule_with_a_drop(rendered):
+    for host in HOSTS:
+        for line in rendered[host].splitlines():
+            if "limit rate" in line:
+                assert not re.search(r"\b(drop|accept|jump)\b", line), line
+            if re.search(r"\bdrop\b", line):
+                assert "limit" not in line and "log" not in line, line
+
+
+def test_deny_rule_logs_then_drops_unconditionally(rendered):
+    text = rendered["app-01"]
+    chain = text[text.index("chain deny_30_in {"):]
+    chain = chain[:chain.index("\n\t}")]
+    assert chain.splitlines()[1:] == [
+        '\t\tlimit rate 10/second burst 20 packets log prefix "[MSEG-DROP] ID=30 " comment "ID=30"',
+        '\t\tcounter name "rule_30_in" drop comment "ID=30"',
+    ]
+    assert '\t\tip saddr @r30_in_v4 jump deny_30_in comment "ID=30"' in text
+
+
+def test_observe_mode_never_drops_and_audits_instead(rendered):
+    text = rendered["web-02"]
+    assert not re.search(r"\bdrop\b", text)
+    assert '[MSEG-AUDIT] ID=0 ' in text and '[MSEG-AUDIT] ID=30 ' in text
+    assert '[MSEG-DROP]' not in text
+
+
+def test_bypass_accepts_everything_and_is_marked(rendered):
+    text = rendered["legacy-01"]
+    assert "counter mode_bypass {" in text
+    body = text[text.index("chain input {"):]
+    rules = [line.strip() for line in body.splitlines() if line.startswith("\t\t") and " hook " not in line]
+    assert rules == ['counter name "mode_bypass" accept comment "mode=bypass"'] * 2
+
+
+def test_enforce_evaluation_order(rendered):
+    chain = rendered["db-01"]
+    chain = chain[chain.index("chain input {"):chain.index("chain output {")]
+    order = [
+        "ct state established,related accept",
+        "ct state invalid counter name \"invalid_in\" drop",
+        "iif \"lo\" accept",
+        "icmpv6 type {",
+        "@mgmt_auto_v4",
+        "@mgmt_0_v4",
+        "[MSEG-LOG] ID=40 ",
+        "jump deny_30_in",
+        "rule_20_in\" accept",
+        "[MSEG-DROP] ID=0 ",
+        "counter name \"default_in\" drop",
+    ]
+    positions = [chain.index(marker) for marker in order]
+    assert positions == sorted(positions)
+
+
+def test_rendering_is_deterministic_whatever_the_input_order():
+    data = load_fixture()
+    first = compile_fleet(data["policy"], data["hosts"])
+    shuffled_hosts = list(data["hosts"].items())
+    random.Random(7).shuffle(shuffled_hosts)
+    rules = list(data["policy"]["rules"])
+    random.Random(7).shuffle(rules)
+    second = compile_fleet(dict(data["policy"], rules=rules), dict(shuffled_hosts))
+    for name in HOSTS:
+        assert render_plan(first.plans[name])[0] == render_plan(second.plans[name])[0]
