@@ -1,0 +1,182 @@
+"""Every failure path of the kernel_prereqs role, run for real with ansible-playbook.
+
+The role is pointed at the fixture trees in tests/unit/fixtures/kernel/ through its own variables
+(kernel_prereqs_proc_root, _sys_root, _modules_root, _nft_path) and runs against localhost. Each case must fail in
+the pre-flight checks, before the role changes anything, with its exact message; the files the role would write are
+redirected into a temporary directory as a second guard, and the test checks that nothing reported a change.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FIXTURES = os.path.join(ROOT, "tests", "unit", "fixtures", "kernel")
+PLAYBOOK = os.path.join(ROOT, "playbooks", "prereqs.yml")
+
+
+def run_role(tmp_path, tree, max_changed=0, **role_vars):
+    base = os.path.join(FIXTURES, tree) if tree else str(tmp_path / "empty")
+    extra = {
+        "mseg_hosts": "localhost",
+        "ansible_connection": "local",
+        "ansible_become": False,
+        "ansible_python_interpreter": sys.executable,
+        "kernel_prereqs_proc_root": os.path.join(base, "proc"),
+        "kernel_prereqs_sys_root": os.path.join(base, "sys"),
+        "kernel_prereqs_modules_root": os.path.join(base, "modules"),
+        "kernel_prereqs_install_packages": False,
+        "kernel_prereqs_sysctl_file": str(tmp_path / "sysctl.conf"),
+        "kernel_prereqs_modules_load_file": str(tmp_path / "modules-load.conf"),
+        "kernel_prereqs_sriov_udev_rules_file": str(tmp_path / "sriov.rules"),
+    }
+    extra.update(role_vars)
+    vars_file = tmp_path / "vars.json"
+    vars_file.write_text(json.dumps(extra))
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1",
+               ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
+               ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
+    proc = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,",
+         "-e", "@" + str(vars_file), PLAYBOOK],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, "expected the play to fail\n" + proc.stdout[-4000:] + proc.stderr[-4000:]
+    result = json.loads(proc.stdout)
+    failures = []
+    for play in result["plays"]:
+        for task in play["tasks"]:
+            outcome = task["hosts"].get("localhost", {})
+            items = outcome.get("results") or [outcome]
+            name = task["task"]["name"].split(" : ", 1)[-1]
+            failures += [(name, item["msg"]) for item in items if item.get("failed")]
+    assert result["stats"]["localhost"]["changed"] <= max_changed, "the role changed something before failing"
+    for name in ("sysctl.conf", "modules-load.conf", "sriov.rules"):
+        assert not (tmp_path / name).exists(), name + " was written before the checks passed"
+    assert len(failures) == 1, failures
+    return failures[0]
+
+
+def test_old_kernel(tmp_path):
+    task, msg = run_role(tmp_path, "old_kernel")
+    assert task == "Check the kernel version"
+    assert msg == (
+        "Kernel 3.10.0-1160.el7.x86_64 on localhost is older than 4.18, the oldest kernel mseg.fleet can enforce on. "
+        "Boot a kernel 4.18 or newer (for example Debian 10, RHEL 8, Ubuntu 20.04 or later); "
+        "nothing was changed on the host."
+    )
+
+
+def test_unreadable_kernel_release(tmp_path):
+    (tmp_path / "empty").mkdir()
+    task, msg = run_role(tmp_path, None)
+    assert task == "Check the kernel version"
+    assert msg == (
+        "The kernel release of localhost could not be read from {0}/proc/sys/kernel/osrelease, so it cannot be "
+        "shown to be 4.18 or newer. Boot a kernel 4.18 or newer (for example Debian 10, RHEL 8, Ubuntu 20.04 or "
+        "later); nothing was changed on the host.".format(tmp_path / "empty")
+    )
+
+
+def test_nftables_missing(tmp_path):
+    task, msg = run_role(tmp_path, "modern", kernel_prereqs_nft_path=str(tmp_path / "no-such-nft"))
+    assert task == "Check that nftables works"
+    assert msg == (
+        "nftables does not work on localhost: the nft command is not installed. Install the nftables package (the "
+        "role does when kernel_prereqs_install_packages is true), boot a kernel with nf_tables and its inet family "
+        "(CONFIG_NF_TABLES, CONFIG_NF_TABLES_INET) and run the role as root (become: true), since the check needs "
+        "CAP_NET_ADMIN; nothing was changed on the host."
+    )
+
+
+def test_ebpf_backend_without_btf(tmp_path):
+    task, msg = run_role(tmp_path, "no_btf", kernel_prereqs_backend="ebpf")
+    assert task == "Check that the kernel can load the eBPF backend"
+    assert msg == (
+        "kernel_prereqs_backend is ebpf, but kernel 5.4.0-150-generic on localhost lacks BTF "
+        "({0}/no_btf/sys/kernel/btf/vmlinux): the agent could not load its eBPF programs and the host would be "
+        "left unfiltered. Use kernel_prereqs_backend nftables, which needs neither, or boot a kernel built with "
+        "CONFIG_DEBUG_INFO_BTF=y and CONFIG_BPF_SYSCALL=y; nothing was changed on the host.".format(FIXTURES)
+    )
+
+
+def test_nftables_backend_needs_no_btf(tmp_path):
+    """The same kernel passes the BTF check with the nftables backend and fails later, on MTU."""
+    task, msg = run_role(tmp_path, "no_btf", kernel_prereqs_underlay_interfaces=["eth0"],
+                         kernel_prereqs_overlay_mtu=1500)
+    assert task == "Check the MTU headroom of the underlay interfaces"
+
+
+def test_br_netfilter_missing(tmp_path):
+    task, msg = run_role(tmp_path, "no_bridge")
+    assert task == "Check that br_netfilter is active or can be loaded"
+    assert msg == (
+        "br_netfilter is not active on localhost ({0}/no_bridge/proc/sys/net/bridge is missing) and cannot be "
+        "loaded: kernel 6.1.0-28-amd64 has no br_netfilter module under {0}/no_bridge/modules/6.1.0-28-amd64. "
+        "Install the modules of that kernel, or load br_netfilter where the kernel runs (modprobe br_netfilter on "
+        "the machine that hosts this container); without it bridged traffic bypasses the firewall. "
+        "Nothing was changed on the host.".format(FIXTURES)
+    )
+
+
+def test_br_netfilter_that_does_not_load(tmp_path):
+    """The fixture says br_netfilter is loadable but inactive: the role runs the real modprobe, gathers again and
+    fails because the fixture's bridge sysctls cannot appear. On a kernel without module support (or in a
+    container) modprobe itself fails; where br_netfilter exists modprobe loads it (the only case where this test
+    touches the test machine: loading a module the fleet needs anyway)."""
+    task, msg = run_role(tmp_path, "bridge_module", max_changed=1)
+    assert task == "Check that br_netfilter is active now"
+    prefix = ("br_netfilter is not active on localhost ({0}/bridge_module/proc/sys/net/bridge is missing) and could "
+              "not be loaded: ".format(FIXTURES))
+    suffix = (" Load br_netfilter where the kernel runs (modprobe br_netfilter, or on the machine that hosts this "
+              "container); without it bridged traffic bypasses the firewall.")
+    assert msg.startswith(prefix) and msg.endswith(suffix), msg
+    reason = msg[len(prefix):-len(suffix)]
+    assert reason == "modprobe br_netfilter succeeded, but the bridge sysctls did not appear." or (
+        reason.startswith("modprobe br_netfilter failed (") and reason.endswith(").") and len(reason) > 32), reason
+
+
+def test_underlay_interface_missing(tmp_path):
+    task, msg = run_role(tmp_path, "modern", kernel_prereqs_underlay_interfaces=["eth0", "bond0"])
+    assert task == "Check that the underlay interfaces exist"
+    assert msg == (
+        "kernel_prereqs_underlay_interfaces lists bond0, but localhost has no interface of that name (it has eth0, "
+        "eth1, lo). List the interfaces that carry the overlay on this host, or [] to skip the MTU check; nothing "
+        "was changed on the host."
+    )
+
+
+def test_mtu_too_small_on_the_default_route_nic(tmp_path):
+    task, msg = run_role(tmp_path, "small_mtu")
+    assert task == "Check the MTU headroom of the underlay interfaces"
+    assert msg == (
+        "Underlay interface eth0 on localhost has MTU 1450, but an overlay MTU of 1450 needs at least 1500 on the "
+        "underlay (1450 + 50 bytes of VXLAN over IPv4), or packets are fragmented and lost. Raise the MTU of eth0 "
+        "to 1500 or more (jumbo frames, for example 9000, end to end on the underlay), or lower "
+        "kernel_prereqs_overlay_mtu to 1400; nothing was changed on the host."
+    )
+
+
+def test_mtu_too_small_for_an_ipv6_underlay(tmp_path):
+    task, msg = run_role(tmp_path, "modern", kernel_prereqs_underlay_interfaces=["eth1"],
+                         kernel_prereqs_underlay_ip_version=6)
+    assert task == "Check the MTU headroom of the underlay interfaces"
+    assert msg == (
+        "Underlay interface eth1 on localhost has MTU 1500, but an overlay MTU of 1450 needs at least 1520 on the "
+        "underlay (1450 + 70 bytes of VXLAN over IPv6), or packets are fragmented and lost. Raise the MTU of eth1 "
+        "to 1520 or more (jumbo frames, for example 9000, end to end on the underlay), or lower "
+        "kernel_prereqs_overlay_mtu to 1430; nothing was changed on the host."
+    )
+
+
+@pytest.mark.parametrize("count", [8, -1])
+def test_too_many_virtual_functions(tmp_path, count):
+    task, msg = run_role(tmp_path, "sriov_small", kernel_prereqs_sriov_numvfs={"eth0": count, "eth9": 2})
+    assert task == "Check the requested SR-IOV virtual function counts"
+    assert msg == (
+        "kernel_prereqs_sriov_numvfs asks for {0} virtual functions on eth0 of localhost, but eth0 supports 0 to 4 "
+        "(sriov_totalvfs). Ask for at most 4; nothing was changed on the host.".format(count)
+    )
