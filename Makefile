@@ -62,6 +62,21 @@ test: setup ## run every test: unit, integration (real nftables in network names
 	@$(MAKE) --no-print-directory sanity
 	@$(MAKE) --no-print-directory lint
 
+# ---------------------------------------------------------------- the lab (local virtual fleet)
+
+LAB_NAME ?= demo
+LAB_INVENTORY ?= inventories/lab
+export MSEG_LAB_STATE_DIR ?= $(BUILD)/lab
+export MSEG_LAB_CACHE ?= /var/cache/mseg-lab
+
+.PHONY: lab-up
+lab-up: setup ## boot the hosts of inventories/lab (lab "demo") and wait until they answer SSH
+	@timeout --kill-after=30 1500 ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/up.yml -e lab_name=$(LAB_NAME)
+
+.PHONY: lab-down
+lab-down: setup ## remove lab "demo": exactly the processes, mounts and interfaces it recorded
+	@timeout --kill-after=30 300 ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/down.yml -e lab_name=$(LAB_NAME)
+
 # ---------------------------------------------------------------- test stages
 
 .PHONY: unit

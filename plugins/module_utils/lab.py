@@ -1,0 +1,632 @@
+# -*- coding: utf-8 -*-
+# Copyright: mseg.fleet developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The local virtual fleet: Debian hosts booted with ``systemd-nspawn`` on a private bridge.
+
+Plain Python (no Ansible imports) so that unit tests and the module share it.  A lab has a short
+name; every kernel object it creates (bridge, veth pairs, machine names), its state directory and its
+subnet derive from that name.  Everything the lab creates is written to ``state.json`` *before* it is
+created, so :func:`lab_down` removes exactly that, also after a crash half-way through :func:`lab_up`.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import errno
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+
+LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+# Every package a role needs on a lab host: hosts have no network access to a mirror, so the image
+# must carry them all.  This one list keys the root file system cache.  debootstrap does not resolve
+# virtual packages, so their providers are listed (python3-cffi-backend for python3-cryptography).
+DEFAULT_PACKAGES = (
+    "ca-certificates", "curl", "dbus", "iproute2", "iputils-ping", "keepalived", "kmod", "logrotate",
+    "nftables", "nginx-light", "openssh-server", "openssl", "procps", "python3", "python3-apt",
+    "python3-cffi-backend", "python3-cryptography", "sudo", "systemd", "systemd-sysv",
+)
+# Services that the image carries for the roles but that must not run until a role configures them.
+DISABLED_UNITS = ("nginx.service", "keepalived.service")
+# Units that only cost CPU in a short-lived lab host.
+MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer",
+                "man-db.timer", "logrotate.timer", "systemd-journald-audit.socket")
+DEFAULT_SUITE = "bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+IMAGE_FORMAT = 1  # bump when the image preparation below changes, so cached images are rebuilt
+
+V4_POOL = ipaddress.ip_network("10.213.0.0/16")
+V6_BASE = "fd6d:7365:6700"  # ULA; the lab's /24 index becomes the fourth hextet
+HOST_OFFSET = 10  # the bridge is .1, hosts start at .10
+STATE_FILE = "state.json"
+
+
+class LabError(Exception):
+    """A lab operation failed; the message says what, where and how to fix it."""
+
+
+# ---------------------------------------------------------------- names and addresses
+
+def validate_name(name):
+    if not isinstance(name, str) or not LAB_NAME_RE.match(name):
+        raise LabError("lab name %r is invalid: use 1-32 characters a-z, 0-9, '_' or '-', starting with a letter"
+                       % (name,))
+    return name
+
+
+def lab_tag(name):
+    """Short id (<= 8 chars) used in interface names: the name itself when it fits, else a hash."""
+    validate_name(name)
+    compact = re.sub(r"[^a-z0-9]", "", name)
+    if len(compact) <= 8 and compact == name:
+        return compact
+    return compact[:4] + hashlib.sha256(name.encode()).hexdigest()[:4]
+
+
+def bridge_name(name):
+    return "mslb-" + lab_tag(name)
+
+
+def machine_name(name, index):
+    """Machine name of host ``index``; systemd-nspawn names the host side of its veth ``vb-<machine>``."""
+    if not 0 <= index < 100:
+        raise LabError("a lab holds at most 100 hosts; host index %d is out of range" % index)
+    return "%s%02d" % (lab_tag(name), index)
+
+
+def host_veth_name(name, index):
+    """Host side of the veth of host ``index`` (<= 13 characters, so systemd-nspawn never shortens it)."""
+    return "vb-" + machine_name(name, index)
+
+
+def default_subnet_index(name):
+    """Deterministic /24 index in 10.213.0.0/16 for a lab; 0 is reserved for committed inventories."""
+    return 1 + int(hashlib.sha256(name.encode()).hexdigest(), 16) % 254
+
+
+def subnets_for_index(index):
+    v4 = ipaddress.ip_network("10.213.%d.0/24" % index)
+    v6 = ipaddress.ip_network("%s:%x::/64" % (V6_BASE, index))
+    return v4, v6
+
+
+def networks_in_use():
+    """IPv4 networks configured on any interface of this machine (other labs' bridges included)."""
+    out = run(["ip", "-j", "-4", "addr", "show"], timeout=10).stdout
+    nets = []
+    for link in json.loads(out or "[]"):
+        for addr in link.get("addr_info", []):
+            nets.append(ipaddress.ip_network("%s/%s" % (addr["local"], addr["prefixlen"]), strict=False))
+    return nets
+
+
+def choose_subnets(name, in_use):
+    """First free /24 of the pool starting at the lab's deterministic index."""
+    start = default_subnet_index(name)
+    for step in range(254):
+        index = 1 + (start - 1 + step) % 254
+        v4, v6 = subnets_for_index(index)
+        if not any(v4.overlaps(net) for net in in_use):
+            return v4, v6
+    raise LabError("no free /24 left in %s for lab %r: run 'make lab-down' for labs you no longer need"
+                   % (V4_POOL, name))
+
+
+def plan_hosts(name, hosts, v4, v6):
+    """Give each requested host its veth names and addresses (fixed ones are kept, others assigned)."""
+    if not hosts:
+        raise LabError("lab %r: the host list is empty; give at least one host" % name)
+    seen = set()
+    planned = []
+    for index, host in enumerate(hosts):
+        hname = host.get("name")
+        if not isinstance(hname, str) or not HOST_NAME_RE.match(hname):
+            raise LabError("lab %r: host name %r is invalid: use a-z, 0-9 and '-', starting with a letter"
+                           % (name, hname))
+        if hname in seen:
+            raise LabError("lab %r: host %r is listed twice" % (name, hname))
+        seen.add(hname)
+        ipv4 = host.get("ipv4") or str(v4.network_address + HOST_OFFSET + index)
+        ipv6 = host.get("ipv6") or str(v6.network_address + HOST_OFFSET + index)
+        for addr, net in ((ipv4, v4), (ipv6, v6)):
+            try:
+                parsed = ipaddress.ip_address(addr)
+            except ValueError:
+                raise LabError("lab %r: host %r has an invalid address %r" % (name, hname, addr))
+            if parsed not in net or parsed in (net.network_address, net.network_address + 1,
+                                               net.broadcast_address):
+                raise LabError("lab %r: address %s of host %r must be a host address in %s other than .1 "
+                               "(the bridge)" % (name, addr, hname, net))
+        planned.append({"name": hname, "index": index, "ipv4": ipv4, "ipv6": ipv6,
+                        "host_veth": host_veth_name(name, index), "machine": machine_name(name, index)})
+    for key in ("ipv4", "ipv6"):
+        addrs = [h[key] for h in planned]
+        dup = sorted(set(a for a in addrs if addrs.count(a) > 1))
+        if dup:
+            raise LabError("lab %r: address %s is given to more than one host" % (name, ", ".join(dup)))
+    return planned
+
+
+def subnets_from_hosts(hosts):
+    """Lab subnets implied by fixed host addresses (a committed inventory), or None if none are fixed."""
+    v4s = set()
+    v6s = set()
+    for host in hosts:
+        if host.get("ipv4"):
+            v4s.add(ipaddress.ip_network(host["ipv4"] + "/24", strict=False))
+        if host.get("ipv6"):
+            v6s.add(ipaddress.ip_network(host["ipv6"] + "/64", strict=False))
+    if not v4s:
+        return None
+    if len(v4s) > 1 or len(v6s) > 1 or not v6s:
+        raise LabError("fixed lab addresses must all lie in one IPv4 /24 and one IPv6 /64, and every host with an "
+                       "IPv4 address needs an IPv6 one; found %s" % ", ".join(sorted(str(n) for n in v4s | v6s)))
+    return v4s.pop(), v6s.pop()
+
+
+# ---------------------------------------------------------------- processes
+
+def run(cmd, timeout, check=True, env=None, input_text=None):
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
+                              universal_newlines=True, env=env, input=input_text)
+    except subprocess.TimeoutExpired:
+        raise LabError("'%s' did not finish within %d s" % (" ".join(cmd), timeout))
+    except OSError as exc:
+        raise LabError("cannot run '%s': %s (is the package that provides it installed? 'make setup')"
+                       % (cmd[0], exc))
+    if check and proc.returncode != 0:
+        raise LabError("'%s' failed with exit code %d: %s" % (" ".join(cmd), proc.returncode,
+                                                            (proc.stderr or proc.stdout).strip()[-2000:]))
+    return proc
+
+
+def link_exists(ifname):
+    return os.path.exists("/sys/class/net/%s" % ifname)
+
+
+def pid_cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return [part.decode("utf-8", "replace") for part in handle.read().split(b"\0") if part]
+    except (IOError, OSError):
+        return None
+
+
+def is_lab_process(pid, root_dir):
+    """True if ``pid`` is the systemd-nspawn that boots ``root_dir`` (guards against recycled PIDs)."""
+    cmd = pid_cmdline(pid)
+    if not cmd:
+        return False
+    return os.path.basename(cmd[0]) == "systemd-nspawn" and ("--directory=" + root_dir) in cmd
+
+
+def find_lab_processes(root_dir):
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and is_lab_process(int(entry), root_dir):
+            pids.append(int(entry))
+    return pids
+
+
+def is_mounted(path):
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            if line.split()[4].replace("\\040", " ") == real:
+                return True
+    return False
+
+
+# ---------------------------------------------------------------- state
+
+class LabState:
+    """``state.json`` in the lab's state directory, rewritten atomically on every change."""
+
+    def __init__(self, state_dir):
+        self.state_dir = state_dir
+        self.path = os.path.join(state_dir, STATE_FILE)
+        self.data = {"hosts": {}}
+        if os.path.exists(self.path):
+            try:
+                with open(self.path) as handle:
+                    self.data = json.load(handle)
+            except ValueError:
+                # A crash while writing leaves the previous file in place (rename is atomic), so an
+                # unreadable file was edited by hand; teardown falls back to the names it can derive.
+                self.data = {"hosts": {}, "corrupt": True}
+        self.data.setdefault("hosts", {})
+
+    def save(self):
+        if not os.path.isdir(self.state_dir):
+            os.makedirs(self.state_dir, 0o700)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as handle:
+            json.dump(self.data, handle, indent=2, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(tmp, self.path)
+
+    def host(self, hname):
+        return self.data["hosts"].setdefault(hname, {})
+
+
+# ---------------------------------------------------------------- the root file system
+
+def package_key(packages, suite, mirror):
+    payload = json.dumps({"packages": sorted(set(packages)), "suite": suite, "mirror": mirror,
+                          "format": IMAGE_FORMAT}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _write(path, text, mode=0o644):
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        os.makedirs(parent, 0o755)
+    with open(path, "w") as handle:
+        handle.write(text)
+    os.chmod(path, mode)
+
+
+def _prepare_image(root, packages, key):
+    """Turn a fresh debootstrap tree into the lab image (offline; runs systemctl in the chroot)."""
+    env = dict(os.environ, SYSTEMD_OFFLINE="1")
+    run(["chroot", root, "systemctl", "enable", "systemd-networkd.service", "ssh.service"], timeout=60, env=env)
+    run(["chroot", root, "systemctl", "disable"] + list(DISABLED_UNITS), timeout=60, env=env)
+    run(["chroot", root, "systemctl", "mask"] + list(MASKED_UNITS), timeout=60, env=env)
+    for entry in os.listdir(os.path.join(root, "etc/ssh")):
+        if entry.startswith("ssh_host_"):
+            os.unlink(os.path.join(root, "etc/ssh", entry))
+    _write(os.path.join(root, "etc/ssh/sshd_config.d/mseg-lab.conf"),
+           "# mseg.fleet lab host: key-only root login, one host key generated per host\n"
+           "HostKey /etc/ssh/ssh_host_ed25519_key\n"
+           "PermitRootLogin prohibit-password\n"
+           "PasswordAuthentication no\n"
+           "UseDNS no\n")
+    # Each host gets its own machine id at first boot.
+    _write(os.path.join(root, "etc/machine-id"), "")
+    _write(os.path.join(root, "etc/systemd/journald.conf.d/mseg-lab.conf"),
+           "[Journal]\nStorage=volatile\nRuntimeMaxUse=16M\n")
+    archives = os.path.join(root, "var/cache/apt/archives")
+    for entry in os.listdir(archives):
+        if entry.endswith(".deb"):
+            os.unlink(os.path.join(archives, entry))
+    _write(os.path.join(root, "etc/mseg-lab-image"),
+           "key=%s\npackages=%s\n" % (key, " ".join(sorted(set(packages)))))
+
+
+def ensure_rootfs(cache_dir, packages, suite=DEFAULT_SUITE, mirror=DEFAULT_MIRROR, timeout=1200):
+    """Return (path, built) of the cached root file system for ``packages``; build it if missing.
+
+    Concurrent labs wait on a lock file, so the image is built once.  A failed build leaves nothing behind.
+    """
+    key = package_key(packages, suite, mirror)
+    final = os.path.join(cache_dir, "rootfs-" + key)
+    if os.path.exists(os.path.join(final, "etc/mseg-lab-image")):
+        return final, False
+    if not os.path.isdir(cache_dir):
+        os.makedirs(cache_dir, 0o755)
+    with open(os.path.join(cache_dir, "rootfs-%s.lock" % key), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(os.path.join(final, "etc/mseg-lab-image")):
+            return final, False
+        work = final + ".build"
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            run(["debootstrap", "--variant=minbase", "--include=" + ",".join(sorted(set(packages))),
+                 suite, work, mirror], timeout=timeout)
+            _prepare_image(work, packages, key)
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(work, final)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    return final, True
+
+
+# ---------------------------------------------------------------- one host
+
+def _host_files(root, host, lab, hosts, pubkey, v4, v6):
+    """Per-host identity, addresses and access, written into the host's root before it boots."""
+    _write(os.path.join(root, "etc/hostname"), host["name"] + "\n")
+    _write(os.path.join(root, "etc/machine-id"), uuid.uuid4().hex + "\n", 0o444)
+    lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback",
+             "127.0.1.1 %s" % host["name"]]
+    for other in hosts:
+        lines.append("%s %s" % (other["ipv4"], other["name"]))
+        lines.append("%s %s" % (other["ipv6"], other["name"]))
+    _write(os.path.join(root, "etc/hosts"), "\n".join(lines) + "\n")
+    _write(os.path.join(root, "etc/systemd/network/10-mseg-lab.network"),
+           "# mseg.fleet lab %s: the host's link to the lab bridge\n"
+           "[Match]\nName=host0\n\n"
+           "[Link]\nRequiredForOnline=yes\n\n"
+           "[Network]\nAddress=%s/%d\nAddress=%s/%d\nGateway=%s\n"
+           "LinkLocalAddressing=ipv6\nIPv6AcceptRA=no\nIPv6DuplicateAddressDetection=0\n"
+           % (lab, host["ipv4"], v4.prefixlen, host["ipv6"], v6.prefixlen,
+              v4.network_address + 1))
+    ssh_dir = os.path.join(root, "root/.ssh")
+    if not os.path.isdir(ssh_dir):
+        os.makedirs(ssh_dir, 0o700)
+    _write(os.path.join(ssh_dir, "authorized_keys"), pubkey, 0o600)
+    keyfile = os.path.join(root, "etc/ssh/ssh_host_ed25519_key")
+    if not os.path.exists(keyfile):
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "root@" + host["name"], "-f", keyfile],
+            timeout=30)
+
+
+def _mount_overlay(rootfs, hdir):
+    upper, work, merged = (os.path.join(hdir, d) for d in ("upper", "work", "root"))
+    for path in (upper, work, merged):
+        if not os.path.isdir(path):
+            os.makedirs(path, 0o755)
+    if not is_mounted(merged):
+        run(["mount", "-t", "overlay", "overlay", "-o",
+             "lowerdir=%s,upperdir=%s,workdir=%s" % (rootfs, upper, work), merged], timeout=30)
+    return merged
+
+
+def _copy_root(rootfs, hdir):
+    merged = os.path.join(hdir, "root")
+    if not os.path.exists(os.path.join(merged, "etc/mseg-lab-image")):
+        shutil.rmtree(merged, ignore_errors=True)
+        if not os.path.isdir(hdir):
+            os.makedirs(hdir, 0o755)
+        run(["cp", "--reflink=auto", "-a", rootfs, merged], timeout=300)
+    return merged
+
+
+def _start_host(host, root, bridge, log_path, capabilities):
+    cmd = ["setsid", "systemd-nspawn", "--directory=" + root, "--machine=" + host["machine"],
+           "--boot", "--register=no", "--keep-unit", "--console=passive",
+           "--network-bridge=" + bridge, "--private-users=no"]
+    if capabilities:
+        cmd.append("--capability=" + ",".join(capabilities))
+    with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
+        proc = subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=subprocess.STDOUT, close_fds=True,
+                                preexec_fn=None)
+    # setsid(1) execs when it is not a process group leader (true for a child of ours), so this
+    # PID is the systemd-nspawn process itself.
+    return proc
+
+
+def _ssh_ready(address, deadline, alive):
+    """True once ``address``:22 sends an SSH banner; False at the deadline or once ``alive()`` is false."""
+    while time.time() < deadline and alive():
+        try:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.settimeout(2)
+            try:
+                sock.connect((address, 22))
+                if sock.recv(64).startswith(b"SSH-"):
+                    return True
+            finally:
+                sock.close()
+        except (socket.error, socket.timeout):
+            pass
+        time.sleep(0.25)
+    return False
+
+
+# ---------------------------------------------------------------- the lab
+
+def _ensure_key(state_dir):
+    key = os.path.join(state_dir, "id_ed25519")
+    if not os.path.exists(key):
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mseg-lab", "-f", key], timeout=30)
+    os.chmod(key, 0o600)
+    with open(key + ".pub") as handle:
+        return key, handle.read()
+
+
+def lab_status(state_dir):
+    """Hosts recorded in the state and whether their systemd-nspawn still runs."""
+    state = LabState(state_dir)
+    alive = {}
+    for hname, rec in state.data["hosts"].items():
+        pid = rec.get("pid")
+        alive[hname] = bool(pid and rec.get("root") and is_lab_process(pid, rec["root"]))
+    return state, alive
+
+
+def lab_up(name, hosts, state_dir, cache_dir, packages=DEFAULT_PACKAGES, suite=DEFAULT_SUITE,
+           mirror=DEFAULT_MIRROR, method="overlay", boot_timeout=60, build_timeout=1200, capabilities=()):
+    """Bring the lab to exactly ``hosts``; return a result dict. Idempotent."""
+    validate_name(name)
+    if method not in ("overlay", "copy"):
+        raise LabError("lab %r: unknown root file system method %r; use 'overlay' or 'copy'" % (name, method))
+    timings = {}
+    started_at = time.time()
+    state, alive = lab_status(state_dir)
+    data = state.data
+    if data.get("hosts") and data.get("name") and data["name"] != name:
+        raise LabError("state directory %s belongs to lab %r, not %r" % (state_dir, data["name"], name))
+
+    fixed = subnets_from_hosts(hosts)
+    if data.get("ipv4_subnet"):
+        v4, v6 = ipaddress.ip_network(data["ipv4_subnet"]), ipaddress.ip_network(data["ipv6_subnet"])
+        if fixed and fixed != (v4, v6):
+            raise LabError("lab %r runs on %s but the hosts ask for %s: run 'make lab-down' first"
+                           % (name, v4, fixed[0]))
+    elif fixed:
+        v4, v6 = fixed
+        if any(v4.overlaps(net) for net in networks_in_use()):
+            raise LabError("lab %r: subnet %s is already configured on this machine (another lab with the same "
+                           "inventory?); bring that lab down first" % (name, v4))
+    else:
+        v4, v6 = choose_subnets(name, networks_in_use())
+    planned = plan_hosts(name, hosts, v4, v6)
+
+    t0 = time.time()
+    rootfs, built = ensure_rootfs(cache_dir, packages, suite, mirror, build_timeout)
+    timings["rootfs"] = round(time.time() - t0, 2)
+
+    changed = built
+    bridge = bridge_name(name)
+    data.update({"name": name, "bridge": bridge, "ipv4_subnet": str(v4), "ipv6_subnet": str(v6),
+                 "rootfs": rootfs, "method": method})
+    state.save()
+    key, pubkey = _ensure_key(state_dir)
+
+    # Hosts that are no longer wanted, or whose process died, are removed before anything starts.
+    wanted = dict((h["name"], h) for h in planned)
+    for hname in list(data["hosts"]):
+        rec = data["hosts"][hname]
+        same = hname in wanted and all(rec.get(k) == wanted[hname][k] for k in ("ipv4", "ipv6", "host_veth"))
+        if not (alive.get(hname) and same and rec.get("rootfs") == rootfs):
+            _remove_host(state, hname, timeout=20)
+            changed = True
+
+    if not link_exists(bridge):
+        run(["ip", "link", "add", bridge, "type", "bridge"], timeout=10)
+        changed = True
+    run(["ip", "addr", "replace", "%s/%d" % (v4.network_address + 1, v4.prefixlen), "dev", bridge], timeout=10)
+    run(["ip", "addr", "replace", "%s/%d" % (v6.network_address + 1, v6.prefixlen), "dev", bridge,
+         "nodad"], timeout=10)
+    run(["ip", "link", "set", bridge, "up"], timeout=10)
+
+    t0 = time.time()
+    procs = []
+    for host in planned:
+        if host["name"] in data["hosts"] and data["hosts"][host["name"]].get("pid"):
+            continue
+        hdir = os.path.join(state_dir, "hosts", host["name"])
+        rec = state.host(host["name"])
+        rec.update(dict(host, dir=hdir, root=os.path.join(hdir, "root"), rootfs=rootfs, method=method,
+                        mounted=(method == "overlay")))
+        state.save()  # names recorded before the objects exist
+        if link_exists(host["host_veth"]):
+            raise LabError("lab %r: interface %s already exists and was not created by this lab; remove it or "
+                           "rename the lab" % (name, host["host_veth"]))
+        if method == "overlay":
+            root = _mount_overlay(rootfs, hdir)
+        else:
+            root = _copy_root(rootfs, hdir)
+        _host_files(root, host, name, planned, pubkey, v4, v6)
+        proc = _start_host(host, root, bridge, os.path.join(hdir, "console.log"), capabilities)
+        rec["pid"] = proc.pid
+        state.save()
+        procs.append((host, proc))
+        changed = True
+    timings["start"] = round(time.time() - t0, 2)
+
+    t0 = time.time()
+    deadline = time.time() + boot_timeout
+    late = []
+    for host in planned:
+        rec = data["hosts"][host["name"]]
+        if not _ssh_ready(host["ipv4"], deadline, lambda: is_lab_process(rec["pid"], rec["root"])):
+            running = is_lab_process(rec["pid"], rec["root"])
+            late.append("%s (%s, %s; console log %s)" % (
+                host["name"], host["ipv4"], "nspawn running" if running else "nspawn exited",
+                os.path.join(rec["dir"], "console.log")))
+    timings["ssh"] = round(time.time() - t0, 2)
+    if late:
+        raise LabError("lab %r: no SSH answer within %d s from %s; 'make lab-down' cleans up"
+                       % (name, boot_timeout, ", ".join(late)))
+    timings["total"] = round(time.time() - started_at, 2)
+    return {"changed": changed, "name": name, "bridge": bridge, "ipv4_subnet": str(v4), "ipv6_subnet": str(v6),
+            "gateway_ipv4": str(v4.network_address + 1), "gateway_ipv6": str(v6.network_address + 1),
+            "rootfs": rootfs, "rootfs_built": built, "private_key": key, "state_dir": state_dir,
+            "hosts": [dict((k, h[k]) for k in ("name", "ipv4", "ipv6", "machine", "host_veth"))
+                      for h in planned],
+            "timings": timings}
+
+
+def _terminate(pids_by_host, timeout):
+    """SIGTERM (clean power-off of the guest), then SIGKILL after ``timeout``; returns those killed."""
+    for pid, _root in pids_by_host.values():
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+    deadline = time.time() + timeout
+    remaining = dict(pids_by_host)
+    while remaining and time.time() < deadline:
+        for hname, (pid, root) in list(remaining.items()):
+            _reap(pid)
+            if not is_lab_process(pid, root):
+                del remaining[hname]
+        time.sleep(0.1)
+    for hname, (pid, root) in remaining.items():
+        if is_lab_process(pid, root):
+            os.kill(pid, signal.SIGKILL)
+    kill_deadline = time.time() + 10
+    while time.time() < kill_deadline and any(is_lab_process(p, r) for p, r in remaining.values()):
+        for pid, _root in remaining.values():
+            _reap(pid)
+        time.sleep(0.1)
+    return sorted(remaining)
+
+
+def _reap(pid):
+    """Collect a child's exit status (a host started by this process would otherwise stay a zombie)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except OSError:
+        pass
+
+
+def _cleanup_host_objects(rec):
+    ifname = rec.get("host_veth")
+    if ifname and link_exists(ifname):
+        run(["ip", "link", "del", ifname], timeout=10, check=False)
+    root = rec.get("root")
+    if root and rec.get("mounted") and os.path.isdir(root) and is_mounted(root):
+        run(["umount", root], timeout=30)
+    if rec.get("dir"):
+        shutil.rmtree(rec["dir"], ignore_errors=True)
+
+
+def _host_pids(rec):
+    root = rec.get("root")
+    if not root:
+        return []
+    pids = [rec["pid"]] if rec.get("pid") and is_lab_process(rec["pid"], root) else []
+    # A crash between starting a host and recording its PID: find it by the root it boots.
+    return pids or find_lab_processes(root)
+
+
+def _remove_host(state, hname, timeout):
+    rec = state.data["hosts"].get(hname, {})
+    pids = _host_pids(rec)
+    killed = _terminate(dict(("%s#%d" % (hname, p), (p, rec["root"])) for p in pids), timeout)
+    _cleanup_host_objects(rec)
+    state.data["hosts"].pop(hname, None)
+    state.save()
+    return killed
+
+
+def lab_down(state_dir, timeout=30):
+    """Remove exactly what the lab recorded; a lab that is not up is a no-op."""
+    if not os.path.exists(os.path.join(state_dir, STATE_FILE)):
+        return {"changed": False, "removed_hosts": [], "killed": [], "state_dir": state_dir}
+    state = LabState(state_dir)
+    data = state.data
+    targets = {}
+    for hname, rec in data["hosts"].items():
+        for pid in _host_pids(rec):
+            targets["%s#%d" % (hname, pid)] = (pid, rec["root"])
+    killed = _terminate(targets, timeout)
+    removed = sorted(data["hosts"])
+    for hname in removed:
+        _cleanup_host_objects(data["hosts"][hname])
+    bridge = data.get("bridge")
+    if bridge and link_exists(bridge):
+        run(["ip", "link", "del", bridge], timeout=10)
+    # The key and state go last: a failure above leaves the record for the next attempt.
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return {"changed": True, "removed_hosts": removed, "killed": killed, "state_dir": state_dir}
