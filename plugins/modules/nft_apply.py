@@ -1,0 +1,266 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: mseg.fleet developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: nft_apply
+short_description: Apply a rendered mseg.fleet ruleset to table inet mseg atomically, idempotently and safely
+version_added: 0.1.0
+description:
+  - Replaces the nftables table C(inet mseg) with the rendered ruleset O(content) in one transaction, after
+    C(nft -c -f) has validated it. No other table is ever read-modified or flushed (Docker, Kubernetes,
+    firewalld and the distribution's own rules keep theirs); content that touches anything but
+    C(inet mseg) (C(flush ruleset), other tables, C(include)) is refused before C(nft) runs.
+  - Idempotent. After an apply the live table listed without counters (C(nft -s list table inet mseg))
+    and the sha256 of the desired transaction are recorded under O(state_dir). A run is unchanged when
+    both still match; a hand edit of the live table (a changed rule, a deleted table, a changed set) is
+    drift and is corrected. The kernel's ruleset generation id is recorded as well, so an unchanged run
+    on a host whose nftables ruleset nobody touched does not need to list the table.
+  - Check mode changes nothing and reports what would change. With C(--diff) the before/after is the
+    readable table listing without counters (the after side is computed in a scratch network namespace
+    when C(unshare) is allowed, otherwise it is the desired ruleset text).
+  - The table that was live before an apply is kept in C(ruleset.prev.nft) as a loadable backup.
+  - With O(persist) the applied transaction is written to C(<state_dir>/ruleset.nft) (directory 0700,
+    files 0600, owned by root; its first line carries its own sha256) and the boot unit
+    C(mseg-restore.service) is installed and enabled. It runs after the distribution's C(nftables.service)
+    and before C(network-pre.target).
+  - B(Fail closed at boot.) If the persisted file is missing, fails its sha256 or is rejected by
+    C(nft -c), the unit does not load it. It loads a fail-closed table C(inet mseg) instead: inbound
+    traffic is dropped except loopback, established/related flows, ICMPv6 neighbour discovery and new
+    connections to the SSH port(s) (22 and the port the controller used), so the host stays repairable.
+    Outbound traffic is accepted. The unit exits non-zero and writes the reason to the journal
+    (C(journalctl -u mseg-restore)). Re-running the apply repairs it.
+  - Concurrent applies on one host are serialised with a lock on C(<state_dir>/lock).
+  - The controller's SSH source address and the SSH server port, as the host sees them
+    (C(SSH_CONNECTION), or the environment of the sshd session process when C(become) stripped it), are
+    added to the set C(mgmt_auto_v4) or C(mgmt_auto_v6) in the same transaction unless
+    O(management_auto=false), so an enforce ruleset never cuts the connection that applies it.
+  - Commit-confirmed (O(confirm_timeout)). The host arms a rollback before applying. A detached
+    worker (its own session, no systemd needed) applies the ruleset and waits. The controller resets its
+    connection, reconnects over a fresh one and confirms. Without a confirmation within O(confirm_timeout)
+    seconds the host restores the previous table by itself. The persisted file and the recorded state are
+    only written once confirmed, so they never move. The task then fails and says that it rolled back and
+    why.
+  - Errors (C(nft) missing, kernel without nf_tables, invalid ruleset, unwritable O(state_dir), lock held
+    too long) end with one message and the host keeps its previous ruleset.
+author:
+  - mseg.fleet developers
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
+  action:
+    support: full
+    details: The action plugin orchestrates commit-confirmed (reconnect and confirm).
+  async:
+    support: none
+    details: Commit-confirmed runs its own detached worker on the host; do not set C(async) on the task.
+options:
+  content:
+    description:
+      - The rendered ruleset text, exactly as the mseg.fleet render step writes it (a complete
+        C(nft -f) file for table C(inet mseg) that declares the sets C(mgmt_auto_v4) and C(mgmt_auto_v6)).
+      - Required when O(state=present).
+    type: str
+  state:
+    description:
+      - V(present) applies O(content); V(absent) deletes table C(inet mseg), the persisted copy and the
+        boot unit (the backup stays).
+    type: str
+    choices: [present, absent]
+    default: present
+  persist:
+    description:
+      - Store the applied ruleset under O(state_dir) and enable the boot unit that restores it.
+      - With V(false) the ruleset is live until the next reboot and any persisted copy is removed, so a
+        reboot never brings back an older policy.
+    type: bool
+    default: true
+  confirm_timeout:
+    description:
+      - Seconds the host waits for the controller to reconnect and confirm before it rolls back by itself.
+      - Unset means no commit-confirmed. Use at least twice the connection timeout (C(ansible_timeout),
+        default 10) so a slow reconnect still confirms.
+    type: int
+  management_auto:
+    description:
+      - Add the controller's SSH address and the SSH server port (as the host sees them) to the set
+        C(mgmt_auto_v4) or C(mgmt_auto_v6). The policy role maps C(mseg_management_auto) onto it.
+      - Nothing is added for a connection that is not SSH (for example C(local)).
+    type: bool
+    default: true
+  state_dir:
+    description:
+      - Directory for the persisted ruleset, the backup, the recorded state and the lock (0700, root).
+    type: path
+    default: /etc/mseg
+  unit_dir:
+    description:
+      - Directory of the systemd unit C(mseg-restore.service); it is enabled for C(sysinit.target) there.
+    type: path
+    default: /etc/systemd/system
+  lock_timeout:
+    description:
+      - Seconds to wait for a concurrent apply on the same host to finish before failing.
+    type: int
+    default: 300
+notes:
+  - Needs root (C(become)) and the C(nft) binary on the host; Python 3.8 or later.
+  - The rendered ruleset must carry the atomic preamble or not; the module always prepends
+    C(table inet mseg {}) and C(delete table inet mseg) itself.
+seealso:
+  - name: community.general.iptables_state
+    description: The commit-confirmed pattern for iptables that this module follows for nftables.
+    link: https://docs.ansible.com/ansible/latest/collections/community/general/iptables_state_module.html
+"""
+
+EXAMPLES = r"""
+- name: Apply the rendered ruleset (persisted, controller kept reachable)
+  become: true
+  mseg.fleet.nft_apply:
+    content: "{{ lookup('ansible.builtin.file', 'rendered/' ~ inventory_hostname ~ '.nft') }}"
+
+- name: Enforce with commit-confirmed rollback after 60 seconds
+  become: true
+  mseg.fleet.nft_apply:
+    content: "{{ lookup('ansible.builtin.file', 'rendered/' ~ inventory_hostname ~ '.nft') }}"
+    confirm_timeout: 60
+
+- name: Try a policy without the automatic management entry, safely
+  become: true
+  mseg.fleet.nft_apply:
+    content: "{{ rendered_ruleset }}"
+    management_auto: false
+    confirm_timeout: 30
+
+- name: Show what would change (run with --check --diff)
+  become: true
+  mseg.fleet.nft_apply:
+    content: "{{ rendered_ruleset }}"
+  check_mode: true
+  diff: true
+  register: mseg_preview
+
+- name: Remove table inet mseg and its boot unit
+  become: true
+  mseg.fleet.nft_apply:
+    state: absent
+"""
+
+RETURN = r"""
+changed:
+  description: Whether the live table, the persisted copy or the boot unit changed (or would, in check mode).
+  returned: always
+  type: bool
+sha256:
+  description: sha256 of the applied transaction (preamble, content and management elements); null when absent.
+  returned: success
+  type: str
+  sample: 635cd56f4fc4bdcb1e2e7636826ee0f409f710139de587588c0829f971aec735
+rules:
+  description: Number of rules in the chains of table inet mseg after the apply.
+  returned: success
+  type: int
+  sample: 42
+sets:
+  description: Number of named sets and maps in table inet mseg.
+  returned: success
+  type: int
+  sample: 6
+elements:
+  description: Number of elements in those sets (an interval or a concatenation counts once).
+  returned: success
+  type: int
+  sample: 100002
+rolled_back:
+  description: Whether a commit-confirmed apply was rolled back because no confirmation arrived.
+  returned: always
+  type: bool
+drift:
+  description: Whether the live table differed from what the last apply recorded (a hand edit, a deleted table).
+  returned: success
+  type: bool
+management_peers:
+  description: The management entries added to mgmt_auto_v4/mgmt_auto_v6, as C(address . port).
+  returned: success
+  type: list
+  elements: str
+  sample: ["192.0.2.10 . 22"]
+backup:
+  description: Path of the backup of the table that was live before the last apply.
+  returned: success
+  type: str
+  sample: /etc/mseg/ruleset.prev.nft
+persisted:
+  description: Path of the persisted ruleset, null when O(persist=false).
+  returned: success
+  type: str
+  sample: /etc/mseg/ruleset.nft
+msg:
+  description: What happened, in one sentence.
+  returned: always
+  type: str
+  sample: replaced table inet mseg (corrected drift)
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.mseg.fleet.plugins.module_utils import apply as engine
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            content=dict(type="str"),
+            state=dict(type="str", default="present", choices=["present", "absent"]),
+            persist=dict(type="bool", default=True),
+            confirm_timeout=dict(type="int"),
+            management_auto=dict(type="bool", default=True),
+            state_dir=dict(type="path", default=engine.DEFAULT_STATE_DIR),
+            unit_dir=dict(type="path", default=engine.DEFAULT_UNIT_DIR),
+            lock_timeout=dict(type="int", default=300),
+            _phase=dict(type="str", choices=["arm", "confirm"]),
+            _txn=dict(type="str"),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    phase = params["_phase"]
+    try:
+        if phase == "confirm":
+            result = engine.confirm(engine.Paths(params["state_dir"], params["unit_dir"]), params["_txn"])
+            if result.get("rolled_back"):
+                module.fail_json(changed=False, **result)
+            module.exit_json(**result)
+        if params["confirm_timeout"] is not None and params["confirm_timeout"] < 1:
+            module.fail_json(msg="confirm_timeout must be at least 1 second (or unset for no commit-confirmed)")
+        if params["state"] == "present" and not params["content"]:
+            module.fail_json(msg="content is required with state=present: pass the rendered ruleset text")
+        peers = []
+        if params["management_auto"] and params["state"] == "present":
+            peer = engine.detect_ssh_peer()
+            if peer:
+                peers.append(peer)
+        request = engine.Request(params["content"], params["state"], params["persist"], peers,
+                                 params["state_dir"], params["unit_dir"], params["lock_timeout"],
+                                 module.check_mode, module._diff)
+        if phase == "arm" and not module.check_mode:
+            result = engine.arm(request, params["_txn"], params["confirm_timeout"])
+        else:
+            result = engine.apply(request)
+    except engine.ApplyError as exc:
+        module.fail_json(msg=str(exc), rolled_back=False)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
