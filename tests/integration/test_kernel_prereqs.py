@@ -1,4 +1,9 @@
-"""Every failure path of the kernel_prereqs role, run for real with ansible-playbook.
+"""The kernel_prereqs role, run for real with ansible-playbook against localhost.
+
+Happy paths run inside a throwaway network namespace, so the role sets real sysctls of the running kernel without
+touching the test machine's own: converge, idempotence and check mode, and SR-IOV against a copy of a fixture sysfs.
+
+Every failure path:
 
 The role is pointed at the fixture trees in tests/unit/fixtures/kernel/ through its own variables
 (kernel_prereqs_proc_root, _sys_root, _modules_root, _nft_path) and runs against localhost. Each case must fail in
@@ -8,26 +13,27 @@ redirected into a temporary directory as a second guard, and the test checks tha
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import netns  # noqa: E402  (the shared namespace helpers live next to this file)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURES = os.path.join(ROOT, "tests", "unit", "fixtures", "kernel")
 PLAYBOOK = os.path.join(ROOT, "playbooks", "prereqs.yml")
 
 
-def run_role(tmp_path, tree, max_changed=0, **role_vars):
-    base = os.path.join(FIXTURES, tree) if tree else str(tmp_path / "empty")
+def play(tmp_path, role_vars, check=False, prefix=()):
+    """Run playbooks/prereqs.yml on localhost; return (rc, the json callback's result)."""
     extra = {
         "mseg_hosts": "localhost",
         "ansible_connection": "local",
         "ansible_become": False,
         "ansible_python_interpreter": sys.executable,
-        "kernel_prereqs_proc_root": os.path.join(base, "proc"),
-        "kernel_prereqs_sys_root": os.path.join(base, "sys"),
-        "kernel_prereqs_modules_root": os.path.join(base, "modules"),
         "kernel_prereqs_install_packages": False,
         "kernel_prereqs_sysctl_file": str(tmp_path / "sysctl.conf"),
         "kernel_prereqs_modules_load_file": str(tmp_path / "modules-load.conf"),
@@ -39,20 +45,40 @@ def run_role(tmp_path, tree, max_changed=0, **role_vars):
     env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1",
                ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
                ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
-    proc = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,",
-         "-e", "@" + str(vars_file), PLAYBOOK],
-        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 2, "expected the play to fail\n" + proc.stdout[-4000:] + proc.stderr[-4000:]
-    result = json.loads(proc.stdout)
-    failures = []
-    for play in result["plays"]:
-        for task in play["tasks"]:
+    argv = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,",
+            "-e", "@" + str(vars_file), PLAYBOOK] + (["--check"] if check else [])
+    proc = subprocess.run(list(prefix) + argv, cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                          timeout=300)
+    try:
+        return proc.returncode, json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError("ansible-playbook printed no JSON\n" + proc.stdout[-4000:] + proc.stderr[-4000:])
+
+
+def task_results(result):
+    """``{task name: [result, ...]}`` (one result per loop item) for localhost."""
+    tasks = {}
+    for one in result["plays"]:
+        for task in one["tasks"]:
             outcome = task["hosts"].get("localhost", {})
-            items = outcome.get("results") or [outcome]
             name = task["task"]["name"].split(" : ", 1)[-1]
-            failures += [(name, item["msg"]) for item in items if item.get("failed")]
+            tasks.setdefault(name, []).extend(outcome.get("results") or [outcome])
+    return tasks
+
+
+def run_role(tmp_path, tree, max_changed=0, **role_vars):
+    """Run the role against a fixture tree and expect exactly one failed task; return (task, message)."""
+    base = os.path.join(FIXTURES, tree) if tree else str(tmp_path / "empty")
+    fixture_vars = {
+        "kernel_prereqs_proc_root": os.path.join(base, "proc"),
+        "kernel_prereqs_sys_root": os.path.join(base, "sys"),
+        "kernel_prereqs_modules_root": os.path.join(base, "modules"),
+    }
+    fixture_vars.update(role_vars)
+    rc, result = play(tmp_path, fixture_vars)
+    assert rc == 2, "expected the play to fail: %s" % json.dumps(result["stats"])
+    failures = [(name, item["msg"]) for name, items in task_results(result).items()
+                for item in items if item.get("failed")]
     assert result["stats"]["localhost"]["changed"] <= max_changed, "the role changed something before failing"
     for name in ("sysctl.conf", "modules-load.conf", "sriov.rules"):
         assert not (tmp_path / name).exists(), name + " was written before the checks passed"
@@ -180,3 +206,131 @@ def test_too_many_virtual_functions(tmp_path, count):
         "kernel_prereqs_sriov_numvfs asks for {0} virtual functions on eth0 of localhost, but eth0 supports 0 to 4 "
         "(sriov_totalvfs). Ask for at most 4; nothing was changed on the host.".format(count)
     )
+
+
+NETNS_OK, NETNS_REASON = netns.available()
+needs_netns = pytest.mark.skipif(not NETNS_OK, reason=NETNS_REASON)
+SYSCTLS = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables")
+
+
+def read_sysctls(fleet):
+    return dict((name, fleet.run("kp", ["cat", "/proc/sys/" + name.replace(".", "/")]).stdout.strip())
+                for name in SYSCTLS)
+
+
+def changed_tasks(result):
+    return sorted(name for name, items in task_results(result).items() if any(item.get("changed") for item in items))
+
+
+@needs_netns
+def test_converge_idempotence_and_check_mode_in_a_network_namespace(tmp_path):
+    with open("/proc/sys/net/ipv4/ip_forward") as handle:
+        machine_forwarding = handle.read()
+    with netns.Fleet(["kp"]) as fleet:
+        prefix = fleet.exec_prefix("kp")
+        fleet.run("kp", ["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=0",
+                         "net.bridge.bridge-nf-call-ip6tables=0"])
+        assert set(read_sysctls(fleet).values()) == {"0"}
+        role_vars = {"kernel_prereqs_underlay_interfaces": ["eth0"]}
+
+        rc, result = play(tmp_path, role_vars, check=True, prefix=prefix)
+        assert rc == 0, result["stats"]
+        assert changed_tasks(result) == ["Load br_netfilter at boot", "Set the forwarding and bridge sysctls live and in sysctl.d"]
+        assert set(read_sysctls(fleet).values()) == {"0"}, "check mode changed a sysctl"
+        assert not (tmp_path / "sysctl.conf").exists() and not (tmp_path / "modules-load.conf").exists()
+
+        rc, result = play(tmp_path, role_vars, prefix=prefix)
+        assert rc == 0, result["stats"]
+        assert result["stats"]["localhost"]["changed"] == 2
+        assert set(read_sysctls(fleet).values()) == {"1"}
+        assert (tmp_path / "sysctl.conf").read_text().splitlines() == [
+            "net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1", "net.bridge.bridge-nf-call-ip6tables=1"]
+        assert (tmp_path / "modules-load.conf").read_text().splitlines()[-1] == "br_netfilter"
+        assert not (tmp_path / "sriov.rules").exists()
+        mtu = task_results(result)["Check the MTU headroom of the underlay interfaces"]
+        assert [(item["item"], item.get("failed", False)) for item in mtu] == [("eth0", False)]
+
+        rc, result = play(tmp_path, role_vars, prefix=prefix)
+        assert rc == 0, result["stats"]
+        assert result["stats"]["localhost"]["changed"] == 0, changed_tasks(result)
+
+        fleet.run("kp", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])
+        rc, result = play(tmp_path, role_vars, prefix=prefix)
+        assert changed_tasks(result) == ["Set the forwarding and bridge sysctls live and in sysctl.d"]
+        assert read_sysctls(fleet)["net.ipv4.ip_forward"] == "1", "a live sysctl that drifted was not set again"
+    with open("/proc/sys/net/ipv4/ip_forward") as handle:
+        assert handle.read() == machine_forwarding, "the role reached outside its network namespace"
+
+
+@needs_netns
+def test_sriov_virtual_functions_now_and_at_boot(tmp_path):
+    sys_root = tmp_path / "sys"
+    shutil.copytree(os.path.join(FIXTURES, "modern", "sys"), str(sys_root))
+    numvfs = sys_root / "class" / "net" / "eth0" / "device" / "sriov_numvfs"
+    role_vars = {"kernel_prereqs_sys_root": str(sys_root), "kernel_prereqs_underlay_interfaces": ["eth0"],
+                 "kernel_prereqs_sriov_numvfs": {"eth0": 8, "eth1": 2, "ens9": 4}}
+    with netns.Fleet(["kp"]) as fleet:
+        prefix = fleet.exec_prefix("kp")
+        rc, result = play(tmp_path, role_vars, check=True, prefix=prefix)
+        assert rc == 0, result["stats"]
+        assert "Set the SR-IOV virtual function counts now" in changed_tasks(result)
+        assert numvfs.read_text() == "0\n"
+        assert not (tmp_path / "sriov.rules").exists()
+
+        rc, result = play(tmp_path, role_vars, prefix=prefix)
+        assert rc == 0, result["stats"]
+        assert numvfs.read_text() == "8\n"
+        rules = [line for line in (tmp_path / "sriov.rules").read_text().splitlines() if not line.startswith("#")]
+        assert rules == [
+            'ACTION=="add", SUBSYSTEM=="net", ENV{ID_NET_NAME}=="eth0", ATTR{device/sriov_numvfs}="8"',
+            'ACTION=="add", SUBSYSTEM=="net", KERNEL=="eth0", ATTR{device/sriov_numvfs}="8"',
+        ]
+        skipped = [item["msg"] for item in task_results(result)["Report the NICs that get no virtual functions"]]
+        assert skipped == ["Skipping SR-IOV on ens9: no such interface on localhost.",
+                           "Skipping SR-IOV on eth1: the device does not support SR-IOV on localhost."]
+
+        rc, result = play(tmp_path, role_vars, prefix=prefix)
+        assert rc == 0 and result["stats"]["localhost"]["changed"] == 0, changed_tasks(result)
+
+        role_vars["kernel_prereqs_sriov_numvfs"] = {"eth0": 4}
+        rc, result = play(tmp_path, role_vars, prefix=prefix)
+        assert rc == 0, result["stats"]
+        assert numvfs.read_text() == "4\n"
+        assert changed_tasks(result) == ["Set the SR-IOV virtual function counts at boot",
+                                         "Set the SR-IOV virtual function counts now"]
+
+        role_vars["kernel_prereqs_sriov_numvfs"] = {}
+        rc, result = play(tmp_path, role_vars, prefix=prefix)
+        assert rc == 0, result["stats"]
+        assert not (tmp_path / "sriov.rules").exists(), "the boot rule outlived the setting"
+
+
+@needs_netns
+def test_kernel_facts_module_on_the_running_kernel(tmp_path):
+    """The module itself, on this machine's kernel, inside a namespace with a known set of interfaces."""
+    with netns.Fleet(["kp"]) as fleet:
+        fleet.run("kp", ["ip", "link", "set", "eth0", "mtu", "1400"])
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
+                   ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0", ANSIBLE_NOCOLOR="1")
+        proc = subprocess.run(
+            fleet.exec_prefix("kp") + [os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost",
+                                       "-c", "local", "-e", "ansible_python_interpreter=" + sys.executable,
+                                       "-m", "mseg.fleet.kernel_facts", "-o"],
+            cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    facts = json.loads(proc.stdout.split(" => ", 1)[1])["ansible_facts"]["mseg_kernel"]
+    assert facts["release"] == os.uname().release
+    assert facts["version_supported"] is True
+    assert facts["btf"]["available"] is os.path.exists("/sys/kernel/btf/vmlinux")
+    assert facts["nftables"]["works"] is True, facts["nftables"]
+    assert facts["nftables"]["binary"] and facts["nftables"]["version"]
+    assert facts["br_netfilter"]["active"] is os.path.isdir("/proc/sys/net/bridge")
+    assert facts["sysctls"]["net.ipv4.ip_forward"] == "0", "a fresh namespace does not forward"
+    assert sorted(facts["interfaces"]) == ["eth0", "lo"]
+    assert facts["interfaces"]["eth0"]["mtu"] == 1400
+    assert facts["interfaces"]["eth0"]["virtual"] is True
+    assert facts["interfaces"]["eth0"]["sriov"] == {"supported": False, "totalvfs": None, "numvfs": None}
+    assert facts["interfaces"]["lo"]["features"]["loopback"] is True
+    assert facts["default_route_interfaces"] == {"ipv4": None, "ipv6": None}
+    assert facts["cpus"]["count"] == len(facts["cpus"]["online"]) >= 1
+    assert set(os.sched_getaffinity(0)) <= set(facts["cpus"]["online"])
