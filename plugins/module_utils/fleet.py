@@ -341,10 +341,9 @@ def _resolve(index, rule, which, selectors, warnings):
         if name in members or set(partial[name]) >= set(index.hosts[name].addresses):
             members.add(name)
             del partial[name]
-    addresses = netaddr.IPSet(networks)
     for name in members:
-        addresses.update(index.hosts[name].addresses)
-    return _Side(addresses, members, partial)
+        networks.extend(index.hosts[name].addresses)
+    return _Side(netaddr.IPSet(networks), members, partial)
 
 
 def _selector_text(selector):
