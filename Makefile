@@ -96,6 +96,8 @@ sanity: setup ## ansible-test sanity on a copy of the tracked files
 	@echo ">>> ansible-test sanity"
 	@rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_ROOT)
 	@git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --files-from=- ./ $(SANITY_ROOT)/
+	@# the copy lives inside this work tree: give it its own index so ansible-test lists exactly its files
+	@cd $(SANITY_ROOT) && git init -q && git add -A
 	@cd $(SANITY_ROOT) && ansible-test sanity --venv --python 3.11 --color no $(SANITY_ARGS)
 
 .PHONY: lint
