@@ -14,7 +14,7 @@ short_description: Apply a rendered mseg.fleet ruleset to table inet mseg atomic
 version_added: 0.1.0
 description:
   - Replaces the nftables table C(inet mseg) with the rendered ruleset O(content) in one transaction, after
-    C(nft -c -f) has validated it. No other table is ever read-modified or flushed (Docker, Kubernetes,
+    C(nft -c -f) has validated it. No other table is ever modified or flushed (Docker, Kubernetes,
     firewalld and the distribution's own rules keep theirs); content that touches anything but
     C(inet mseg) (C(flush ruleset), other tables, C(include)) is refused before C(nft) runs.
   - Idempotent. After an apply the live table listed without counters (C(nft -s list table inet mseg))
@@ -31,7 +31,7 @@ description:
     C(mseg-restore.service) is installed and enabled. It runs after the distribution's C(nftables.service)
     and before C(network-pre.target).
   - B(Fail closed at boot.) If the persisted file is missing, fails its sha256 or is rejected by
-    C(nft -c), the unit does not load it. It loads a fail-closed table C(inet mseg) instead: inbound
+    C(nft -c), the unit does not load it. It loads a fail-closed table C(inet mseg) instead. Inbound
     traffic is dropped except loopback, established/related flows, ICMPv6 neighbour discovery and new
     connections to the SSH port(s) (22 and the port the controller used), so the host stays repairable.
     Outbound traffic is accepted. The unit exits non-zero and writes the reason to the journal
@@ -45,7 +45,7 @@ description:
     worker (its own session, no systemd needed) applies the ruleset and waits. The controller resets its
     connection, reconnects over a fresh one and confirms. Without a confirmation within O(confirm_timeout)
     seconds the host restores the previous table by itself. The persisted file and the recorded state are
-    only written once confirmed, so they never move. The task then fails and says that it rolled back and
+    only written once confirmed, so a rollback leaves them as they were. The task then fails and says that it rolled back and
     why.
   - Errors (C(nft) missing, kernel without nf_tables, invalid ruleset, unwritable O(state_dir), lock held
     too long) end with one message and the host keeps its previous ruleset.
@@ -115,8 +115,8 @@ options:
     default: 300
 notes:
   - Needs root (C(become)) and the C(nft) binary on the host; Python 3.8 or later.
-  - The rendered ruleset must carry the atomic preamble or not; the module always prepends
-    C(table inet mseg {}) and C(delete table inet mseg) itself.
+  - The module always prepends C(table inet mseg {}) and C(delete table inet mseg) to O(content), so the
+    transaction replaces the table whether or not the rendered ruleset carries that preamble itself.
 seealso:
   - name: community.general.iptables_state
     description: The commit-confirmed pattern for iptables that this module follows for nftables.
