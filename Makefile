@@ -89,16 +89,15 @@ integration: setup ## real nftables rulesets in network namespaces (root)
 	@echo ">>> integration tests (network namespaces)"
 	@python -m pytest -q -p no:cacheprovider tests/integration
 
-SANITY_ROOT := $(BUILD)/sanity/ansible_collections/mseg/fleet
 SANITY_ARGS ?=
 .PHONY: sanity
-sanity: setup ## ansible-test sanity on a copy of the tracked files
+sanity: setup ## ansible-test sanity on a copy of the tracked and new files
 	@echo ">>> ansible-test sanity"
-	@rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_ROOT)
-	@git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --files-from=- ./ $(SANITY_ROOT)/
-	@# the copy lives inside this work tree: give it its own index so ansible-test lists exactly its files
-	@cd $(SANITY_ROOT) && git init -q && git add -A
-	@cd $(SANITY_ROOT) && ansible-test sanity --venv --python 3.11 --color no $(SANITY_ARGS)
+	@mkdir -p $(BUILD) && base=$$(mktemp -d $(BUILD)/sanity.XXXXXX) && trap 'rm -rf "$$base"' EXIT \
+	 && root=$$base/ansible_collections/mseg/fleet && mkdir -p $$root \
+	 && git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --files-from=- ./ $$root/ \
+	 && cd $$root && git init -q && git add -A \
+	 && ansible-test sanity --venv --python 3.11 --color no $(SANITY_ARGS)
 
 .PHONY: lint
 lint: setup ## ansible-lint --profile production
