@@ -230,6 +230,49 @@ def is_mounted(path):
     return False
 
 
+def cgroup_roots():
+    """Mount points of the cgroup hierarchies systemd tracks processes in (cgroup2, and name=systemd on v1)."""
+    roots = []
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            parts = line.split()
+            sep = parts.index("-")
+            fstype, superopts = parts[sep + 1], parts[sep + 3].split(",")
+            if fstype == "cgroup2" or (fstype == "cgroup" and "name=systemd" in superopts):
+                roots.append(parts[4])
+    return roots
+
+
+def _join_cgroups(paths):
+    """Runs in the child before exec: move it into its own cgroups.
+
+    With ``--keep-unit`` and no systemd on the control node, systemd-nspawn hands the guest the cgroup it
+    was started in; guests sharing one cgroup tree remove each other's unit cgroups at boot.
+    """
+    def join():
+        for path in paths:
+            with open(os.path.join(path, "cgroup.procs"), "w") as handle:
+                handle.write("0\n")
+    return join
+
+
+def remove_cgroup(path):
+    """Remove a host's cgroup with the sub-cgroups its systemd left behind (deepest first)."""
+    if not os.path.isdir(path):
+        return
+    for dirpath, _dirs, _files in os.walk(path, topdown=False):
+        for attempt in range(50):
+            try:
+                os.rmdir(dirpath)
+                break
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    break
+                if exc.errno != errno.EBUSY or attempt == 49:
+                    raise LabError("cannot remove cgroup %s: %s" % (dirpath, exc))
+                time.sleep(0.1)
+
+
 # ---------------------------------------------------------------- state
 
 class LabState:
@@ -387,7 +430,10 @@ def _copy_root(rootfs, hdir):
     return merged
 
 
-def _start_host(host, root, bridge, log_path, capabilities):
+def _start_host(host, root, bridge, log_path, capabilities, cgroups):
+    for path in cgroups:
+        if not os.path.isdir(path):
+            os.mkdir(path)
     cmd = ["setsid", "systemd-nspawn", "--directory=" + root, "--machine=" + host["machine"],
            "--boot", "--register=no", "--keep-unit", "--console=passive",
            "--network-bridge=" + bridge, "--private-users=no"]
@@ -395,7 +441,7 @@ def _start_host(host, root, bridge, log_path, capabilities):
         cmd.append("--capability=" + ",".join(capabilities))
     with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=subprocess.STDOUT, close_fds=True,
-                                preexec_fn=None)
+                                preexec_fn=_join_cgroups(cgroups))
     # setsid(1) execs when it is not a process group leader (true for a child of ours), so this
     # PID is the systemd-nspawn process itself.
     return proc
@@ -505,7 +551,8 @@ def lab_up(name, hosts, state_dir, cache_dir, packages=DEFAULT_PACKAGES, suite=D
         hdir = os.path.join(state_dir, "hosts", host["name"])
         rec = state.host(host["name"])
         rec.update(dict(host, dir=hdir, root=os.path.join(hdir, "root"), rootfs=rootfs, method=method,
-                        mounted=(method == "overlay")))
+                        mounted=(method == "overlay"),
+                        cgroups=[os.path.join(r, "mseg-lab-" + host["machine"]) for r in cgroup_roots()]))
         state.save()  # names recorded before the objects exist
         if link_exists(host["host_veth"]):
             raise LabError("lab %r: interface %s already exists and was not created by this lab; remove it or "
@@ -515,7 +562,7 @@ def lab_up(name, hosts, state_dir, cache_dir, packages=DEFAULT_PACKAGES, suite=D
         else:
             root = _copy_root(rootfs, hdir)
         _host_files(root, host, name, planned, pubkey, v4, v6)
-        proc = _start_host(host, root, bridge, os.path.join(hdir, "console.log"), capabilities)
+        proc = _start_host(host, root, bridge, os.path.join(hdir, "console.log"), capabilities, rec["cgroups"])
         rec["pid"] = proc.pid
         state.save()
         procs.append((host, proc))
@@ -581,6 +628,8 @@ def _reap(pid):
 
 
 def _cleanup_host_objects(rec):
+    for path in rec.get("cgroups", []):
+        remove_cgroup(path)
     ifname = rec.get("host_veth")
     if ifname and link_exists(ifname):
         run(["ip", "link", "del", ifname], timeout=10, check=False)
