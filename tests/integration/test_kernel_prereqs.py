@@ -129,6 +129,17 @@ def test_ebpf_backend_without_btf(tmp_path):
     )
 
 
+def test_ebpf_backend_without_btf_or_bpf_syscall(tmp_path):
+    tree = tmp_path / "tree"
+    shutil.copytree(os.path.join(FIXTURES, "no_btf"), str(tree))
+    os.remove(str(tree / "proc" / "sys" / "kernel" / "unprivileged_bpf_disabled"))
+    task, msg = run_role(tmp_path, str(tree), kernel_prereqs_backend="ebpf")
+    assert task == "Check that the kernel can load the eBPF backend"
+    assert msg.startswith(
+        "kernel_prereqs_backend is ebpf, but kernel 5.4.0-150-generic on localhost lacks BTF "
+        "({0}/sys/kernel/btf/vmlinux) and the bpf() syscall: the agent could not load its eBPF programs".format(tree))
+
+
 def test_nftables_backend_needs_no_btf(tmp_path):
     """The same kernel passes the BTF check with the nftables backend and fails later, on MTU."""
     task, msg = run_role(tmp_path, "no_btf", kernel_prereqs_underlay_interfaces=["eth0"],
