@@ -144,12 +144,19 @@ def br_netfilter_state(proc_root, modules_root, release):
 
 
 def bpf_state(proc_root):
-    """The bpf() syscall and its JIT, from the sysctls that exist only when the kernel has them."""
+    """The bpf() syscall and its JIT, from the sysctls that exist only when the kernel has them.
+
+    ``jit`` is ``enabled``, ``enabled_debug`` or ``disabled`` (``net.core.bpf_jit_enable``), ``unavailable`` (the
+    kernel has no JIT) or ``unknown`` (not visible from this network namespace, or an unexpected value).
+    """
     unprivileged = _read_int(os.path.join(proc_root, "sys", "kernel", "unprivileged_bpf_disabled"))
     jit_enable = _read_int(os.path.join(proc_root, "sys", "net", "core", "bpf_jit_enable"))
     jit_harden = _read_int(os.path.join(proc_root, "sys", "net", "core", "bpf_jit_harden"))
     if jit_enable is None:
-        jit = "unavailable"
+        # The JIT sysctls exist only in the initial network namespace, like netdev_max_backlog: without that marker
+        # (a container with its own network namespace) the JIT cannot be seen from here.
+        initial_netns = os.path.exists(os.path.join(proc_root, "sys", "net", "core", "netdev_max_backlog"))
+        jit = "unavailable" if initial_netns else "unknown"
     else:
         jit = {0: "disabled", 1: "enabled", 2: "enabled_debug"}.get(jit_enable, "unknown")
     return {

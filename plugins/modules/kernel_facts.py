@@ -156,16 +156,18 @@ ansible_facts:
               type: int
               returned: always
             jit:
-              description: C(enabled), C(enabled_debug), C(disabled), C(unavailable) (no JIT in the kernel) or C(unknown).
+              description:
+                - C(enabled), C(enabled_debug), C(disabled), C(unavailable) (no JIT in the kernel) or C(unknown).
+                - C(unknown) in a container with its own network namespace, where the JIT sysctls are not visible.
               type: str
               returned: always
               sample: enabled
             jit_enable:
-              description: C(net.core.bpf_jit_enable), null without a JIT.
+              description: C(net.core.bpf_jit_enable), null without a JIT or where it is not visible.
               type: int
               returned: always
             jit_harden:
-              description: C(net.core.bpf_jit_harden), null without a JIT.
+              description: C(net.core.bpf_jit_harden), null without a JIT or where it is not visible.
               type: int
               returned: always
             bpftool:

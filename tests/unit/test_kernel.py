@@ -108,6 +108,14 @@ def test_old_kernel_is_reported_not_failed():
     assert facts["bpf"]["jit_enable"] is None
 
 
+def test_jit_not_visible_outside_the_initial_network_namespace(tmp_path):
+    shutil.copytree(os.path.join(FIXTURES, "modern", "proc"), str(tmp_path / "proc"))
+    shutil.rmtree(str(tmp_path / "proc" / "sys" / "net" / "core"))
+    bpf = kernel.bpf_state(str(tmp_path / "proc"))
+    assert bpf["jit"] == "unknown"
+    assert bpf["syscall"] is True
+
+
 def test_missing_btf_is_reported():
     facts = gather("no_btf")
     assert facts["version_supported"] is True
