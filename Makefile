@@ -56,11 +56,12 @@ demo: setup ## render the example inventory and print each host's ruleset summar
 	@ansible-playbook playbooks/demo.yml
 
 .PHONY: test
-test: setup ## run every test: unit, integration (real nftables in network namespaces), sanity, lint
+test: setup ## run every test: unit, integration (real nftables in network namespaces), sanity, lint, molecule
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory integration
 	@$(MAKE) --no-print-directory sanity
 	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory molecule
 
 # ---------------------------------------------------------------- the lab (local virtual fleet)
 
@@ -77,6 +78,18 @@ lab-up: setup ## boot the hosts of inventories/lab (lab "demo") and wait until t
 lab-down: setup ## remove lab "demo": exactly the processes, mounts and interfaces it recorded
 	@timeout --kill-after=30 300 ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/down.yml -e lab_name=$(LAB_NAME)
 
+# Every scenario under molecule/ (the lab's own first: its create builds the cached root file system),
+# each bounded by MOLECULE_TIMEOUT seconds; all run, the stage fails if any failed.
+MOLECULE_SCENARIOS ?= $(sort $(filter-out lab resources,$(notdir $(patsubst %/,%,$(dir $(wildcard molecule/*/molecule.yml))))))
+MOLECULE_TIMEOUT ?= 1500
+.PHONY: molecule
+molecule: setup ## every Molecule scenario on the lab (molecule test -s <name>)
+	@failed=""; for s in lab $(MOLECULE_SCENARIOS); do \
+	  echo ">>> molecule test -s $$s"; \
+	  timeout --kill-after=60 $(MOLECULE_TIMEOUT) molecule test -s $$s || failed="$$failed $$s"; \
+	done; \
+	if [ -n "$$failed" ]; then echo ">>> molecule scenarios failed:$$failed"; exit 1; fi
+
 # ---------------------------------------------------------------- test stages
 
 .PHONY: unit
@@ -90,14 +103,29 @@ integration: setup ## real nftables rulesets in network namespaces (root)
 	@python -m pytest -q -p no:cacheprovider tests/integration
 
 SANITY_ARGS ?=
+SANITY_VENV := $(BUILD)/sanity-venv
+ANSIBLE_TEST_REQS = $(VENV)/lib/python3.11/site-packages/ansible_test/_data/requirements
+GET_PIP_CACHE = $(HOME)/.ansible/test/cache/get_pip_$(subst .,_,$(ANSIBLE_TEST_PIP)).py
+ANSIBLE_TEST_PIP = $(shell sed -n "s/^ *pip='\([0-9.]*\)',/\1/p" $(VENV)/lib/python3.11/site-packages/ansible_test/_internal/python_requirements.py)
+
+# ansible-test's own pinned sanity requirements, apart from the main virtualenv (their pins differ from
+# ansible-lint's), and an offline pip bootstrap in place of the get-pip.py it cannot download here.
+$(SANITY_VENV)/.stamp: requirements.txt
+	@echo ">>> sanity virtualenv"
+	@[ -x $(SANITY_VENV)/bin/python ] || $(PYTHON) -m venv $(SANITY_VENV)
+	@$(SANITY_VENV)/bin/python -m pip install -q $$(grep -h '^ansible-core==' requirements.txt) \
+	  $$(cat $(ANSIBLE_TEST_REQS)/sanity.*.txt | grep -v '^#' | sort -u)
+	@touch $@
+
 .PHONY: sanity
-sanity: setup ## ansible-test sanity on a copy of the tracked and new files
+sanity: setup $(SANITY_VENV)/.stamp ## ansible-test sanity on a copy of the tracked and new files
 	@echo ">>> ansible-test sanity"
+	@mkdir -p $(dir $(GET_PIP_CACHE)) && install -m 0644 tests/sanity/get_pip_offline.py $(GET_PIP_CACHE)
 	@mkdir -p $(BUILD) && base=$$(mktemp -d $(BUILD)/sanity.XXXXXX) && trap 'rm -rf "$$base"' EXIT \
 	 && root=$$base/ansible_collections/mseg/fleet && mkdir -p $$root \
 	 && git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --files-from=- ./ $$root/ \
 	 && cd $$root && git init -q && git add -A \
-	 && ansible-test sanity --venv --python 3.11 --color no $(SANITY_ARGS)
+	 && PATH=$(SANITY_VENV)/bin:$$PATH ansible-test sanity --python 3.11 --color no $(SANITY_ARGS)
 
 .PHONY: lint
 lint: setup ## ansible-lint --profile production
