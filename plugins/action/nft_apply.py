@@ -25,6 +25,9 @@ import time
 
 from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure
 from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
+
+display = Display()
 
 MODULE = "mseg.fleet.nft_apply"
 _PASSED_TO_CONFIRM = ("state", "state_dir", "unit_dir")
@@ -81,6 +84,7 @@ class ActionModule(ActionBase):
                 answer = self._execute_module(module_name=MODULE, module_args=confirm_args, task_vars=task_vars)
             except AnsibleConnectionFailure as exc:
                 last_error = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+                display.vvv("nft_apply: reconnect failed: %s" % last_error, host=self._play_context.remote_addr)
                 if time.monotonic() > give_up:
                     raise AnsibleActionFail(
                         "could not reconnect to confirm the apply (%s); the host rolls back by itself "
@@ -89,9 +93,14 @@ class ActionModule(ActionBase):
                 self._reset()
                 continue
             if answer.get("pending") and time.monotonic() < give_up:
+                display.vvv("nft_apply: %s" % answer.get("msg"), host=self._play_context.remote_addr)
+                if answer.get("stale"):
+                    time.sleep(0.5)
+                    self._reset()
                 continue
             break
         answer.pop("pending", None)
+        answer.pop("stale", None)
         if answer.get("rolled_back") and last_error:
             answer["msg"] = "%s (the controller could not reconnect: %s)" % (answer.get("msg"), last_error)
         if answer.get("rolled_back"):

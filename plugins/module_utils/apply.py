@@ -215,6 +215,43 @@ def detect_ssh_peer(environ=None, pid=None):
     return None
 
 
+def _comm(pid):
+    try:
+        with open("/proc/%d/comm" % pid) as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def _boottime():
+    return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
+
+
+def ssh_connection_started(pid=None):
+    """Boot-clock second at which sshd accepted the connection this process runs over, or None (not SSH).
+
+    The per-connection sshd process is the ``sshd`` ancestor whose parent is the listening sshd; it is
+    forked right after ``accept()``, so a connection whose process started after the new ruleset went
+    live was opened through that ruleset.
+    """
+    pid = os.getpid() if pid is None else pid
+    chain = []
+    seen = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        chain.append(pid)
+        pid = _parent_of(pid)
+    sshd = [p for p in chain if _comm(p) == "sshd"]
+    if len(sshd) < 2:
+        return None
+    try:
+        with open("/proc/%d/stat" % sshd[-2]) as handle:
+            ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+    return ticks / float(os.sysconf("SC_CLK_TCK"))
+
+
 def management_elements(peers):
     """``add element`` lines for the auto-management sets, one per (address, port)."""
     lines = []
@@ -889,9 +926,11 @@ def _worker(request, engine, txn, confirm_timeout, status_fd):  # pragma: no cov
         except ApplyError as exc:
             report({"failed": True, "msg": str(exc)})
             return
+        applied_at = _boottime()
         armed = os.path.join(txn, "armed")
         write_atomic(armed, str(confirm_timeout))
-        report({"applied": True, "before": before or "", "after": after or "", "drift": ev["drift"]})
+        report({"applied": True, "before": before or "", "after": after or "", "drift": ev["drift"],
+                "applied_at": applied_at})
         deadline = time.monotonic() + confirm_timeout
         while time.monotonic() < deadline and os.path.exists(armed):
             time.sleep(0.1)
@@ -921,8 +960,13 @@ def _worker(request, engine, txn, confirm_timeout, status_fd):  # pragma: no cov
         lock.release()
 
 
-def confirm(paths, token, wait=RESULT_WAIT):
-    """Confirm an armed apply over a fresh connection; returns its final result (or the rollback)."""
+def confirm(paths, token, connection_started=None, wait=RESULT_WAIT):
+    """Confirm an armed apply over a fresh connection; returns its final result (or the rollback).
+
+    ``connection_started`` (boot-clock seconds, see ``ssh_connection_started``) proves the connection
+    is fresh: a connection opened before the new ruleset went live proves nothing, so it gets
+    ``{"pending": True, "stale": True}`` and the controller must reconnect.
+    """
     txn = _txn_dir(paths, token)
     if not os.path.isdir(txn):
         raise ApplyError("no commit-confirmed transaction %s on this host" % txn)
@@ -938,6 +982,10 @@ def confirm(paths, token, wait=RESULT_WAIT):
     if result.get("failed"):
         shutil.rmtree(txn, ignore_errors=True)
         raise ApplyError(result["msg"])
+    if connection_started is not None and connection_started <= result["applied_at"] \
+            and os.path.exists(os.path.join(txn, "armed")):
+        return {"pending": True, "stale": True,
+                "msg": "this connection was opened before the new ruleset went live; reconnect to confirm"}
     try:
         os.rename(os.path.join(txn, "armed"), os.path.join(txn, "confirmed"))
     except OSError:

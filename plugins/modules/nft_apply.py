@@ -237,7 +237,8 @@ def main():
     phase = params["_phase"]
     try:
         if phase == "confirm":
-            result = engine.confirm(engine.Paths(params["state_dir"], params["unit_dir"]), params["_txn"])
+            result = engine.confirm(engine.Paths(params["state_dir"], params["unit_dir"]), params["_txn"],
+                                    engine.ssh_connection_started())
             if result.get("rolled_back"):
                 module.fail_json(changed=False, **result)
             module.exit_json(**result)
