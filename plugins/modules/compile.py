@@ -15,14 +15,14 @@ description:
   - Validates C(mseg_policy) and the inventory contract (C(mseg_tags), C(mseg_addresses), C(mseg_mode),
     C(mseg_management)) for every host of the inventory, then compiles a plan per host and renders it as a
     complete C(nft -f) file that replaces table C(inet mseg) atomically.
-  - Runs on the controller and touches no host. Run it once per play (C(run_once=true)): it compiles the whole
+  - Runs on the controller and touches no host. Run it once per play with C(run_once=true); it compiles the whole
     inventory in one step, so the cost is one task execution whatever the number of hosts.
   - C(mseg_tags) of the groups a host belongs to are united per label (a host in two groups carries the labels of
     both); the host's own C(mseg_tags) replace a label's values.
   - Every problem in the policy or inventory is reported at once, naming the rule id (or index) and the field;
     nothing is rendered when there is any problem. A selector that selects no host is a warning.
 author:
-  - mseg.fleet contributors
+  - mseg.fleet contributors (@mseg-fleet)
 options:
   policy:
     description:
@@ -52,8 +52,11 @@ attributes:
     description: Reports whether files in O(render_dir) would change without writing them.
   diff_mode:
     support: none
+    description: Nothing on a host changes, so there is nothing to diff.
   platform:
+    support: full
     platforms: posix
+    description: Runs on the controller only; it never connects to a host.
 notes:
   - Requires the Python library C(netaddr) on the controller.
 seealso:

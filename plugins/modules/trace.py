@@ -21,7 +21,7 @@ description:
     observe mode a flow that enforce would drop is reported as allowed and audited.
   - The controller's own SSH address (added to the management entries at apply time) is not part of the trace.
 author:
-  - mseg.fleet contributors
+  - mseg.fleet contributors (@mseg-fleet)
 options:
   src:
     description:
@@ -49,8 +49,11 @@ attributes:
     description: Trace never changes anything.
   diff_mode:
     support: none
+    description: Nothing on a host changes, so there is nothing to diff.
   platform:
+    support: full
     platforms: posix
+    description: Runs on the controller only; it never connects to a host.
 seealso:
   - module: mseg.fleet.compile
 """
