@@ -53,7 +53,7 @@ setup: $(BUILD)/debs.stamp $(VENV)/.stamp $(COLLECTION_LINK) ## install Debian p
 
 .PHONY: demo
 demo: setup ## render the example inventory and print each host's ruleset summary and the trace matrix
-	@ansible-playbook playbooks/demo.yml
+	@ansible-playbook -i inventories/example playbooks/demo.yml
 
 .PHONY: test
 test: setup ## run every test: unit, integration (real nftables in network namespaces), sanity, lint, molecule
