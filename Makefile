@@ -132,6 +132,10 @@ lint: setup ## ansible-lint --profile production
 	@echo ">>> ansible-lint --profile production"
 	@ansible-lint --profile production
 
+.PHONY: bench
+bench: setup ## run every benchmark in benchmarks/ (each prints ratios to a baseline measured side by side)
+	@for bench in benchmarks/*.py; do echo ">>> $$bench"; python $$bench; done
+
 .PHONY: clean
 clean: ## remove the virtualenv and build outputs (not the lab cache)
 	rm -rf $(VENV) $(BUILD) tests/output
