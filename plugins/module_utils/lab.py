@@ -256,20 +256,48 @@ def _join_cgroups(paths):
     return join
 
 
-def remove_cgroup(path):
-    """Remove a host's cgroup with the sub-cgroups its systemd left behind (deepest first)."""
+def cgroup_pids(path):
+    """Every process left in a host's cgroup tree."""
+    pids = set()
+    for dirpath, _dirs, files in os.walk(path):
+        if "cgroup.procs" in files:
+            try:
+                with open(os.path.join(dirpath, "cgroup.procs")) as handle:
+                    pids.update(int(line) for line in handle if line.strip())
+            except (IOError, OSError):
+                continue
+    return pids
+
+
+def remove_cgroup(path, timeout=10):
+    """Remove a host's cgroup with the sub-cgroups its systemd created (deepest first).
+
+    Processes still inside (a guest whose systemd-nspawn had to be killed leaves its processes running)
+    belong to the lab by construction, so they are killed first.
+    """
     if not os.path.isdir(path):
         return
+    deadline = time.time() + timeout
+    pids = cgroup_pids(path)
+    while pids and time.time() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.1)
+        pids = cgroup_pids(path)
     for dirpath, _dirs, _files in os.walk(path, topdown=False):
-        for attempt in range(50):
+        while True:
             try:
                 os.rmdir(dirpath)
                 break
             except OSError as exc:
                 if exc.errno == errno.ENOENT:
                     break
-                if exc.errno != errno.EBUSY or attempt == 49:
-                    raise LabError("cannot remove cgroup %s: %s" % (dirpath, exc))
+                if exc.errno != errno.EBUSY or time.time() > deadline:
+                    raise LabError("cannot remove cgroup %s: %s (processes left: %s)"
+                                   % (dirpath, exc, sorted(cgroup_pids(path)) or "none"))
                 time.sleep(0.1)
 
 

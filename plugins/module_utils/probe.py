@@ -199,11 +199,15 @@ def serve(socks, hostname, until):
 
 
 def _start_time(pid):
+    """Start time of a live process (identifies it across PID reuse); None if gone or a zombie."""
     try:
         with open("/proc/%d/stat" % pid) as handle:
-            return handle.read().rsplit(")", 1)[1].split()[19]
-    except (IOError, OSError, IndexError):
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (IOError, OSError):
         return None
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
 
 
 def running_listener(pidfile=PIDFILE):

@@ -1,11 +1,15 @@
 """The lab hosts are real systemd machines, reached over SSH, on one bridge, each with its own nftables."""
 
+import json
 import os
 import subprocess
 
+import pytest
+import testinfra
 import testinfra.utils.ansible_runner
 
-RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"])
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY)
 testinfra_hosts = RUNNER.get_hosts("lab_nodes")
 
 CONNECT = (
@@ -59,3 +63,30 @@ def test_own_nftables_ruleset(host):
     # The control node does not see the host's table: every host has its own network namespace.
     local = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
     assert "mseg_molecule_lab" not in local
+
+
+@pytest.fixture(scope="module")
+def listeners():
+    """A probe listener on every host for tcp/7, udp/7 (open) and tcp/9, udp/9 (dropped by converge's table)."""
+    hosts = dict((name, testinfra.get_host("ansible://%s?ansible_inventory=%s" % (name, INVENTORY)))
+                 for name in testinfra_hosts)
+    for name, node in hosts.items():
+        node.ansible("mseg.fleet.probe_listener", "ports=tcp/7,udp/7,tcp/9,udp/9 duration=120 hostname=%s" % name,
+                     check=False)
+    yield
+    for node in hosts.values():
+        node.ansible("mseg.fleet.probe_listener", "state=stopped", check=False)
+
+
+def test_probe_tells_open_from_dropped_with_real_packets(host, listeners):
+    for peer in _peers(host):
+        ipv6 = host.check_output("getent ahostsv6 %s", peer).split()[0]
+        targets = [{"name": peer, "address": address, "port": port}
+                   for address in (_address(peer), ipv6) for port in ("tcp/7", "udp/7", "tcp/9", "udp/9")]
+        probed = host.ansible("mseg.fleet.probe", json.dumps({"targets": targets, "timeout": 0.5}), check=False)
+        outcome = dict(((r["address"], r["port"]), (r["result"], r["responder"])) for r in probed["results"])
+        for address in (_address(peer), ipv6):
+            assert outcome[(address, "tcp/7")] == ("open", peer)
+            assert outcome[(address, "udp/7")] == ("open", peer)
+            assert outcome[(address, "tcp/9")] == ("timeout", None)
+            assert outcome[(address, "udp/9")] == ("timeout", None)
