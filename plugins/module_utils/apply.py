@@ -39,6 +39,7 @@ import socket
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 
 __metaclass__ = type
@@ -64,57 +65,66 @@ class ApplyError(Exception):
 # --------------------------------------------------------------------------- scope check
 
 
+_LEXEME = re.compile(r'"[^"\n]*"?|#[^\n]*')
+_TOP = re.compile(r"[{};\n]")
+_INNER = re.compile(r"[{}]")
+
+
+def _blank(match):
+    """Same length, no meaning: string contents become ``_``, comments spaces (positions stay valid)."""
+    token = match.group(0)
+    if token[0] == '"':
+        return '"' + "_" * max(0, len(token) - 2) + ('"' if len(token) > 1 else "")
+    return " " * len(token)
+
+
 def _statements(content):
-    """Yield ``(line, header)`` for every top-level statement: the words before its first ``{``."""
-    depth = 0
-    header = []
-    line = start = 1
-    i = 0
-    n = len(content)
-    while i < n:
-        ch = content[i]
-        if ch == "#":
-            end = content.find("\n", i)
-            i = n if end < 0 else end
-            continue
-        if ch == '"':
-            end = content.find('"', i + 1)
-            if depth == 0:
-                header.append(content[i:n if end < 0 else end + 1])
-            i = n if end < 0 else end + 1
-            continue
-        if ch == "\n":
-            line += 1
-        if depth == 0:
-            if ch in "\n;":
-                text = " ".join("".join(header).split())
-                if text:
-                    yield start, text
-                header = []
-                start = line
-            elif ch == "{":
-                text = " ".join("".join(header).split())
-                yield start, text
-                header = []
-                depth = 1
-            elif ch == "}":
-                raise ApplyError("content line %d: unbalanced '}'" % line)
-            else:
-                if not "".join(header).strip():
-                    start = line
-                header.append(ch)
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                start = line
-        i += 1
-    if depth:
-        raise ApplyError("content: unbalanced '{' (a block opened near line %d is never closed)" % start)
-    text = " ".join("".join(header).split())
-    if text:
-        yield start, text
+    """Yield ``(line, header, shown)`` for every top-level statement: the words before its first ``{``.
+
+    ``header`` has string contents blanked (what the scope check judges); ``shown`` is the original
+    text for messages.
+
+    Strings and comments are blanked first; inside blocks only braces matter, so the scan skips
+    element lists of any size at regular-expression speed.
+    """
+    text = _LEXEME.sub(_blank, content)
+    counted = [0, 1]  # position up to which newlines are counted, line number there
+
+    def line_of(position):
+        counted[1] += text.count("\n", counted[0], position)
+        counted[0] = position
+        return counted[1]
+
+    pos = start = 0
+    while True:
+        match = _TOP.search(text, pos)
+        end = match.start() if match else len(text)
+        segment = text[start:end]
+        header = " ".join(segment.split())
+        if header:
+            first = line_of(start + len(segment) - len(segment.lstrip()))
+            shown = " ".join(_LEXEME.sub(lambda m: m.group(0) if m.group(0)[0] == '"' else "",
+                                         content[start:end]).split())
+        if not match:
+            if header:
+                yield first, header, shown
+            return
+        char = match.group(0)
+        if char == "}":
+            raise ApplyError("content line %d: unbalanced '}'" % line_of(end))
+        if header or char == "{":
+            yield (first, header, shown) if header else (line_of(end), "", "")
+        pos = end + 1
+        if char == "{":
+            opened = line_of(end)
+            depth = 1
+            while depth:
+                inner = _INNER.search(text, pos)
+                if not inner:
+                    raise ApplyError("content: unbalanced '{' (the block opened on line %d is never closed)" % opened)
+                depth += 1 if inner.group(0) == "{" else -1
+                pos = inner.end()
+        start = pos
 
 
 def _in_scope(header):
@@ -134,9 +144,9 @@ def check_scope(content):
     """Raise ``ApplyError`` unless every statement of ``content`` stays inside table ``inet mseg``."""
     bad = []
     defines = False
-    for line, header in _statements(content):
+    for line, header, shown in _statements(content):
         if header and not _in_scope(header):
-            bad.append("line %d: '%s'" % (line, header[:80]))
+            bad.append("line %d: '%s'" % (line, shown[:80]))
         if header.split()[:3] == ["table", "inet", "mseg"]:
             defines = True
     if bad:
@@ -307,6 +317,9 @@ class Nft:
         return proc.returncode, proc.stdout, proc.stderr
 
     def probe(self):
+        """Fail clearly when the kernel has no nf_tables (the netlink query is cheap; nft explains failures)."""
+        if ruleset_genid() is not None:
+            return
         rc, _out, err = self._run(["list", "tables"])
         if rc != 0:
             if any(hint in err for hint in _KERNEL_HINTS):
@@ -803,7 +816,16 @@ class Engine:
             return self._run_locked()
 
     def _run_locked(self):
-        ev = self.evaluate()
+        check = None
+        if self.req.state == "present" and not self.req.check_mode \
+                and load_state(self.paths).get("desired_sha256") != self.desired_sha:
+            check = _Background(self.nft.check, self.transaction)  # certain to be needed; overlaps the listing
+        try:
+            ev = self.evaluate()
+        except ApplyError:
+            if check:
+                check.wait()
+            raise
         persist_ok = self.persist_in_sync()
         if ev["in_sync"]:
             counts = ev["state"].get("counts") or count_listing(ev["before"])
@@ -821,7 +843,9 @@ class Engine:
             counts = count_listing(after if after and after != self.transaction else ev["before"])
             return self.result(True, ev["before"] or "", after, counts, ev["drift"],
                                "would replace table inet mseg" + (" (live table drifted)" if ev["drift"] else ""))
-        if self.req.state == "present":
+        if check:
+            check.result()
+        elif self.req.state == "present":
             self.nft.check(self.transaction)
         self.backup(ev["before"])
         self.nft.load(self.transaction)
@@ -830,6 +854,32 @@ class Engine:
         verb = "replaced" if self.req.state == "present" else "removed"
         msg = "%s table inet mseg%s" % (verb, " (corrected drift)" if ev["drift"] else "")
         return self.result(True, ev["before"] or "", after or "", counts, ev["drift"], msg)
+
+
+class _Background:
+    """Run ``func(*args)`` in a thread; ``result()`` joins it and re-raises its exception."""
+
+    def __init__(self, func, *args):
+        self.error = None
+        self.value = None
+
+        def target():
+            try:
+                self.value = func(*args)
+            except Exception as exc:  # handed to the caller by result()
+                self.error = exc
+        self.thread = threading.Thread(target=target)
+        self.thread.daemon = True
+        self.thread.start()
+
+    def wait(self):
+        self.thread.join()
+
+    def result(self):
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 def apply(request, nft=None):
