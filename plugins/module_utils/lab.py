@@ -178,18 +178,18 @@ def subnets_from_hosts(hosts):
 
 # ---------------------------------------------------------------- processes
 
-def run(cmd, timeout, check=True, env=None, input_text=None):
+def run(cmd, timeout, check=True, env=None):
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
-                              universal_newlines=True, env=env, input=input_text)
+                              universal_newlines=True, env=env, check=False)
     except subprocess.TimeoutExpired:
         raise LabError("'%s' did not finish within %d s" % (" ".join(cmd), timeout))
     except OSError as exc:
         raise LabError("cannot run '%s': %s (is the package that provides it installed? 'make setup')"
                        % (cmd[0], exc))
     if check and proc.returncode != 0:
-        raise LabError("'%s' failed with exit code %d: %s" % (" ".join(cmd), proc.returncode,
-                                                            (proc.stderr or proc.stdout).strip()[-2000:]))
+        output = (proc.stderr or proc.stdout).strip()[-2000:]
+        raise LabError("'%s' failed with exit code %d: %s" % (" ".join(cmd), proc.returncode, output))
     return proc
 
 

@@ -121,7 +121,8 @@ def probe_udp(address, port, timeout):
 def probe_icmp(address, timeout):
     cmd = ["ping", "-n", "-q", "-c", "1", "-W", str(max(1, int(round(timeout)))), address]
     try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout + 5)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout + 5,
+                              check=False)
     except OSError:
         raise ProbeError("icmp probes need the ping command (Debian package iputils-ping)")
     except subprocess.TimeoutExpired:

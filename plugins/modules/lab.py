@@ -24,7 +24,7 @@ description:
   - Without fixed addresses the lab takes the first free /24 of C(10.213.0.0/16) starting at an index derived from
     O(name); C(10.213.0.0/24) is left for inventories with fixed addresses.
 author:
-  - mseg.fleet developers
+  - mseg.fleet contributors (@mseg-fleet)
 requirements:
   - systemd-nspawn (Debian package systemd-container), debootstrap, iproute2, openssh-client on the control node
   - root on the control node
@@ -34,8 +34,11 @@ attributes:
     description: Reports whether hosts would be started or removed without touching anything.
   diff_mode:
     support: none
+    description: The lab has no textual state to compare.
   platform:
+    support: full
     platforms: posix
+    description: A Debian 12 (or similar) Linux control node, as root.
 options:
   name:
     description:

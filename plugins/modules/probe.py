@@ -20,15 +20,18 @@ description:
     so a packet that reached another host than intended can be told apart.
   - The module never changes the host.
 author:
-  - mseg.fleet developers
+  - mseg.fleet contributors (@mseg-fleet)
 attributes:
   check_mode:
     support: full
     description: Probes are sent in check mode too; they change nothing.
   diff_mode:
     support: none
+    description: Nothing to compare.
   platform:
+    support: full
     platforms: posix
+    description: Linux hosts.
 options:
   targets:
     description: What to probe.
@@ -91,7 +94,7 @@ results:
     result:
       description:
         - V(open) (handshake or reply), V(refused) (TCP reset or ICMP port unreachable), V(timeout) (nothing came
-          back: dropped), or V(unreachable) (no route or no neighbour).
+          back, so the packet was dropped), or V(unreachable) (no route or no neighbour).
       type: str
       sample: open
     reachable:

@@ -20,15 +20,18 @@ description:
     that another service already listens on are left to it and reported in RV(busy).
   - Meant for test and lab hosts (the listener accepts anything); stop it when done.
 author:
-  - mseg.fleet developers
+  - mseg.fleet contributors (@mseg-fleet)
 attributes:
   check_mode:
     support: full
     description: Reports whether a listener would be started or stopped.
   diff_mode:
     support: none
+    description: Nothing to compare.
   platform:
+    support: full
     platforms: posix
+    description: Linux hosts.
 options:
   state:
     description: V(started) starts a listener (replacing a running one), V(stopped) stops it.

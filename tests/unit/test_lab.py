@@ -48,8 +48,8 @@ def test_subnet_is_deterministic_and_never_the_reserved_one():
 
 
 def test_a_subnet_in_use_is_skipped():
-    first, _ = lab.choose_subnets("mol-lab", [])
-    second, _ = lab.choose_subnets("mol-lab", [first])
+    first = lab.choose_subnets("mol-lab", [])[0]
+    second = lab.choose_subnets("mol-lab", [first])[0]
     assert second != first
     assert second.overlaps(ipaddress.ip_network("10.213.0.0/16"))
 
