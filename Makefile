@@ -52,7 +52,13 @@ setup: $(BUILD)/debs.stamp $(VENV)/.stamp $(COLLECTION_LINK) ## install Debian p
 # ---------------------------------------------------------------- the two commands
 
 .PHONY: demo
-demo: setup ## render the example inventory and print each host's ruleset summary and the trace matrix
+demo: setup ## boot the lab fleet, roll the policy out, and show measured reachability beside trace's prediction
+	@$(MAKE) --no-print-directory lab-up
+	@timeout --kill-after=30 1200 ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/demo.yml
+	@echo ">>> The lab fleet is still up: ssh in with the key in $(MSEG_LAB_STATE_DIR)/$(LAB_NAME)/, remove it with make lab-down"
+
+.PHONY: demo-render
+demo-render: setup ## render the example inventory (no hosts needed): ruleset summaries and trace matrices
 	@ansible-playbook -i inventories/example playbooks/demo.yml
 
 .PHONY: test
@@ -77,6 +83,12 @@ lab-up: setup ## boot the hosts of inventories/lab (lab "demo") and wait until t
 .PHONY: lab-down
 lab-down: setup ## remove lab "demo": exactly the processes, mounts and interfaces it recorded
 	@timeout --kill-after=30 300 ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/down.yml -e lab_name=$(LAB_NAME)
+
+LAB_PORTS ?= ["tcp/22", "tcp/80", "tcp/5432", "udp/53", "icmp"]
+.PHONY: lab-matrix
+lab-matrix: setup ## measure who reaches whom in lab "demo" with real packets (LAB_PORTS='["tcp/22"]')
+	@timeout --kill-after=30 600 ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/reachability.yml \
+	  -e '{"reachability_ports": $(LAB_PORTS)}'
 
 # Every scenario under molecule/ (the lab's own first: its create builds the cached root file system),
 # each bounded by MOLECULE_TIMEOUT seconds; all run, the stage fails if any failed.
