@@ -1,0 +1,144 @@
+"""kernel_prereqs on the lab: real sysctls in each host's own network namespace, real BTF, real nf_tables."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import testinfra.utils.ansible_runner
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY)
+testinfra_hosts = RUNNER.get_hosts("kernel_nodes")
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+FIXTURES = os.path.join(ROOT, "tests", "unit", "fixtures", "kernel")
+SYSCTLS = {
+    "net.ipv4.ip_forward": 1,
+    "net.bridge.bridge-nf-call-iptables": 1,
+    "net.bridge.bridge-nf-call-ip6tables": 1,
+}
+
+
+def _name(host):
+    return host.backend.get_hostname()
+
+
+def _facts(host):
+    result = host.ansible("mseg.fleet.kernel_facts", check=False)
+    return result["ansible_facts"]["mseg_kernel"]
+
+
+def _playbook(limit, extra, *args):
+    """Run playbooks/prereqs.yml on lab hosts over SSH; return (rc, json callback result)."""
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
+    argv = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", INVENTORY,
+            "-l", limit, "-e", json.dumps(dict(extra, mseg_hosts=limit)),
+            os.path.join(ROOT, "playbooks", "prereqs.yml")] + list(args)
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def check_mode_run():
+    """One check-mode run over every host, with the converge's variables."""
+    return _playbook("kernel_nodes", {"kernel_prereqs_sriov_numvfs": {"host0": 4}}, "--check")
+
+
+def test_sysctls_are_set_live_in_the_hosts_own_namespace(host):
+    for name, value in SYSCTLS.items():
+        assert host.sysctl(name) == value, name
+
+
+def test_sysctls_persist_through_the_boot_path(host):
+    conf = host.file("/etc/sysctl.d/90-mseg-kernel-prereqs.conf")
+    assert conf.user == "root" and conf.mode == 0o644
+    assert conf.content_string.split() == ["%s=%s" % item for item in SYSCTLS.items()]
+    # What happens at boot: systemd-sysctl applies sysctl.d. Drift the live value, then let it restore it.
+    host.run_expect([0], "sysctl -q -w net.ipv4.ip_forward=0")
+    try:
+        host.run_expect([0], "systemctl restart systemd-sysctl.service")
+        assert host.sysctl("net.ipv4.ip_forward") == 1
+    finally:
+        host.run("sysctl -q -w net.ipv4.ip_forward=1")
+
+
+def test_br_netfilter_is_active_and_listed_for_the_boot(host):
+    assert host.file("/proc/sys/net/bridge").is_directory
+    assert host.file("/etc/modules-load.d/mseg-kernel-prereqs.conf").content_string.splitlines()[-1] == "br_netfilter"
+
+
+def test_no_sriov_boot_rule_on_nics_without_sriov(host):
+    assert not host.file("/sys/class/net/host0/device/sriov_totalvfs").exists
+    assert not host.file("/etc/udev/rules.d/81-mseg-sriov.rules").exists
+
+
+def test_facts_describe_the_running_kernel(host):
+    facts = _facts(host)
+    assert facts["release"] == host.check_output("uname -r")
+    assert facts["version_supported"] is True
+    assert facts["btf"]["available"] is host.file("/sys/kernel/btf/vmlinux").exists
+    assert facts["nftables"]["works"] is True, facts["nftables"]
+    assert facts["nftables"]["version"] in host.check_output("nft --version")
+    assert facts["br_netfilter"]["active"] is True
+    assert facts["sysctls"]["net.ipv4.ip_forward"] == "1"
+    links = json.loads(host.check_output("ip -j link show"))
+    assert sorted(facts["interfaces"]) == sorted(link["ifname"].split("@")[0] for link in links)
+    for link in links:
+        assert facts["interfaces"][link["ifname"].split("@")[0]]["mtu"] == link["mtu"]
+    route = json.loads(host.check_output("ip -j -4 route show default"))
+    assert facts["default_route_interfaces"]["ipv4"] == route[0]["dev"] == "host0"
+    assert facts["cpus"]["count"] == int(host.check_output("getconf _NPROCESSORS_ONLN"))
+    # A container has its own network namespace: the JIT sysctls of the initial one are not visible.
+    assert facts["bpf"]["jit"] == "unknown"
+
+
+def test_ebpf_host_passed_the_real_btf_check(host):
+    if _name(host) != "kp-ebpf":
+        pytest.skip("only kp-ebpf runs the eBPF backend")
+    assert RUNNER.get_variables("kp-ebpf")["kernel_prereqs_backend"] == "ebpf"
+    assert host.file("/sys/kernel/btf/vmlinux").exists
+    assert _facts(host)["btf"]["available"] is True
+
+
+def test_check_mode_after_converge_changes_nothing(host, check_mode_run):
+    rc, result = check_mode_run
+    assert rc == 0
+    assert result["stats"][_name(host)]["changed"] == 0
+
+
+def test_br_netfilter_that_cannot_be_loaded_in_a_container(host):
+    """br_netfilter inactive but loadable by the fixture's account: the real modprobe in the container fails (no
+    CAP_SYS_MODULE, no modules of the machine's kernel) and the role says where to load it."""
+    if _name(host) != "kp-nft":
+        pytest.skip("one container proves it")
+    fixture = "/tmp/mseg-kernel-fixture"
+    host.run_expect([0], "rm -rf %s" % fixture)
+    copied = host.ansible("ansible.builtin.copy", "src=%s/ dest=%s/" % (os.path.join(FIXTURES, "bridge_module"),
+                                                                         fixture), check=False)
+    assert not copied.get("failed"), copied
+    try:
+        rc, result = _playbook(_name(host), {
+            "kernel_prereqs_proc_root": fixture + "/proc",
+            "kernel_prereqs_sys_root": fixture + "/sys",
+            "kernel_prereqs_modules_root": fixture + "/modules",
+            "kernel_prereqs_install_packages": False,
+            "kernel_prereqs_modules_load_file": fixture + "/modules-load.conf",
+            "kernel_prereqs_sysctl_file": fixture + "/sysctl.conf",
+        })
+    finally:
+        listing = host.run("ls %s" % fixture).stdout.split()
+        host.run("rm -rf %s" % fixture)
+    assert rc == 2
+    messages = [outcome["msg"] for play in result["plays"] for task in play["tasks"]
+                for outcome in [task["hosts"].get(_name(host), {})] if outcome.get("failed")]
+    assert len(messages) == 1, messages
+    prefix = ("br_netfilter is not active on {0} ({1}/proc/sys/net/bridge is missing) and could not be loaded: "
+              "modprobe br_netfilter failed (".format(_name(host), fixture))
+    suffix = ("). Load br_netfilter where the kernel runs (modprobe br_netfilter, or on the machine that hosts this "
+              "container); without it bridged traffic bypasses the firewall.")
+    assert messages[0].startswith(prefix) and messages[0].endswith(suffix), messages[0]
+    assert "modprobe:" in messages[0][len(prefix):-len(suffix)], "the reason is modprobe's own error"
+    assert result["stats"][_name(host)]["changed"] == 0
+    assert "modules-load.conf" not in listing and "sysctl.conf" not in listing
