@@ -20,7 +20,7 @@ description:
   - Never fails because an optional facility is missing; it reports it as missing. Deciding what is required is
     the job of the caller, for example the C(mseg.fleet.kernel_prereqs) role.
 author:
-  - mseg.fleet developers
+  - mseg.fleet contributors (@mseg-fleet)
 options:
   proc_root:
     description:
