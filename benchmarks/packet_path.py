@@ -8,6 +8,8 @@ For every size P x R (P allowed peers across R policy rules, P/R addresses per r
 the server) the server namespace of each variant holds:
 
 * none               no firewall at all (not even conntrack);
+* conntrack          only ``ct state established,related accept``: the floor every stateful firewall pays (the
+                     connection-tracking entry per connection, a lookup per packet); not a policy;
 * ours               the policy compiled and rendered by the engine (``compile_fleet`` + ``render_plan``), mode
                      enforce, ingress default deny, loaded with ``nft -f``;
 * iptables-nft       the same policy as linear iptables rules, loaded with ``iptables-nft-restore``: an
@@ -18,7 +20,7 @@ the server) the server namespace of each variant holds:
 The client is the last peer of the last rule, so a new connection walks the whole policy before it is accepted.
 Rounds alternate the variants (in a rotated order) and each measures, with ``tcpbench`` (benchmarks/tcpbench.c,
 built here with cc): ``crr`` fresh TCP connections (connect, 1-byte request and response, close) for --seconds;
-``rr`` 1-byte request/response on one established connection; ``stream`` TCP throughput. Client and server are
+``rr`` 1-byte request/response on one established connection and ``stream`` TCP throughput, a third as long each. Client and server are
 pinned to one core (--cpu): on a shared 2-core VM a cross-core wake-up costs more than the whole firewall.
 The figure per variant is the median over rounds of each run's median; the connection rate is 1 / (median
 connection time), which preemption by other work on the machine does not move the way it moves the mean.
@@ -55,7 +57,15 @@ FULL_SIZES = "10x10,1000x10,1000x1000,10000x10,10000x1000,100000x10,100000x1000"
 QUICK_SIZES = "10x10,1000x10,10000x10,10000x1000"
 PREFIX = "mspp"
 STALE_RE = re.compile(r"^" + PREFIX + r"(\d+)-")
-VARIANTS = ("none", "ours", "iptables-nft", "iptables-legacy", "ipset")
+VARIANTS = ("none", "conntrack", "ours", "iptables-nft", "iptables-legacy", "ipset")
+COMPARED = ("conntrack", "iptables-nft", "iptables-legacy", "ipset")
+CONNTRACK_ONLY = """table inet bench_conntrack {
+    chain input {
+        type filter hook input priority filter; policy accept;
+        ct state established,related accept
+    }
+}
+"""
 
 
 class BenchError(RuntimeError):
@@ -151,7 +161,7 @@ class Pair(object):
         self.cpu = str(cpu)
         self.binary = binary
         self.server = None
-        self.load_seconds = None
+        self.compile_seconds = None
         self.check = None
         run(["ip", "netns", "add", self.server_ns])
         run(["ip", "netns", "add", self.client_ns])
@@ -199,17 +209,17 @@ def load_variant(pair, variant, peers, rules, max_load):
     """Load the variant's ruleset into the pair's server namespace; returns seconds; sets the pair's match check."""
     start = time.perf_counter()
     if variant == "ours":
-        text, _compile = render_ours(peers, rules)
+        text, pair.compile_seconds = render_ours(peers, rules)
         start = time.perf_counter()
         pair.in_server(["nft", "-f", "-"], stdin=text, timeout=max_load)
-        counter = "rule_%d_in" % rules
-        if re.findall(r'counter name "(rule_\d+_in)"', text)[-1:] != [counter]:
-            raise BenchError("ours: the client's rule %d is not the last policy rule of the input chain" % rules)
-        pair.check = lambda: _nft_counter(pair, counter)
+        pair.check = lambda: _nft_counter(pair, "rule_%d_in" % rules)
     elif variant in ("iptables-nft", "iptables-legacy"):
         backend = variant.split("-")[1]
         pair.in_server([tool("iptables-%s-restore" % backend)], stdin=iptables_linear(peers, rules), timeout=max_load)
         pair.check = lambda: _iptables_last(pair, backend)
+    elif variant == "conntrack":
+        pair.in_server(["nft", "-f", "-"], stdin=CONNTRACK_ONLY, timeout=max_load)
+        pair.check = None
     elif variant == "ipset":
         pair.in_server([tool("ipset"), "restore"], stdin=ipset_sets(peers, rules), timeout=max_load)
         backend = ipset_backend()
@@ -262,8 +272,8 @@ def measure(pairs, order, rounds, seconds):
         for variant in order[shift:] + order[:shift]:
             pair = pairs[variant]
             crr = pair.client("crr", seconds)
-            rr = pair.client("rr", seconds / 2)
-            stream = pair.client("stream", seconds / 2)
+            rr = pair.client("rr", max(0.2, seconds / 3))
+            stream = pair.client("stream", max(0.2, seconds / 3))
             runs[variant]["crr"].append(crr["median"])
             runs[variant]["crr_rate"].append(crr["count"] / crr["elapsed"])
             runs[variant]["rr"].append(rr["median"])
@@ -308,9 +318,10 @@ def ratio(value):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", help="PEERSxRULES,... (default %s; --quick %s)" % (FULL_SIZES, QUICK_SIZES))
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, 2 rounds of 1 s")
-    parser.add_argument("--rounds", type=int, help="alternating rounds (default 3; --quick 2)")
-    parser.add_argument("--seconds", type=float, help="seconds of crr per run; rr and stream get half (default 2)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, 3 rounds of 1 s")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    parser.add_argument("--seconds", type=float, help="seconds of crr per run, rr and stream get a third each "
+                        "(default 1.5; --quick 1)")
     parser.add_argument("--cpu", type=int, default=0, help="the core client and server are pinned to")
     parser.add_argument("--max-load", type=float, default=120.0,
                         help="a variant whose ruleset takes longer to load is skipped at this size and above")
@@ -333,8 +344,8 @@ def main():
 
 
 def bench(args, sizes, wanted):
-    rounds = args.rounds or (2 if args.quick else 3)
-    seconds = args.seconds or (1.0 if args.quick else 2.0)
+    rounds = args.rounds
+    seconds = args.seconds or (1.0 if args.quick else 1.5)
     cleanup_stale()
     workdir = tempfile.mkdtemp(prefix="mseg-packet-path-")
     pairs = {}
@@ -362,7 +373,8 @@ def bench(args, sizes, wanted):
     capped = {}
 
     print("packet path: %d round(s) alternating, crr %.1f s / rr %.1f s / stream %.1f s per run, client and server "
-          "on cpu %d, kernel %s" % (rounds, seconds, seconds / 2, seconds / 2, args.cpu, os.uname().release))
+          "on cpu %d, kernel %s" % (rounds, seconds, max(0.2, seconds / 3), max(0.2, seconds / 3), args.cpu,
+                                    os.uname().release))
     summary = []
     for peers, rules in sizes:
         client = peer_address(peers - 1)
@@ -401,34 +413,45 @@ def bench(args, sizes, wanted):
         ours, none = figures["ours"], figures["none"]
         row = {"size": (peers, rules), "conn": none["crr"] / ours["crr"], "rr": ours["rr"] / none["rr"],
                "stream": ours["stream"] / none["stream"]}
-        for variant in ("iptables-nft", "iptables-legacy", "ipset"):
+        for variant in COMPARED:
             row[variant] = figures[variant]["crr"] / ours["crr"] if variant in figures else None
+        added = max(ours["crr"] - none["crr"], 0.1)
+        row["added"] = {v: (figures[v]["crr"] - none["crr"]) / added for v in COMPARED if v in figures}
+        row["added_us"] = ours["crr"] - none["crr"]
         summary.append(row)
-        print("  ours / no-firewall: conn rate %.2f, rr latency %.2f, throughput %.2f; ours / iptables-linear conn "
-              "rate: nft %s, legacy %s; ours / ipset %s" % (row["conn"], row["rr"], row["stream"],
-                                                            ratio(row["iptables-nft"]), ratio(row["iptables-legacy"]),
-                                                            ratio(row["ipset"])), flush=True)
+        print("  compile + render of ours: %.2f s" % present["ours"].compile_seconds)
+        print("  ours / no-firewall: conn rate %.2f, rr latency %.2f, throughput %.2f; conn rate ours / conntrack "
+              "only %s, / iptables-nft %s, / iptables-legacy %s, / ipset %s" % (
+                  row["conn"], row["rr"], row["stream"], *(ratio(row[v]) for v in COMPARED)), flush=True)
 
     print()
-    print("Summary (rates from median times; conn = new connections/s, rr = request/response latency)")
-    header = "  %-14s %11s %11s %11s %14s %14s %9s" % (
-        "P x R", "conn/none", "rr/none", "Gbit/none", "conn/ipt-nft", "conn/ipt-leg", "conn/ipset")
-    print(header)
+    print("Summary: ours / baseline (conn = new-connection rate, higher is better; rr = latency on an established "
+          "connection and Gbit = throughput, both against no firewall)")
+    print("  %-12s %9s %8s %9s %10s %10s %10s %10s" % ("P x R", "conn/none", "rr/none", "Gbit/none", "conn/ct",
+                                                       "conn/ipt-nft", "conn/ipt-leg", "conn/ipset"))
     for row in summary:
-        print("  %-14s %11.2f %11.2f %11.2f %14s %14s %9s" % (
-            "%dx%d" % row["size"], row["conn"], row["rr"], row["stream"], ratio(row["iptables-nft"]),
-            ratio(row["iptables-legacy"]), ratio(row["ipset"])))
+        print("  %-12s %9.2f %8.2f %9.2f %10s %10s %10s %10s" % (
+            "%dx%d" % row["size"], row["conn"], row["rr"], row["stream"], *(ratio(row[v]) for v in COMPARED)))
     missed = []
     for row in summary:
         size = "%dx%d" % row["size"]
-        if row["conn"] < 0.95 or row["stream"] < 0.95 or row["rr"] > 1.05:
-            missed.append("%s: not within 5%% of no firewall" % size)
+        for metric, bad in (("conn rate", row["conn"] < 0.95), ("rr latency", row["rr"] > 1.05),
+                            ("throughput", row["stream"] < 0.95)):
+            if bad:
+                missed.append("%s %s" % (size, metric))
         if row["size"][0] == 10000:
             for variant in ("iptables-nft", "iptables-legacy"):
                 if row[variant] is not None and row[variant] < 5:
-                    missed.append("%s: conn rate only %.1fx %s" % (size, row[variant], variant))
-    print("targets (within 5%% of no firewall everywhere; >= 5x iptables-linear at 10,000 peers): %s"
-          % ("met" if not missed else "MISSED: " + "; ".join(missed)))
+                    missed.append("%s only %.1fx %s" % (size, row[variant], variant))
+    print("targets (within 5%% of no firewall everywhere; conn rate >= 5x iptables-linear at 10,000 peers): %s"
+          % ("met" if not missed else "MISSED: " + ", ".join(missed)))
+    print()
+    print("Cost per new connection over no firewall (us), and each baseline's cost / ours (the firewall's own work, "
+          "without the kernel's fixed TCP cost)")
+    print("  %-12s %8s %10s %10s %10s %10s" % ("P x R", "ours us", "conntrack", "ipt-nft", "ipt-legacy", "ipset"))
+    for row in summary:
+        print("  %-12s %8.1f %10s %10s %10s %10s" % ("%dx%d" % row["size"], row["added_us"],
+                                                     *(ratio(row["added"].get(v)) for v in COMPARED)))
     for note in notes:
         print("note: " + note)
     return 0
