@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Apply benchmark: nft_apply's engine against iptables-restore of the equivalent linear rules.
 
     sudo python benchmarks/apply.py [--elements 100000] [--repeat 5]
@@ -86,7 +85,7 @@ def iptables_file(elements, port=8080):
 def timed(func, repeat):
     runs = []
     result = None
-    for _ in range(repeat):
+    for dummy in range(repeat):
         start = time.perf_counter()
         result = func()
         runs.append(time.perf_counter() - start)
@@ -121,20 +120,21 @@ def worker_nft(count, repeat):
             start = time.perf_counter()
             res = engine.apply(request(text))
             return time.perf_counter() - start, res
-        listed = [after_foreign_change() for _ in range(repeat)]
-        assert all(r["changed"] is False for _, r in listed)
-        out["unchanged_listed"] = statistics.median(t for t, _ in listed)
+        listed = [after_foreign_change() for dummy in range(repeat)]
+        assert all(res["changed"] is False for seconds, res in listed)
+        out["unchanged_listed"] = statistics.median(seconds for seconds, res in listed)
 
         alternate = itertools.cycle([changed, text])
         out["replace"], res = timed(lambda: engine.apply(request(next(alternate))), repeat)
         assert res["changed"] is True
 
         full = engine.PREAMBLE + text
-        out["nft_check"], _ = timed(lambda: subprocess.run([nft, "-c", "-f", "-"], input=full, text=True,
-                                                           check=True), repeat)
-        out["nft_load"], _ = timed(lambda: subprocess.run([nft, "-f", "-"], input=full, text=True, check=True), repeat)
-        out["nft_list"], _ = timed(lambda: subprocess.run([nft, "-s", "list", "table", "inet", "mseg"],
-                                                          capture_output=True, check=True), repeat)
+        out["nft_check"] = timed(lambda: subprocess.run([nft, "-c", "-f", "-"], input=full, text=True,
+                                                        check=True), repeat)[0]
+        out["nft_load"] = timed(lambda: subprocess.run([nft, "-f", "-"], input=full, text=True, check=True),
+                                repeat)[0]
+        out["nft_list"] = timed(lambda: subprocess.run([nft, "-s", "list", "table", "inet", "mseg"],
+                                                       capture_output=True, check=True), repeat)[0]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
@@ -146,7 +146,7 @@ def worker_ipt(count, repeat, binary):
     start = time.perf_counter()
     subprocess.run([binary], input=text, text=True, check=True)
     out["first"] = time.perf_counter() - start
-    out["unchanged"], _ = timed(lambda: subprocess.run([binary], input=text, text=True, check=True), repeat)
+    out["unchanged"] = timed(lambda: subprocess.run([binary], input=text, text=True, check=True), repeat)[0]
     rules = subprocess.run([binary.replace("-restore", "-save")], capture_output=True, text=True, check=True)
     assert rules.stdout.count("\n-A INPUT -s ") >= count, "iptables did not load every rule"
     return out
@@ -160,7 +160,7 @@ def in_namespace(tag, argv):
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         proc = subprocess.run(["ip", "netns", "exec", name, sys.executable, os.path.abspath(__file__)] + argv,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise SystemExit("benchmark worker %s failed: %s" % (tag, proc.stderr.strip()))
         return json.loads(proc.stdout)
@@ -169,7 +169,7 @@ def in_namespace(tag, argv):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--elements", type=int, default=100000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--worker", choices=["nft", "ipt"], help=argparse.SUPPRESS)
@@ -197,14 +197,14 @@ def main():
           % (args.elements, args.elements, args.repeat))
     print()
     header = "%-46s %10s" % ("measurement", "seconds")
-    for name, _ in baselines:
+    for name in dict(baselines):
         header += " %14s" % ("ratio vs " + name.split("-")[1])
     print(header)
     print("-" * len(header))
 
     def row(label, value, key):
         line = "%-46s %10.3f" % (label, value)
-        for _, base in baselines:
+        for base in dict(baselines).values():
             line += " %14s" % ("%.2fx" % (value / base[key]) if key else "")
         print(line)
 

@@ -313,7 +313,7 @@ class Nft:
         self.runner = runner or subprocess.run
 
     def _run(self, args, text=None):
-        proc = self.runner([self.path] + args, input=text, capture_output=True, text=True)
+        proc = self.runner([self.path] + args, input=text, capture_output=True, text=True, check=False)
         return proc.returncode, proc.stdout, proc.stderr
 
     def probe(self):
@@ -614,7 +614,7 @@ def persist(paths, transaction, peers, nft_path):
             raise ApplyError("the ruleset is live but the boot unit %s could not be written (%s): make %s writable"
                              % (paths.unit, exc.strerror or exc, paths.unit_dir))
         if changed and os.path.isdir("/run/systemd/system") and shutil.which("systemctl"):
-            subprocess.run(["systemctl", "daemon-reload"], capture_output=True)
+            subprocess.run(["systemctl", "daemon-reload"], capture_output=True, check=False)
     return changed
 
 
@@ -625,7 +625,7 @@ def unpersist(paths):
         if path and _unlink(path):
             removed = True
     if removed and paths.unit and os.path.isdir("/run/systemd/system") and shutil.which("systemctl"):
-        subprocess.run(["systemctl", "daemon-reload"], capture_output=True)
+        subprocess.run(["systemctl", "daemon-reload"], capture_output=True, check=False)
     return removed
 
 
@@ -754,7 +754,7 @@ class Engine:
         if unshare:
             script = "%s -f - && %s -s list table inet mseg" % (self.nft.path, self.nft.path)
             proc = subprocess.run([unshare, "--net", "sh", "-c", script], input=self.transaction,
-                                  capture_output=True, text=True)
+                                  capture_output=True, text=True, check=False)
             if proc.returncode == 0:
                 return proc.stdout
         return self.transaction
@@ -998,7 +998,7 @@ def _worker(request, engine, txn, confirm_timeout, status_fd):  # pragma: no cov
             write_atomic(os.path.join(txn, "final.json"),
                          json.dumps({"rolled_back": True, "msg": why, "before": before or ""}))
             return
-        _, counts = engine.record()
+        counts = engine.record()[1]
         engine.finish_persist()
         final = engine.result(True, before or "", after or "", counts, ev["drift"],
                               "replaced table inet mseg (commit confirmed)")

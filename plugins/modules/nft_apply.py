@@ -50,13 +50,17 @@ description:
   - Errors (C(nft) missing, kernel without nf_tables, invalid ruleset, unwritable O(state_dir), lock held
     too long) end with one message and the host keeps its previous ruleset.
 author:
-  - mseg.fleet developers
+  - mseg.fleet developers (@mseg-fleet)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.flow
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
   platform:
+    support: full
     platforms: posix
   action:
     support: full
@@ -64,6 +68,8 @@ attributes:
   async:
     support: none
     details: Commit-confirmed runs its own detached worker on the host; do not set C(async) on the task.
+  bypass_host_loop:
+    support: none
 options:
   content:
     description:
@@ -113,6 +119,15 @@ options:
       - Seconds to wait for a concurrent apply on the same host to finish before failing.
     type: int
     default: 300
+  _phase:
+    description:
+      - Internal, set by the action plugin for commit-confirmed; do not set it in a task.
+    type: str
+    choices: [arm, confirm]
+  _txn:
+    description:
+      - Internal, set by the action plugin for commit-confirmed; do not set it in a task.
+    type: str
 notes:
   - Needs root (C(become)) and the C(nft) binary on the host; Python 3.8 or later.
   - The module always prepends C(table inet mseg {}) and C(delete table inet mseg) to O(content), so the

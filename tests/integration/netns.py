@@ -116,7 +116,7 @@ def available():
 
 
 def _ip(args, check=True):
-    proc = subprocess.run(["ip"] + args, capture_output=True, text=True)
+    proc = subprocess.run(["ip"] + args, capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
         raise NetnsError("ip %s: %s" % (" ".join(args), proc.stderr.strip()))
     return proc
@@ -161,7 +161,7 @@ class Listener:
     def stop(self):
         if self._proc.poll() is None:
             self._proc.terminate()
-        out, _ = self._proc.communicate()
+        out = self._proc.communicate()[0]
         self.peers = [line.split(" ", 1)[1] for line in out.decode().splitlines() if line.startswith("peer ")]
         return self.peers
 
@@ -279,10 +279,10 @@ class Fleet:
         """
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         proc = subprocess.run(self.exec_prefix(name) + argv, input=input, capture_output=True,
-                              text=True, timeout=timeout, env=env)
+                              text=True, timeout=timeout, env=env, check=False)
         if check and proc.returncode != 0:
-            raise NetnsError("%s on %s exited %d: %s" % (" ".join(argv), name, proc.returncode,
-                                                          (proc.stderr or proc.stdout).strip()))
+            detail = (proc.stderr or proc.stdout).strip()
+            raise NetnsError("%s on %s exited %d: %s" % (" ".join(argv), name, proc.returncode, detail))
         return proc
 
     def popen(self, name, argv, **kwargs):

@@ -32,7 +32,7 @@ def _usable():
     if os.geteuid() != 0:
         return False, "the lab needs root"
     for tool in ("systemd-nspawn", "debootstrap", "ssh"):
-        if not subprocess.run(["sh", "-c", "command -v " + tool], capture_output=True).stdout:
+        if not subprocess.run(["sh", "-c", "command -v " + tool], capture_output=True, check=False).stdout:
             return False, "%s is not installed (make setup)" % tool
     return True, ""
 
@@ -47,10 +47,12 @@ class LabHost:
         self.key = key
         self.tmp = tmp
         self.controller = None
+        self.took = 0.0
 
     def ssh(self, command, check=True, timeout=30):
         proc = subprocess.run(["ssh", "-i", self.key, "-o", "ConnectTimeout=5"] + SSH_OPTS +
-                              ["root@" + self.address, command], capture_output=True, text=True, timeout=timeout)
+                              ["root@" + self.address, command], capture_output=True, text=True, timeout=timeout,
+                              check=False)
         if check and proc.returncode != 0:
             raise AssertionError("ssh %s: rc %d %s" % (command, proc.returncode, proc.stderr))
         return proc
@@ -78,13 +80,13 @@ class LabHost:
         started = time.monotonic()
         proc = subprocess.run(["ansible-playbook", "-i", str(self.tmp / "inventory.ini"), str(self.tmp / "play.yml"),
                                "-e", "@" + str(self.tmp / "args.json")],
-                              capture_output=True, text=True, env=env, timeout=timeout)
-        took = time.monotonic() - started
+                              capture_output=True, text=True, env=env, timeout=timeout, check=False)
+        self.took = time.monotonic() - started
         try:
             result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["lab"]
         except (ValueError, KeyError, IndexError):
             raise AssertionError("ansible-playbook rc %d: %s %s" % (proc.returncode, proc.stdout, proc.stderr))
-        return proc.returncode, result, took
+        return proc.returncode, result
 
 
 @pytest.fixture(scope="module")
@@ -121,33 +123,33 @@ def _probe(address, port, timeout=1.0):
 
 
 def test_lockout_rolls_back_by_itself_over_real_ssh(host):
-    rc, res, _ = host.play({"content": ruleset(policy="accept")})
+    rc, res = host.play({"content": ruleset(policy="accept")})
     assert rc == 0 and res["changed"], res
     before = host.listing()
 
-    rc, res, took = host.play({"content": CLOSED, "management_auto": False, "confirm_timeout": 8})
+    rc, res = host.play({"content": CLOSED, "management_auto": False, "confirm_timeout": 8})
     assert rc != 0 and res["failed"] and res["rolled_back"] is True, res
     assert res["msg"].startswith("rolled back:") and "no confirmation" in res["msg"]
-    assert 8 <= took < 8 + 90  # the controller could not get back in before the host rolled back
+    assert 8 <= host.took < 8 + 90  # the controller could not get back in before the host rolled back
     assert host.reachable()
     assert host.listing() == before
     assert "policy accept" in host.ssh("cat /etc/mseg/ruleset.nft").stdout  # persisted file untouched
 
 
 def test_auto_management_keeps_the_controller_in(host):
-    rc, res, _ = host.play({"content": CLOSED, "confirm_timeout": 20})
+    rc, res = host.play({"content": CLOSED, "confirm_timeout": 20})
     assert rc == 0 and res["changed"] and res["rolled_back"] is False, res
     assert res["management_peers"] == ["%s . 22" % host.controller]
     assert "%s . 22" % host.controller in host.listing()
     assert host.reachable()  # a fresh connection
     host.ssh("systemd-run --unit mseg-test-listener -p RuntimeMaxSec=60 python3 -m http.server 8080")
     assert _probe(host.address, 8080) == "timeout"  # everything else stays closed
-    rc, res, _ = host.play({"content": CLOSED, "confirm_timeout": 20})
+    rc, res = host.play({"content": CLOSED, "confirm_timeout": 20})
     assert rc == 0 and res["changed"] is False
 
 
 def test_boot_unit_restores_and_fails_closed_under_systemd(host):
-    rc, res, _ = host.play({"content": ruleset(policy="accept")})
+    rc, res = host.play({"content": ruleset(policy="accept")})
     assert rc == 0, res
     applied = host.listing()
     assert host.ssh("systemctl is-enabled mseg-restore.service").stdout.strip() == "enabled"
@@ -166,7 +168,7 @@ def test_boot_unit_restores_and_fails_closed_under_systemd(host):
     assert "mode_failsafe" in host.listing()
     assert host.reachable()  # SSH is let in by the fail-closed table
 
-    rc, res, _ = host.play({"content": ruleset(policy="accept")})
+    rc, res = host.play({"content": ruleset(policy="accept")})
     assert rc == 0 and res["changed"], res  # the repaired persisted copy counts as a change
     host.ssh("systemctl restart mseg-restore.service")
     assert host.listing() == applied

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -94,12 +95,13 @@ def test_detect_peer_walks_up_to_an_ancestor_that_has_it():
     ancestor = subprocess.Popen(["sh", "-c", "env -u SSH_CONNECTION sleep 30; true"], env=env)
     try:
         child = None
-        for _ in range(100):  # the sleep child of the shell
-            out = subprocess.run(["pgrep", "-P", str(ancestor.pid)], capture_output=True, text=True).stdout.split()
+        for dummy in range(100):  # the sleep child of the shell
+            out = subprocess.run(["pgrep", "-P", str(ancestor.pid)], capture_output=True, text=True,
+                                 check=False).stdout.split()
             if out:
                 child = int(out[0])
                 break
-            subprocess.run(["sleep", "0.02"])
+            time.sleep(0.02)
         assert child
         with open("/proc/%d/environ" % child, "rb") as handle:
             assert b"SSH_CONNECTION" not in handle.read()  # as after sudo: only an ancestor has it
@@ -137,7 +139,7 @@ class FakeRun:
         self.rc, self.out, self.err = rc, out, err
         self.calls = []
 
-    def __call__(self, argv, input=None, capture_output=True, text=True):
+    def __call__(self, argv, input=None, capture_output=True, text=True, check=False):
         self.calls.append((argv, input))
         return subprocess.CompletedProcess(argv, self.rc, self.out, self.err)
 
@@ -171,32 +173,32 @@ def test_nft_missing(monkeypatch):
 
 
 LISTING = """table inet mseg {
-	counter mgmt_in {
-	}
+    counter mgmt_in {
+    }
 
-	set mgmt_auto_v4 {
-		type ipv4_addr . inet_service
-		elements = { 192.0.2.10 . 22 }
-	}
+    set mgmt_auto_v4 {
+        type ipv4_addr . inet_service
+        elements = { 192.0.2.10 . 22 }
+    }
 
-	set peers_v4 {
-		type ipv4_addr
-		flags interval
-		elements = { 10.0.0.0/24, 10.1.0.1,
-			     10.1.0.3, 10.2.0.0-10.2.0.9,
-			     10.3.0.1 }
-	}
+    set peers_v4 {
+        type ipv4_addr
+        flags interval
+        elements = { 10.0.0.0/24, 10.1.0.1,
+                 10.1.0.3, 10.2.0.0-10.2.0.9,
+                 10.3.0.1 }
+    }
 
-	chain input {
-		type filter hook input priority filter; policy drop;
-		ct state established,related accept
-		ip saddr @peers_v4 tcp dport 8080 counter accept comment "ID=1"
-		counter drop
-	}
+    chain input {
+        type filter hook input priority filter; policy drop;
+        ct state established,related accept
+        ip saddr @peers_v4 tcp dport 8080 counter accept comment "ID=1"
+        counter drop
+    }
 
-	chain output {
-		type filter hook output priority filter; policy accept;
-	}
+    chain output {
+        type filter hook output priority filter; policy accept;
+    }
 }
 """
 
@@ -279,8 +281,8 @@ def test_confirm_renames_armed_and_returns_the_final_result(tmp_path):
 
 
 def test_confirm_after_expiry_reports_the_rollback(tmp_path):
-    paths, _ = _txn(tmp_path, "aa11bb24", {"applied": True, "before": "", "after": "", "applied_at": 1.0},
-                    final={"rolled_back": True, "msg": "no confirmation"}, armed=False)
+    paths = _txn(tmp_path, "aa11bb24", {"applied": True, "before": "", "after": "", "applied_at": 1.0},
+                 final={"rolled_back": True, "msg": "no confirmation"}, armed=False)[0]
     answer = engine.confirm(paths, "aa11bb24", connection_started=0.5, wait=0.5)
     assert answer["rolled_back"] is True
 
