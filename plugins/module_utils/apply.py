@@ -51,6 +51,7 @@ DEFAULT_STATE_DIR = "/etc/mseg"
 DEFAULT_UNIT_DIR = "/etc/systemd/system"
 HASH_HEADER = "# mseg-sha256: "
 GO_WAIT = 120
+GO_GRACE = 0.5  # after the start signal, time for its exit status to reach the controller before a cut
 RESULT_WAIT = 120
 
 _OBJECTS = ("chain", "set", "map", "element", "rule", "counter", "quota", "limit", "flowtable",
@@ -569,7 +570,6 @@ After=nftables.service
 Before=network-pre.target shutdown.target
 Wants=network-pre.target
 Conflicts=shutdown.target
-ConditionPathExists={ruleset}
 
 [Service]
 Type=oneshot
@@ -967,6 +967,7 @@ def _worker(request, engine, txn, confirm_timeout, status_fd):  # pragma: no cov
                 report({"failed": True, "msg": "the controller never started the armed apply; nothing was changed"})
                 return
             time.sleep(0.05)
+        time.sleep(GO_GRACE)
         try:
             ev = engine.evaluate()
             before = ev["before"] if ev.get("listed") else engine.nft.listing()

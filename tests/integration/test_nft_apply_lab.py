@@ -49,10 +49,10 @@ class LabHost:
         self.controller = None
         self.took = 0.0
 
-    def ssh(self, command, check=True, timeout=30):
+    def ssh(self, command, check=True, timeout=30, stdin=None):
         proc = subprocess.run(["ssh", "-i", self.key, "-o", "ConnectTimeout=5"] + SSH_OPTS +
                               ["root@" + self.address, command], capture_output=True, text=True, timeout=timeout,
-                              check=False)
+                              input=stdin, check=False)
         if check and proc.returncode != 0:
             raise AssertionError("ssh %s: rc %d %s" % (command, proc.returncode, proc.stderr))
         return proc
@@ -120,6 +120,16 @@ def _probe(address, port, timeout=1.0):
         return "refused"
     finally:
         sock.close()
+
+
+def test_the_host_knows_when_this_ssh_connection_was_opened(host):
+    """confirm() refuses a connection older than the apply; that needs the sshd connection's start time."""
+    with open(os.path.join(ROOT, "plugins", "module_utils", "apply.py")) as handle:
+        code = handle.read() + "\nprint(ssh_connection_started(), _boottime())\n"
+    before = time.monotonic()
+    started, now = (float(v) for v in host.ssh("python3 -", stdin=code).stdout.split())
+    elapsed = time.monotonic() - before
+    assert now - elapsed - 0.05 <= started <= now
 
 
 def test_lockout_rolls_back_by_itself_over_real_ssh(host):
