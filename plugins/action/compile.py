@@ -14,6 +14,7 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 from ansible_collections.mseg.fleet.plugins.module_utils.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.fleet import compile_fleet
+from ansible_collections.mseg.fleet.plugins.module_utils.policy import tag_value
 from ansible_collections.mseg.fleet.plugins.module_utils.render import render_plan
 from ansible_collections.mseg.fleet.plugins.plugin_utils.inventory import gather_fleet
 
@@ -22,6 +23,7 @@ ARGUMENT_SPEC = {
     "hosts": {"type": "list", "elements": "str"},
     "render_dir": {"type": "path"},
     "return_rulesets": {"type": "bool", "default": False},
+    "tags": {"type": "dict", "default": {}},
 }
 
 
@@ -73,7 +75,7 @@ class ActionModule(ActionBase):
         policy = args["policy"] if args["policy"] is not None else task_vars.get("mseg_policy")
         try:
             fleet = compile_from_task(self, task_vars, self._templar.template(policy))
-            names = self._targets(fleet, args["hosts"])
+            names = self._targets(fleet, args["hosts"], args["tags"])
         except MsegError as exc:
             result.update(failed=True, msg="mseg.fleet: the policy or inventory is invalid; nothing was "
                           "rendered and no host was touched.\n%s" % exc, problems=exc.messages)
@@ -86,7 +88,8 @@ class ActionModule(ActionBase):
             text, stats = render_plan(fleet.plans[name])
             rulesets[name] = text
             plan = fleet.plans[name]
-            summary[name] = dict(stats, mode=plan.mode, ingress_rules=len(plan.ingress), egress_rules=len(plan.egress))
+            summary[name] = dict(stats, mode=plan.mode, ingress_rules=len(plan.ingress), egress_rules=len(plan.egress),
+                                 tags={k: sorted(v) for k, v in sorted(plan.host.tags.items())})
         changed = False
         files = []
         if args["render_dir"]:
@@ -98,13 +101,18 @@ class ActionModule(ActionBase):
         return result
 
     @staticmethod
-    def _targets(fleet, wanted):
-        if wanted is None:
-            return sorted(fleet.plans)
-        unknown = sorted(set(wanted) - set(fleet.plans))
+    def _targets(fleet, wanted, tags):
+        names = sorted(fleet.plans) if wanted is None else sorted(set(wanted))
+        unknown = sorted(set(names) - set(fleet.plans))
         if unknown:
-            raise MsegError("hosts: %s not in the inventory; check mseg_render_hosts" % ", ".join(unknown))
-        return sorted(set(wanted))
+            raise MsegError("hosts: %s not in the inventory; check the hosts pattern" % ", ".join(unknown))
+        wanted_tags = {}
+        for key, value in tags.items():
+            values = {tag_value(v) for v in (value if isinstance(value, list) else [value])}
+            if None in values:
+                raise MsegError("tags.%s: %r is not a string or number, or a list of them" % (key, value))
+            wanted_tags[key] = values
+        return [n for n in names if all(fleet.hosts[n].tags.get(k, frozenset()) & v for k, v in wanted_tags.items())]
 
     def _write(self, directory, rulesets, plan_data, files):
         text = {"%s.nft" % name: body for name, body in rulesets.items()}

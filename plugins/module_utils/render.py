@@ -154,17 +154,32 @@ def _plan_rule(table, chain, item, direction, suffix, peer_field, local_field, o
                 chain.add("%s jump %s" % (match, target), comment)
 
 
-def build_table(plan):
-    """The ``inet mseg`` table for one host plan."""
+def _bypass_table():
     table = nft.Table(TABLE_FAMILY, TABLE_NAME)
     _mgmt_auto_sets(table)
+    table.counter(BYPASS_MARKER)
+    for direction in ("ingress", "egress"):
+        chain_name, hook = _DIRECTION[direction][0], _DIRECTION[direction][1]
+        table.chain(chain_name, type_="filter", hook=hook).add(
+            "counter name %s accept" % nft.quote(BYPASS_MARKER), "mode=bypass")
+    return table
+
+
+def bypass_ruleset(host):
+    """The bypass table for a host, without any policy: accept everything, count it, and carry the marker."""
+    header = [
+        "mseg.fleet ruleset for %s: mode=bypass (emergency, no policy)" % host,
+        "Accepts everything; the counter mode_bypass marks it so that nothing re-applies the policy unasked.",
+    ]
+    return nft.replace_script(_bypass_table(), header)
+
+
+def build_table(plan):
+    """The ``inet mseg`` table for one host plan."""
     if plan.mode == "bypass":
-        table.counter(BYPASS_MARKER)
-        for direction in ("ingress", "egress"):
-            chain_name, hook = _DIRECTION[direction][0], _DIRECTION[direction][1]
-            table.chain(chain_name, type_="filter", hook=hook).add(
-                "counter name %s accept" % nft.quote(BYPASS_MARKER), "mode=bypass")
-        return table
+        return _bypass_table()
+    table = nft.Table(TABLE_FAMILY, TABLE_NAME)
+    _mgmt_auto_sets(table)
     table.chain("input", type_="filter", hook="input")
     table.chain("output", type_="filter", hook="output")
     _direction(table, plan, "ingress")

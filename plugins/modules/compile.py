@@ -35,6 +35,12 @@ options:
       - Defaults to every host in the inventory.
     type: list
     elements: str
+  tags:
+    description:
+      - Of the hosts in O(hosts), render only those that carry every one of these labels; a list value means any
+        of its values, as in a policy selector. For example C({zone: grid-ops}).
+    type: dict
+    default: {}
   render_dir:
     description:
       - When set, write C(<inventory_hostname>.nft) for every rendered host and C(plan.json) (the compiled plans)
@@ -89,11 +95,11 @@ hosts:
   type: int
   sample: 8
 summary:
-  description: Per host, its mode and the size of its ruleset.
+  description: Per host, its mode, its merged labels and the size of its ruleset.
   returned: success
   type: dict
   sample: {"web-01": {"mode": "enforce", "rules": 25, "sets": 8, "elements": 6, "counters": 8, "chains": 3,
-           "ingress_rules": 3, "egress_rules": 2}}
+           "ingress_rules": 3, "egress_rules": 2, "tags": {"env": ["prod"], "role": ["web"]}}}
 warnings_list:
   description: Warnings about the policy, such as selectors that select no host.
   returned: success

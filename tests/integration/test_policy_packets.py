@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -129,8 +130,13 @@ def test_drops_are_counted_per_rule(fleet):
     assert "packets 0 " in receiver, receiver
 
 
-def _kernel_log():
-    return subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout.splitlines()
+def _kernel_log_since(marker):
+    """Kernel log lines after our marker (the ring buffer may drop old lines, so no line counting)."""
+    lines = subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout.splitlines()
+    for index, line in enumerate(lines):
+        if marker in line:
+            return lines[index + 1:]
+    raise AssertionError("the kernel log lost the marker %s; it wrapped during the test" % marker)
 
 
 def test_observe_passes_everything_and_audits_exactly_what_enforce_drops(fleet):
@@ -142,12 +148,14 @@ def test_observe_passes_everything_and_audits_exactly_what_enforce_drops(fleet):
         saved = handle.read().strip()
     with open("/proc/sys/net/netfilter/nf_log_all_netns", "w") as handle:
         handle.write("1")
+    marker = "mseg-integration-observe-%s" % uuid.uuid4().hex
     try:
-        before = len(_kernel_log())
+        with open("/dev/kmsg", "w", encoding="ascii") as kmsg:
+            kmsg.write(marker + "\n")
         measured = {}
         for flow in flows:  # one at a time, well inside the log rate limit
             measured.update(measure(fleet, [flow]))
-        log = _kernel_log()[before:]
+        log = _kernel_log_since(marker)
     finally:
         with open("/proc/sys/net/netfilter/nf_log_all_netns", "w") as handle:
             handle.write(saved)

@@ -1,0 +1,188 @@
+"""The rollout end to end on lab hosts, proven with packets between them.
+
+Each test drives the real playbooks (rollout, mode, bypass) against the scenario's hosts and measures
+reachability with real TCP connections on IPv4 and IPv6 (playbooks/lab/agreement.yml), comparing it pair by pair
+with what mseg.fleet.trace predicts. The tests run in file order; each leaves the fleet in enforce.
+"""
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+import uuid
+
+import sys
+
+import pytest
+import testinfra
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
+
+from ansible_collections.mseg.fleet.plugins.module_utils.audit import parse_line  # noqa: E402
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+MANAGED = ["app-01", "db-01", "web-01"]
+PORTS = ["tcp/443", "tcp/5432", "tcp/8080"]
+NF_LOG_ALL_NETNS = "/proc/sys/net/netfilter/nf_log_all_netns"
+BROKEN = {"rules": [{"id": 10, "name": "web-to-app", "from": {"tags": {"role": "web"}},
+                     "to": {"tags": {"role": "app"}}, "ports": ["tcp/80800"]}]}
+
+
+# Plain, one-line results whatever Molecule set for its own runs, so messages can be matched.
+ENV = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default",
+           ANSIBLE_CALLBACK_RESULT_FORMAT="json")
+
+
+def run(*args, check=True):
+    proc = subprocess.run(list(args), capture_output=True, text=True, cwd=ROOT, timeout=900, env=ENV)
+    if check and proc.returncode != 0:
+        pytest.fail("%s exited %d:\n%s\n%s" % (" ".join(args), proc.returncode, proc.stdout[-6000:],
+                                                proc.stderr[-3000:]))
+    proc.output = proc.stdout + proc.stderr
+    return proc
+
+
+def playbook(name, *extra, check=True):
+    return run("ansible-playbook", "-i", INVENTORY, name, *extra, check=check)
+
+
+def ev(data):
+    return ["-e", json.dumps(data)]
+
+
+def host(name):
+    return testinfra.get_host("ansible://%s?ansible_inventory=%s" % (name, INVENTORY))
+
+
+def listings():
+    return {name: host(name).check_output("nft -s list table inet mseg") for name in MANAGED}
+
+
+def start_db_listener():
+    run("ansible", "db", "-i", INVENTORY, "-m", "mseg.fleet.probe_listener",
+        "-a", json.dumps({"ports": ["tcp/5432"], "duration": 3600}))
+
+
+def agreement(**extra):
+    """Measure every pair with packets and compare with trace (which sees ``extra`` vars, e.g. the mode the test
+    switched to); returns ({(src, dst, family, port): open}, {...: allowed})."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as output:
+        playbook(os.path.join(ROOT, "playbooks", "lab", "agreement.yml"),
+                 *ev(dict(extra, reachability_ports=PORTS, reachability_families=["ipv4", "ipv6"],
+                          agreement_output=output.name)))
+        with open(output.name, encoding="utf-8") as handle:
+            data = json.load(handle)
+    assert data["agreement"]["agree"], data["agreement"]["mismatches"]
+    return {(m["src"], m["dst"], m["family"], m["port"]): m["reachable"] for m in data["measured"]}, \
+        {(p["src"], p["dst"], p["family"], p["port"]): p["allowed"] for p in data["predicted"]}
+
+
+@pytest.fixture(name="enforced", scope="module")
+def fixture_enforced():
+    return agreement()
+
+
+def test_enforce_is_what_the_policy_says_and_what_trace_predicts(enforced):
+    measured, _predicted = enforced
+    for family in ("ipv4", "ipv6"):
+        assert measured[("web-01", "app-01", family, "tcp/8080")]
+        assert measured[("app-01", "db-01", family, "tcp/5432")]
+        assert not measured[("web-01", "db-01", family, "tcp/5432")]     # deny 30
+        assert not measured[("db-01", "app-01", family, "tcp/8080")]     # default deny
+        assert not measured[("out-01", "db-01", family, "tcp/5432")]     # nothing allows it
+    assert measured[("out-01", "web-01", "ipv4", "tcp/443")]             # rule 50 (cidr)
+    assert not measured[("out-01", "web-01", "ipv4", "tcp/8080")]
+
+
+def test_a_second_run_changes_nothing():
+    start_db_listener()
+    recap = playbook("mseg.fleet.rollout", *ev({"mseg_hosts": "managed"})).output
+    for name in MANAGED:
+        assert re.search(r"^%s\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0" % name, recap, re.M), recap
+
+
+def _kernel_log_since(marker):
+    """Kernel log lines after our marker (the ring buffer may drop old lines, so no line counting)."""
+    lines = subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout.splitlines()
+    for index, line in enumerate(lines):
+        if marker in line:
+            return lines[index + 1:]
+    pytest.fail("the kernel log lost the marker %s; it wrapped during the test" % marker)
+
+
+def test_observe_passes_everything_and_audits_exactly_what_enforce_would_drop(enforced):
+    _measured, predicted_enforce = enforced
+    playbook("mseg.fleet.mode", *ev({"mseg_mode": "observe", "mseg_hosts": "managed"}))
+    with open(NF_LOG_ALL_NETNS, encoding="ascii") as handle:
+        saved = handle.read().strip()
+    with open(NF_LOG_ALL_NETNS, "w", encoding="ascii") as handle:
+        handle.write("1")
+    marker = "mseg-molecule-policy-observe-%s" % uuid.uuid4().hex
+    try:
+        with open("/dev/kmsg", "w", encoding="ascii") as kmsg:
+            kmsg.write(marker + "\n")
+        measured, _predicted = agreement(mseg_mode="observe")
+        log = _kernel_log_since(marker)
+    finally:
+        with open(NF_LOG_ALL_NETNS, "w", encoding="ascii") as handle:
+            handle.write(saved)
+    assert all(measured.values()), sorted(k for k, v in measured.items() if not v)
+    addresses = {}
+    for name in MANAGED + ["out-01"]:
+        for address in host(name).ansible.get_variables()["mseg_addresses"]:
+            addresses[address] = name
+    audited = set()
+    for line in log:
+        event = parse_line(line)
+        if event and event.kind == "AUDIT" and event.src in addresses and event.dst in addresses:
+            family = "ipv6" if ":" in event.src else "ipv4"
+            audited.add((addresses[event.src], addresses[event.dst], family, event.port))
+    would_drop = {key for key, allowed in predicted_enforce.items() if not allowed}
+    assert would_drop and audited == would_drop
+
+
+def test_bypass_passes_everything_and_is_not_lifted_behind_the_operators_back():
+    playbook("mseg.fleet.bypass", *ev({"mseg_hosts": "managed"}))
+    for name in MANAGED:
+        assert "counter mode_bypass" in host(name).check_output("nft list table inet mseg")
+    measured = {}
+    with tempfile.NamedTemporaryFile(suffix=".json") as output:
+        playbook(os.path.join(ROOT, "playbooks", "lab", "reachability.yml"),
+                 *ev({"reachability_ports": PORTS, "reachability_families": ["ipv4", "ipv6"],
+                      "reachability_output": output.name}))
+        with open(output.name, encoding="utf-8") as handle:
+            for item in json.load(handle):
+                measured[(item["src"], item["dst"], item["family"], item["port"])] = item["reachable"]
+    assert measured and all(measured.values()), sorted(k for k, v in measured.items() if not v)
+    # a normal rollout leaves a bypassed host alone and says how to lift it
+    again = playbook("mseg.fleet.rollout", *ev({"mseg_hosts": "managed", "mseg_health_probes": []}), check=False)
+    assert again.returncode != 0
+    assert "is in bypass" in again.output and "mseg.fleet.mode" in again.output
+    assert "counter mode_bypass" in host("web-01").check_output("nft list table inet mseg")
+
+
+def test_enforce_again():
+    playbook("mseg.fleet.mode", *ev({"mseg_mode": "enforce", "mseg_hosts": "managed"}))
+    agreement()
+
+
+def test_a_broken_policy_fails_before_any_host_changes():
+    before = listings()
+    proc = playbook("mseg.fleet.rollout", *ev({"mseg_hosts": "managed", "mseg_policy": BROKEN}), check=False)
+    assert proc.returncode != 0
+    assert "rule 10 (web-to-app): ports[0]: 'tcp/80800' has a port outside 1-65535" in proc.output
+    assert "nothing was rendered and no host was touched" in proc.output
+    assert listings() == before
+
+
+def test_a_policy_that_cuts_the_controller_off_rolls_itself_back():
+    before = listings()["web-01"]
+    lockout = {"defaults": {"ingress": "deny", "egress": "allow"}, "rules": []}
+    proc = playbook("mseg.fleet.rollout", "--limit", "web-01",
+                    *ev({"mseg_hosts": "managed", "mseg_policy": lockout, "mseg_management_auto": False,
+                         "policy_confirm_timeout": 15, "mseg_health_probes": []}), check=False)
+    assert proc.returncode != 0
+    assert "rolled back" in proc.output
+    assert host("web-01").check_output("nft -s list table inet mseg") == before

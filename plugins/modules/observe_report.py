@@ -1,0 +1,93 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: mseg.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# The work is done on the controller by the action plugin of the same name; this file holds its documentation.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: observe_report
+short_description: Summarise what enforce would drop, from the observe-mode kernel log
+version_added: 0.1.0
+description:
+  - In observe mode every packet that enforce would drop is logged by the kernel as C([MSEG-AUDIT] ID=<id>) and
+    accepted. This module reads such lines (collected from the hosts by the C(mseg.fleet.observe_report)
+    playbook), attributes each address to its inventory host and labels, and summarises the would-be drops per
+    rule id and per pair of source labels, destination labels and port.
+  - Runs on the controller. With O(dest) it writes C(observe-report.json) and C(observe-report.csv) there.
+author:
+  - mseg.fleet contributors (@mseg-fleet)
+options:
+  lines:
+    description: Kernel log lines; lines that are not mseg log lines are ignored.
+    type: list
+    elements: str
+    required: true
+  kinds:
+    description: Which log lines to count. V(AUDIT) (observe mode), V(DROP) (enforce), V(LOG) (log rules).
+    type: list
+    elements: str
+    choices: [AUDIT, DROP, LOG]
+    default: [AUDIT]
+  dest:
+    description: Directory on the controller to write C(observe-report.json) and C(observe-report.csv) into.
+    type: path
+  policy:
+    description: The policy document. Defaults to the C(mseg_policy) variable of the host the task runs for.
+    type: raw
+attributes:
+  check_mode:
+    support: full
+    description: Summarises in check mode too, without writing files.
+  diff_mode:
+    support: none
+    description: Nothing on a host changes.
+  platform:
+    support: full
+    platforms: posix
+    description: Runs on the controller only.
+seealso:
+  - module: mseg.fleet.trace
+"""
+
+EXAMPLES = r"""
+- name: Summarise the audit lines collected from the hosts
+  mseg.fleet.observe_report:
+    lines: "{{ audit_lines }}"
+    dest: /var/tmp/mseg-observe
+  run_once: true
+"""
+
+RETURN = r"""
+summary:
+  description: The would-be drops.
+  returned: success
+  type: dict
+  contains:
+    packets:
+      description: Logged packets counted.
+      type: int
+    flows:
+      description: Distinct (source, destination, port) flows among them.
+      type: int
+    rules:
+      description: Per rule id (0 is the default), its name, packets and flows, most packets first.
+      type: list
+      elements: dict
+    pairs:
+      description: Per source labels, destination labels, port and rule, the packets and the hosts involved.
+      type: list
+      elements: dict
+lines:
+  description: The summary as human-readable lines.
+  returned: success
+  type: list
+  elements: str
+files:
+  description: The report files written into O(dest).
+  returned: success
+  type: list
+  elements: str
+"""
