@@ -84,14 +84,22 @@ def parse_cpu_list(text):
     cpus = set()
     for chunk in (text or "").split(","):
         chunk = chunk.strip()
-        if not chunk:
+        try:
+            if "-" in chunk:
+                first, last = chunk.split("-", 1)
+                cpus.update(range(int(first), int(last) + 1))
+            elif chunk:
+                cpus.add(int(chunk))
+        except ValueError:
             continue
-        if "-" in chunk:
-            first, last = chunk.split("-", 1)
-            cpus.update(range(int(first), int(last) + 1))
-        else:
-            cpus.add(int(chunk))
     return sorted(cpus)
+
+
+def _hex_flags(text):
+    try:
+        return int(text, 16)
+    except ValueError:
+        return 0
 
 
 def default_route_interfaces(proc_root):
@@ -101,7 +109,7 @@ def default_route_interfaces(proc_root):
     for line in (route or "").splitlines()[1:]:
         fields = line.split()
         # Iface Destination Gateway Flags RefCnt Use Metric Mask ...; flag 0x1 is RTF_UP
-        if len(fields) >= 8 and fields[1] == "00000000" and fields[7] == "00000000" and int(fields[3], 16) & 1:
+        if len(fields) >= 8 and fields[1] == "00000000" and fields[7] == "00000000" and _hex_flags(fields[3]) & 1:
             result["ipv4"] = fields[0]
             break
     route6 = _read(os.path.join(proc_root, "net", "ipv6_route"))
@@ -109,7 +117,7 @@ def default_route_interfaces(proc_root):
         fields = line.split()
         # dest dest_len src src_len next_hop metric refcnt use flags iface; ::/0 via a gateway, not lo
         if (len(fields) == 10 and fields[0] == "0" * 32 and fields[1] == "00"
-                and fields[9] != "lo" and int(fields[8], 16) & 1):
+                and fields[9] != "lo" and _hex_flags(fields[8]) & 1):
             result["ipv6"] = fields[9]
             break
     return result
@@ -226,8 +234,10 @@ def interfaces(sys_root, features_reader=interface_features):
         path = os.path.join(base, name)
         if not os.path.isdir(path):
             continue
-        driver_link = os.path.join(path, "device", "driver")
-        driver = os.path.basename(os.readlink(driver_link)) if os.path.islink(driver_link) else None
+        try:
+            driver = os.path.basename(os.readlink(os.path.join(path, "device", "driver")))
+        except (IOError, OSError):
+            driver = None
         totalvfs = _read_int(os.path.join(path, "device", "sriov_totalvfs"))
         numvfs = _read_int(os.path.join(path, "device", "sriov_numvfs"))
         result[name] = {

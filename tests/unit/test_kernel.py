@@ -54,6 +54,7 @@ def test_parse_version(release, expected):
     ("8-9,0-1", [0, 1, 8, 9]),
     ("", []),
     (None, []),
+    ("0-1,x,3", [0, 1, 3]),
 ])
 def test_parse_cpu_list(text, expected):
     assert kernel.parse_cpu_list(text) == expected
@@ -208,3 +209,11 @@ def test_features_of_a_missing_interface_are_none():
     with pytest.raises(OSError):
         socket.if_nametoindex(name)
     assert kernel.interface_features(name) is None
+
+
+def test_malformed_routing_tables_give_no_default_route(tmp_path):
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "route").write_text("Iface\tDestination\nbroken line\neth0\t00000000\t0\tzz\t0\t0\t0\t00000000\n")
+    (tmp_path / "net" / "ipv6_route").write_text("garbage\n" + " ".join(["0" * 32, "00", "0" * 32, "00", "0" * 32,
+                                                                            "00000400", "1", "0", "zz", "eth0"]) + "\n")
+    assert kernel.default_route_interfaces(str(tmp_path)) == {"ipv4": None, "ipv6": None}
