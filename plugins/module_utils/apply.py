@@ -997,7 +997,7 @@ def _worker(request, engine, txn, confirm_timeout, status_fd):  # pragma: no cov
             except ApplyError as exc:
                 why = "no confirmation within %ss, and restoring the previous table failed: %s" % (confirm_timeout, exc)
             write_atomic(os.path.join(txn, "final.json"),
-                         json.dumps({"rolled_back": True, "msg": why, "before": before or ""}))
+                         json.dumps({"rolled_back": True, "msg": why}))
             return
         counts = engine.record()[1]
         engine.finish_persist()
