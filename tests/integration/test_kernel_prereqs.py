@@ -153,9 +153,24 @@ def test_br_netfilter_missing(tmp_path):
     assert msg == (
         "br_netfilter is not active on localhost ({0}/no_bridge/proc/sys/net/bridge is missing) and cannot be "
         "loaded: kernel 6.1.0-28-amd64 has no br_netfilter module under {0}/no_bridge/modules/6.1.0-28-amd64. "
-        "Install the modules of that kernel, or load br_netfilter where the kernel runs (modprobe br_netfilter on "
-        "the machine that hosts this container); without it bridged traffic bypasses the firewall. "
-        "Nothing was changed on the host.".format(FIXTURES)
+        "Install the modules of that kernel, or load br_netfilter where the kernel runs (modprobe br_netfilter on the "
+        "machine that hosts this container). Without it bridged traffic bypasses the firewall; nothing was changed on "
+        "the host.".format(FIXTURES)
+    )
+
+
+def test_br_netfilter_loaded_but_not_in_this_namespace(tmp_path):
+    """A container on a kernel before 5.3: the module is loaded, its sysctls live in the initial namespace only."""
+    tree = tmp_path / "tree"
+    shutil.copytree(os.path.join(FIXTURES, "modern"), str(tree))
+    shutil.rmtree(str(tree / "proc" / "sys" / "net" / "bridge"))
+    task, msg = run_role(tmp_path, str(tree))
+    assert task == "Check that br_netfilter is active or can be loaded"
+    assert msg == (
+        "br_netfilter is not active on localhost ({0}/proc/sys/net/bridge is missing) and cannot be loaded: the "
+        "kernel has it (loaded), but its sysctls do not show in this network namespace (before Linux 5.3 they exist "
+        "only in the initial one). Run the role on the machine that hosts this container, or boot a kernel 5.3 or "
+        "newer there. Without it bridged traffic bypasses the firewall; nothing was changed on the host.".format(tree)
     )
 
 
