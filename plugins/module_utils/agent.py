@@ -1,0 +1,933 @@
+# -*- coding: utf-8 -*-
+# Copyright: mseg.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The per-host agent: pull signed bundles, apply them atomically, restore them at boot, obey local overrides.
+
+Plain Python (no Ansible imports), installed on the host by the ``agent`` role under ``/usr/lib/mseg-agent``
+with this package path preserved, so it reuses the collection's engines unchanged: ``bundle.verify`` (the one
+verification path), ``apply.Engine`` (the same atomic, idempotent apply ``nft_apply`` uses), ``audit.parse_line``
+(kernel log lines) and ``render.bypass_ruleset``.
+
+Privileges: the agent runs as its own user with only ``CAP_NET_ADMIN``. ``/etc/mseg`` stays root's (0700, the pki
+role keeps it so); systemd hands the agent its configuration, TLS key, certificate, CA and the bundle signing key
+through ``LoadCredential=``. What the agent writes lives in its state directory (``StateDirectory=``, 0700, files
+0600)::
+
+    current.json    the last good envelope (verified, applied unless an override holds it back)
+    previous.json   the good envelope before it (``mseg rollback``)
+    meta.json       serial (the highest ever accepted: replay and rollback protection), etag, bundle fields
+    override.json   a local override (``mseg mode bypass``, ``mseg rollback``) that survives restarts
+    status.json     what ``mseg status`` shows: mode, serial, policy digest, last poll, last apply, last error
+    identity.json   host name, management peers and the public key, so the CLI works without the credentials
+    nft/            the apply engine's state directory (recorded listing, backup, lock)
+    agent.lock      serialises the agent and the CLI
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import http.client
+import ipaddress
+import json
+import logging
+import logging.handlers
+import os
+import random
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from urllib.parse import urlsplit
+
+from ansible_collections.mseg.fleet.plugins.module_utils import apply as engine
+from ansible_collections.mseg.fleet.plugins.module_utils import audit
+from ansible_collections.mseg.fleet.plugins.module_utils import bundle as bundles
+from ansible_collections.mseg.fleet.plugins.module_utils import render
+
+__metaclass__ = type
+
+DEFAULT_CONFIG = "/etc/mseg/agent.json"
+DEFAULT_STATE_DIR = "/var/lib/mseg-agent"
+DEFAULT_LOG_FILE = "/var/log/mseg-agent/runtime.log"
+DEFAULT_PORT = 8443
+DEFAULT_PATH = "/v1/bundle"
+DROPLOG_SOURCES = ("journal", "kmsg", "none")
+LOGGER = "mseg-agent"
+_KIND_WORD = {"DROP": "Drop", "AUDIT": "Audit", "LOG": "Log"}
+_REFUSED_WORD = {"signature": "signature mismatch", "host": "names another host", "replay": "replay or rollback",
+                 "expired": "expired", "not_yet_valid": "not yet valid", "format": "malformed"}
+
+
+class AgentError(Exception):
+    """A failure with one message that says what, where and how to fix it."""
+
+
+def utcnow_text(now=None):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if now is None else now))
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def parse_controller(text):
+    """``host``, ``host:port``, ``[v6]:port`` or ``https://host:port/path`` -> (host, port, path)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("a controller must be a non-empty string")
+    value = text.strip()
+    if "://" not in value:
+        value = "https://" + value
+    parts = urlsplit(value)
+    if parts.scheme != "https":
+        raise ValueError("controller %r: only https is allowed (bundles are fetched over mutual TLS)" % text)
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise ValueError("controller %r has an invalid port" % text)
+    if not parts.hostname:
+        raise ValueError("controller %r has no host" % text)
+    return parts.hostname, port, parts.path or DEFAULT_PATH
+
+
+def parse_peer(item):
+    """A management peer ``"192.0.2.10 22"`` or ``{"address": ..., "port": ...}`` -> (address, port)."""
+    if isinstance(item, dict):
+        address, port = item.get("address"), item.get("port", 22)
+    elif isinstance(item, str) and len(item.split()) == 2:
+        address, port = item.split()
+    else:
+        raise ValueError("management peer %r must be 'ADDRESS PORT' or {address, port}" % (item,))
+    try:
+        address = str(ipaddress.ip_address(str(address)))
+        port = int(port)
+    except ValueError:
+        raise ValueError("management peer %r: not an IP address and a port" % (item,))
+    if not 0 < port < 65536:
+        raise ValueError("management peer %r: port out of range" % (item,))
+    return address, port
+
+
+class Config:
+    """The agent's configuration (JSON written by the ``agent`` role), validated in full before use."""
+
+    REQUIRED = ("host", "controllers", "public_key", "tls_cert", "tls_key", "tls_ca")
+    DEFAULTS = {"interval": 2.0, "jitter": 0.2, "timeout": 3.0, "state_dir": DEFAULT_STATE_DIR,
+                "log_file": DEFAULT_LOG_FILE, "management_peers": [], "droplog": "journal"}
+
+    def __init__(self, data, where="the agent configuration", credentials=None):
+        problems = []
+        if not isinstance(data, dict):
+            raise AgentError("%s is not a JSON object: rewrite it with the mseg.fleet.agent role" % where)
+        unknown = sorted(set(data) - set(self.REQUIRED) - set(self.DEFAULTS))
+        if unknown:
+            problems.append("unknown key(s) %s" % ", ".join(unknown))
+        missing = [key for key in self.REQUIRED if not data.get(key)]
+        if missing:
+            problems.append("missing %s" % ", ".join(missing))
+        values = dict(self.DEFAULTS)
+        values.update(data)
+        self.host = values.get("host")
+        self.controllers = []
+        for item in values.get("controllers") or []:
+            try:
+                self.controllers.append(parse_controller(item))
+            except ValueError as exc:
+                problems.append(str(exc))
+        if not isinstance(values.get("controllers") or [], list):
+            problems.append("controllers must be a list")
+        numbers = {}
+        for key, low in (("interval", 0.1), ("jitter", 0.0), ("timeout", 0.1)):
+            value = values[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+                problems.append("%s must be a number >= %s, got %r" % (key, low, value))
+            numbers[key] = value
+        if isinstance(numbers["jitter"], (int, float)) and numbers["jitter"] >= 1:
+            problems.append("jitter is a fraction of the interval and must be below 1, got %r" % numbers["jitter"])
+        self.interval, self.jitter, self.timeout = numbers["interval"], numbers["jitter"], numbers["timeout"]
+        self.peers = []
+        for item in values.get("management_peers") or []:
+            try:
+                self.peers.append(parse_peer(item))
+            except ValueError as exc:
+                problems.append(str(exc))
+        if values["droplog"] not in DROPLOG_SOURCES:
+            problems.append("droplog must be one of %s, got %r" % (", ".join(DROPLOG_SOURCES), values["droplog"]))
+        self.droplog = values["droplog"]
+        self.state_dir = values["state_dir"]
+        self.log_file = values["log_file"]
+        self.credentials = credentials
+        self.files = {key: values.get(key) for key in ("public_key", "tls_cert", "tls_key", "tls_ca")}
+        if problems:
+            raise AgentError("%s: %s; fix it (the mseg.fleet.agent role writes it from agent_* variables)"
+                             % (where, "; ".join(problems)))
+
+    @classmethod
+    def load(cls, path=None):
+        """Read the configuration: the systemd credential ``agent.json`` when present, else ``path``."""
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        if path is None:
+            cred = os.path.join(credentials, "agent.json") if credentials else None
+            path = cred if cred and os.path.exists(cred) else DEFAULT_CONFIG
+        try:
+            with open(path) as handle:
+                data = json.load(handle)
+        except OSError as exc:
+            raise AgentError("cannot read the agent configuration %s (%s): run the mseg.fleet.agent role"
+                             % (path, exc.strerror or exc))
+        except ValueError as exc:
+            raise AgentError("the agent configuration %s is not valid JSON (%s): run the mseg.fleet.agent role"
+                             % (path, exc))
+        return cls(data, path, credentials)
+
+    def file(self, key):
+        """Path of a key/certificate file: its systemd credential (same base name) when there is one."""
+        path = self.files[key]
+        if self.credentials:
+            cred = os.path.join(self.credentials, os.path.basename(path))
+            if os.path.exists(cred):
+                return cred
+        return path
+
+    def read(self, key):
+        try:
+            with open(self.file(key), "rb") as handle:
+                return handle.read()
+        except OSError as exc:
+            raise AgentError("cannot read %s %s (%s): check LoadCredential= in mseg-agent.service and the file"
+                             % (key, self.file(key), exc.strerror or exc))
+
+
+# --------------------------------------------------------------------------- state directory
+
+
+class State:
+    """The agent's own files (see the module docstring). Every write is atomic (``apply.write_atomic``)."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        self.nft_dir = os.path.join(directory, "nft")
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def ensure(self):
+        try:
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            os.makedirs(self.nft_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise AgentError("cannot create the agent state directory %s (%s): it must be writable by the agent "
+                             "user (StateDirectory= in mseg-agent.service)" % (self.dir, exc.strerror or exc))
+
+    def read_bytes(self, name):
+        try:
+            with open(self.path(name), "rb") as handle:
+                return handle.read()
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise AgentError("cannot read %s (%s)" % (self.path(name), exc.strerror or exc))
+
+    def read_json(self, name, default=None):
+        raw = self.read_bytes(name)
+        if raw is None:
+            return default
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except ValueError:
+            return default
+
+    def write(self, name, data):
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        engine.write_atomic(self.path(name), text)
+
+    def write_json(self, name, data):
+        self.write(name, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+    def remove(self, name):
+        try:
+            os.unlink(self.path(name))
+            return True
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            return False
+
+    @contextlib.contextmanager
+    def locked(self, timeout=60):
+        """Exclusive lock shared by the agent and the CLI, so an override and a bundle never interleave."""
+        fd = os.open(self.path("agent.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                        raise AgentError("the agent state %s is locked by another mseg process for more than %ss; "
+                                         "try again" % (self.dir, timeout))
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)
+
+
+# --------------------------------------------------------------------------- fetching
+
+
+def tls_context(config):
+    """Client context: TLS 1.3 only, the fleet CA only, our certificate for mutual TLS."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    try:
+        context.load_verify_locations(cafile=config.file("tls_ca"))
+        context.load_cert_chain(config.file("tls_cert"), config.file("tls_key"))
+    except (OSError, ssl.SSLError) as exc:
+        raise AgentError("cannot load the agent's TLS files (%s): run the mseg.fleet.pki role with the agent "
+                         "profile and pki_owners.agent set to the agent user" % exc)
+    return context
+
+
+def fetch(controller, etag, context, timeout):
+    """GET the bundle from one controller. Returns (status, body, etag); raises OSError on a network failure."""
+    host, port, path = controller
+    conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+    try:
+        headers = {"User-Agent": "mseg-agent", "Accept": "application/json"}
+        if etag:
+            headers["If-None-Match"] = etag
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+        return response.status, body, response.getheader("ETag")
+    except (http.client.HTTPException, ssl.SSLError) as exc:
+        raise OSError(str(exc) or exc.__class__.__name__)
+    finally:
+        conn.close()
+
+
+def controller_url(controller):
+    host, port, path = controller
+    return "https://%s:%d%s" % ("[%s]" % host if ":" in host else host, port, path)
+
+
+# --------------------------------------------------------------------------- drop log
+
+
+def droplog_line(event):
+    """``Policy Drop: ID=1024 src=10.0.1.5 dst=10.0.2.7 proto=tcp dport=5432 dir=ingress``."""
+    text = "Policy %s: ID=%d src=%s dst=%s proto=%s" % (_KIND_WORD[event.kind], event.rule, event.src, event.dst,
+                                                       event.proto)
+    if event.dport is not None and event.proto != "icmp":
+        text += " dport=%d" % event.dport
+    return text + " dir=%s" % event.direction
+
+
+def droplog_lines(lines):
+    """The structured lines for the mseg lines among ``lines`` (other kernel messages are skipped)."""
+    for line in lines:
+        event = audit.parse_line(line)
+        if event is not None:
+            yield droplog_line(event)
+
+
+def kmsg_lines(path="/dev/kmsg"):
+    """Follow the kernel ring buffer from now on; each read of /dev/kmsg returns one record."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.lseek(fd, 0, os.SEEK_END)
+        while True:
+            try:
+                record = os.read(fd, 8192)
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:  # overwritten before we read it: continue with the next
+                    continue
+                raise
+            if not record:
+                return
+            yield kmsg_message(record)
+    finally:
+        os.close(fd)
+
+
+def kmsg_message(record):
+    """The message of one /dev/kmsg record ``prio,seq,usec,flags;message\n[ KEY=value continuation lines]``."""
+    return record.decode("utf-8", "replace").split(";", 1)[-1].split("\n", 1)[0]
+
+
+def journal_lines():
+    """Follow the kernel messages journald keeps (the agent user is in group systemd-journal)."""
+    proc = subprocess.Popen(["journalctl", "--dmesg", "--follow", "--lines=0", "--output=cat"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stdout:
+            yield line.rstrip("\n")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+class DropLog(threading.Thread):
+    """Turns the kernel's [MSEG-DROP|AUDIT|LOG] lines into structured lines in runtime.log."""
+
+    SOURCES = {"journal": journal_lines, "kmsg": kmsg_lines}
+
+    def __init__(self, source, log, stop):
+        super(DropLog, self).__init__(name="droplog")
+        self.daemon = True
+        self.source = source
+        self.log = log
+        self.stop = stop
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                for line in droplog_lines(self.SOURCES[self.source]()):
+                    self.log.info(line)
+                    if self.stop.is_set():
+                        return
+                self.log.warning("drop log: the %s reader ended; restarting it in 5 s", self.source)
+            except (OSError, ValueError) as exc:
+                self.log.warning("drop log: cannot read kernel messages from %s (%s); retrying in 5 s",
+                                 self.source, exc)
+            self.stop.wait(5)
+
+
+# --------------------------------------------------------------------------- systemd
+
+
+def sd_notify(text):
+    """Tell systemd (Type=notify) that we are ready; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.connect(address)
+        sock.sendall(text.encode("utf-8"))
+    except OSError:
+        pass  # systemd went away; nothing to tell
+    finally:
+        sock.close()
+
+
+# --------------------------------------------------------------------------- the agent
+
+
+def bundle_fields(item):
+    return {"serial": item.serial, "mode": item.mode, "policy_digest": item.policy_digest,
+            "ruleset_sha256": item.ruleset_sha256, "created_at": item.created_at, "valid_until": item.valid_until,
+            "host": item.host}
+
+
+class Agent:
+    """Polls, verifies, applies. ``fetcher``, ``applier`` and ``clock`` are replaceable in unit tests."""
+
+    def __init__(self, host, state_dir, public_key, log, peers=(), controllers=(), interval=2.0, jitter=0.2,
+                 timeout=3.0, fetcher=None, applier=None, clock=time.time):
+        self.host = host
+        self.state = State(state_dir)
+        self.public_key = public_key
+        self.log = log
+        self.peers = list(peers)
+        self.controllers = list(controllers)
+        self.interval = interval
+        self.jitter = jitter
+        self.timeout = timeout
+        self.fetcher = fetcher
+        self.applier = applier or self._apply_engine
+        self.clock = clock
+        self.preferred = 0
+        self._last_problem = None
+
+    @classmethod
+    def from_config(cls, config, log, with_tls=True):
+        context = tls_context(config) if with_tls else None
+        agent = cls(config.host, config.state_dir, config.read("public_key"), log, config.peers,
+                    config.controllers, config.interval, config.jitter, config.timeout,
+                    fetcher=(lambda c, etag: fetch(c, etag, context, config.timeout)) if with_tls else None)
+        return agent
+
+    @classmethod
+    def from_identity(cls, state_dir, log):
+        """The CLI's agent: host, peers and public key from what the running agent recorded."""
+        state = State(state_dir)
+        identity = state.read_json("identity.json")
+        if not identity:
+            raise AgentError("%s has no identity.json: the agent has never started on this host; start it with "
+                             "'systemctl start mseg-agent'" % state_dir)
+        return cls(identity["host"], state_dir, identity["public_key"].encode("ascii"), log,
+                   [tuple(p) for p in identity.get("peers", [])])
+
+    # -- files -----------------------------------------------------------------
+
+    def record_identity(self):
+        self.state.ensure()
+        identity = {"host": self.host, "peers": [list(p) for p in self.peers],
+                    "public_key": self.public_key.decode("ascii"),
+                    "controllers": [controller_url(c) for c in self.controllers]}
+        if self.state.read_json("identity.json") != identity:
+            self.state.write_json("identity.json", identity)
+
+    def meta(self):
+        return self.state.read_json("meta.json", {}) or {}
+
+    def update_status(self, **changes):
+        status = self.state.read_json("status.json", {}) or {}
+        status.update(changes)
+        meta = self.meta()
+        override = self.state.read_json("override.json")
+        status.update(host=self.host, serial=meta.get("serial"), bundle=meta.get("bundle"), override=override,
+                      mode=self.effective_mode(meta, override), updated_at=utcnow_text(self.clock()))
+        self.state.write_json("status.json", status)
+        return status
+
+    @staticmethod
+    def effective_mode(meta, override):
+        if override and override.get("kind") == "bypass":
+            return "bypass"
+        if override and override.get("kind") == "rollback":
+            return (override.get("bundle") or {}).get("mode")
+        return (meta.get("bundle") or {}).get("mode")
+
+    # -- verifying and applying --------------------------------------------------
+
+    def verify_stored(self, name):
+        """Re-verify an envelope we accepted earlier (signature and host; its own time, no replay check)."""
+        raw = self.state.read_bytes(name)
+        if raw is None:
+            return None, None
+        stored = self.state.read_json(name.replace(".json", ".meta.json"), {}) or {}
+        try:
+            when = bundles.parse_time(stored.get("created_at", ""))
+        except ValueError:
+            when = self.clock()
+        try:
+            return raw, bundles.verify(raw, self.public_key, self.host, None, when)
+        except bundles.BundleError as exc:
+            raise AgentError("the stored bundle %s failed verification (%s: %s); it is not applied"
+                             % (self.state.path(name), _REFUSED_WORD[exc.kind], exc.reason))
+
+    def _apply_engine(self, content):
+        request = engine.Request(content, "present", persist=False, peers=self.peers, state_dir=self.state.nft_dir,
+                                 unit_dir=None, lock_timeout=60)
+        return engine.apply(request)
+
+    def desired(self):
+        """What the kernel should run now: (ruleset text, description) or (None, reason)."""
+        override = self.state.read_json("override.json")
+        if override and override.get("kind") == "bypass":
+            return render.bypass_ruleset(self.host), "bypass (local override)"
+        if override and override.get("kind") == "rollback":
+            _raw, item = self.verify_stored("rollback.json")
+            if item is None:
+                raise AgentError("the rollback override has no bundle; clear it with 'mseg mode clear'")
+            return item.ruleset, "serial %d mode=%s (local rollback)" % (item.serial, item.mode)
+        _raw, item = self.verify_stored("current.json")
+        if item is None:
+            return None, "no bundle received yet"
+        return item.ruleset, "serial %d mode=%s" % (item.serial, item.mode)
+
+    def apply_desired(self, why):
+        """Bring the kernel in line with the desired ruleset (idempotent). Returns the engine's result or None."""
+        content, what = self.desired()
+        if content is None:
+            self.log.info("%s: %s; the table stays as it is", why, what)
+            return None
+        result = self.applier(content)
+        if result.get("changed"):
+            self.log.info("%s: applied %s (%s)", why, what, result.get("msg"))
+        self.update_status(last_apply={"at": utcnow_text(self.clock()), "what": what, "why": why,
+                                       "changed": bool(result.get("changed")), "msg": result.get("msg")})
+        return result
+
+    def accept(self, raw, source):
+        """Handle one envelope fetched from ``source``. Returns applied, unchanged, held, refused or failed."""
+        with self.state.locked():
+            meta = self.meta()
+            if raw == self.state.read_bytes("current.json"):
+                return "unchanged"
+            try:
+                item = bundles.verify(raw, self.public_key, self.host, meta.get("serial"), self.clock())
+            except bundles.BundleError as exc:
+                self.log.error("bundle refused from %s: %s (%s); keeping serial %s and the live policy",
+                               source, _REFUSED_WORD[exc.kind], exc.reason, meta.get("serial"))
+                self.update_status(last_error={"at": utcnow_text(self.clock()), "kind": exc.kind,
+                                               "msg": exc.reason, "source": source})
+                return "refused"
+            override = self.state.read_json("override.json")
+            if not override:
+                try:
+                    result = self.applier(item.ruleset)
+                except engine.ApplyError as exc:
+                    self.log.error("bundle serial %d from %s could not be applied: %s; the previous policy stays",
+                                   item.serial, source, exc)
+                    self.update_status(last_error={"at": utcnow_text(self.clock()), "kind": "apply",
+                                                   "msg": str(exc), "source": source})
+                    return "failed"
+            self._store(raw, item, meta)
+            if override:
+                self.log.warning("bundle serial %d mode=%s from %s verified and kept, not applied: local override "
+                                 "%s holds (clear it with 'mseg mode clear')", item.serial, item.mode, source,
+                                 override.get("kind"))
+                self.update_status(last_error=None)
+                return "held"
+            self.log.info("bundle serial %d mode=%s policy=%s from %s applied (%s)", item.serial, item.mode,
+                          item.policy_digest[:16], source, result.get("msg"))
+            self.update_status(last_error=None, last_apply={
+                "at": utcnow_text(self.clock()), "what": "serial %d mode=%s" % (item.serial, item.mode),
+                "why": "new bundle", "changed": bool(result.get("changed")), "msg": result.get("msg")})
+            return "applied"
+
+    def _store(self, raw, item, meta):
+        current = self.state.read_bytes("current.json")
+        if current is not None:
+            self.state.write("previous.json", current)
+            self.state.write_json("previous.meta.json", self.state.read_json("current.meta.json", {}))
+        self.state.write("current.json", raw)
+        self.state.write_json("current.meta.json", bundle_fields(item))
+        meta = dict(meta, serial=item.serial, bundle=bundle_fields(item))
+        self.state.write_json("meta.json", meta)
+
+    # -- polling -------------------------------------------------------------------
+
+    def order(self):
+        """Controllers to try: the one that answered last first, then the others in configured order."""
+        count = len(self.controllers)
+        return [self.controllers[(self.preferred + i) % count] for i in range(count)]
+
+    def poll_once(self):
+        """One poll with failover. Returns the outcome (see ``accept``) or ``unreachable``."""
+        meta = self.meta()
+        etag = meta.get("etag") if self.state.read_bytes("current.json") is not None else None
+        failures = []
+        for controller in self.order():
+            url = controller_url(controller)
+            try:
+                status, body, new_etag = self.fetcher(controller, etag)
+            except OSError as exc:
+                failures.append("%s: %s" % (url, exc))
+                continue
+            self.preferred = self.controllers.index(controller)
+            if failures:
+                self._problem("failover to %s after %s" % (url, "; ".join(failures)), logging.WARNING)
+            if status == 304:
+                outcome = "unchanged"
+            elif status == 200:
+                outcome = self.accept(body, url)
+                if outcome in ("applied", "unchanged", "held", "refused") and new_etag:
+                    with self.state.locked():
+                        self.state.write_json("meta.json", dict(self.meta(), etag=new_etag))
+            else:
+                self._problem("%s answered HTTP %d" % (url, status), logging.WARNING)
+                failures.append("%s: HTTP %d" % (url, status))
+                continue
+            if not failures:
+                self._problem(None)
+            self.update_status(last_poll={"at": utcnow_text(self.clock()), "controller": url, "result": outcome})
+            return outcome
+        self._problem("every controller is unreachable (%s); keeping the live policy" % "; ".join(failures),
+                      logging.ERROR)
+        self.update_status(last_poll={"at": utcnow_text(self.clock()), "controller": None, "result": "unreachable",
+                                      "detail": "; ".join(failures)})
+        return "unreachable"
+
+    def _problem(self, text, level=logging.WARNING):
+        """Log a problem once while it lasts, and its end."""
+        if text == self._last_problem:
+            return
+        if text is None:
+            self.log.info("controllers reachable again")
+        else:
+            self.log.log(level, text)
+        self._last_problem = text
+
+    def next_delay(self):
+        return self.interval * (1 + random.uniform(-self.jitter, self.jitter))
+
+    def run(self, stop):
+        self.record_identity()
+        with self.state.locked():
+            try:
+                self.apply_desired("start")
+            except (AgentError, engine.ApplyError) as exc:
+                self.log.error("start: %s; the live table stays as it is", exc)
+        sd_notify("READY=1")
+        while not stop.is_set():
+            try:
+                self.poll_once()
+            except (AgentError, engine.ApplyError) as exc:
+                self._problem(str(exc), logging.ERROR)
+            stop.wait(self.next_delay())
+
+    # -- local overrides ---------------------------------------------------------------
+
+    def set_override(self, override, who):
+        with self.state.locked():
+            previous = self.state.read_json("override.json")
+            override = dict(override, set_at=utcnow_text(self.clock()), set_by=who)
+            self.state.write_json("override.json", override)
+            try:
+                result = self.apply_desired("local override")
+            except (AgentError, engine.ApplyError):
+                if previous:
+                    self.state.write_json("override.json", previous)
+                else:
+                    self.state.remove("override.json")
+                raise
+        return result
+
+    def clear_override(self, who):
+        with self.state.locked():
+            previous = self.state.read_json("override.json")
+            if not previous:
+                return None, "no local override is set; the agent follows the controllers"
+            self.state.remove("override.json")
+            self.state.remove("rollback.json")
+            self.state.remove("rollback.meta.json")
+            self.log.warning("local override %s cleared by %s; following the controllers again",
+                             previous.get("kind"), who)
+            return self.apply_desired("override cleared"), "cleared the local override %s" % previous.get("kind")
+
+    def bypass(self, who):
+        self.log.warning("local override: mode bypass set by %s (the table accepts everything until "
+                         "'mseg mode clear')", who)
+        return self.set_override({"kind": "bypass"}, who)
+
+    def rollback(self, who):
+        with self.state.locked():
+            raw, item = self.verify_stored("previous.json")
+            if item is None:
+                raise AgentError("there is no previous bundle to roll back to on this host")
+            self.state.write("rollback.json", raw)
+            self.state.write_json("rollback.meta.json", bundle_fields(item))
+        self.log.warning("local override: rollback to serial %d set by %s (newer bundles are verified and kept "
+                         "but not applied until 'mseg mode clear')", item.serial, who)
+        return self.set_override({"kind": "rollback", "bundle": bundle_fields(item)}, who)
+
+
+# --------------------------------------------------------------------------- logging
+
+
+def make_logger(path, stream=None):
+    log = logging.getLogger(LOGGER)
+    log.setLevel(logging.INFO)
+    log.handlers = []
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+    formatter.converter = time.gmtime
+    if path:
+        try:
+            handler = logging.handlers.WatchedFileHandler(path)  # logrotate moves the file; we reopen it
+        except OSError as exc:
+            raise AgentError("cannot open the runtime log %s (%s): LogsDirectory= in mseg-agent.service creates "
+                             "its directory" % (path, exc.strerror or exc))
+        handler.setFormatter(formatter)
+        log.addHandler(handler)
+    if stream is not None:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(formatter)
+        log.addHandler(handler)
+    return log
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def counters(nft_path=None):
+    """Named counters of table inet mseg: [(name, packets, bytes)], or None when nft cannot list them."""
+    try:
+        path = nft_path or engine.find_nft()
+    except engine.ApplyError:
+        return None
+    proc = subprocess.run([path, "-j", "list", "counters", "table", "inet", "mseg"], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        return None
+    try:
+        items = json.loads(proc.stdout).get("nftables", [])
+    except ValueError:
+        return None
+    found = []
+    for item in items:
+        counter = item.get("counter") if isinstance(item, dict) else None
+        if counter:
+            found.append((counter.get("name"), counter.get("packets", 0), counter.get("bytes", 0)))
+    return sorted(found)
+
+
+def format_status(status, counted):
+    bundle = status.get("bundle") or {}
+    override = status.get("override")
+    lines = ["host         %s" % status.get("host"),
+             "mode         %s%s" % (status.get("mode") or "none (no bundle yet)",
+                                    " (local override %s since %s by %s; 'mseg mode clear' ends it)"
+                                    % (override.get("kind"), override.get("set_at"), override.get("set_by"))
+                                    if override else "")]
+    if bundle:
+        lines += ["serial       %s (created %s, valid until %s)" % (bundle.get("serial"), bundle.get("created_at"),
+                                                                    bundle.get("valid_until")),
+                  "policy       %s" % bundle.get("policy_digest"),
+                  "ruleset      sha256 %s" % bundle.get("ruleset_sha256")]
+    else:
+        lines.append("serial       none: no bundle accepted yet")
+    poll = status.get("last_poll") or {}
+    if poll:
+        lines.append("last poll    %s %s: %s%s" % (poll.get("at"), poll.get("controller") or "(no controller)",
+                                                   poll.get("result"),
+                                                   " (%s)" % poll["detail"] if poll.get("detail") else ""))
+    applied = status.get("last_apply") or {}
+    if applied:
+        lines.append("last apply   %s %s (%s): %s" % (applied.get("at"), applied.get("what"), applied.get("why"),
+                                                      applied.get("msg")))
+    error = status.get("last_error")
+    if error:
+        lines.append("last error   %s %s: %s" % (error.get("at"), error.get("kind"), error.get("msg")))
+    if counted is None:
+        lines.append("counters     unavailable (run as root: listing nftables needs CAP_NET_ADMIN)")
+    else:
+        lines.append("counters     %d" % len(counted))
+        for name, packets, size in counted:
+            lines.append("  %-28s %12d packets %14d bytes" % (name, packets, size))
+    return "\n".join(lines)
+
+
+def _operator():
+    """Who runs the CLI, for the log: the login user behind sudo/su when known."""
+    try:
+        with open("/proc/self/loginuid") as handle:
+            uid = int(handle.read().strip())
+    except (OSError, ValueError):
+        uid = -1
+    if 0 <= uid < 4294967295:
+        try:
+            import pwd
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return "uid %d" % uid
+    return os.environ.get("SUDO_USER") or "root"
+
+
+def _as_agent_user(state_dir, argv):
+    """Run a changing command as the owner of the state directory with only CAP_NET_ADMIN (files stay its)."""
+    if os.geteuid() != 0 or os.environ.get("MSEG_AS_AGENT"):
+        return
+    try:
+        owner = os.stat(state_dir)
+    except OSError:
+        return
+    if owner.st_uid == 0:
+        return
+    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+    env = dict(os.environ, MSEG_AS_AGENT="1", MSEG_OPERATOR=_operator())
+    os.execve(setpriv, [setpriv, "--reuid=%d" % owner.st_uid, "--regid=%d" % owner.st_gid, "--clear-groups",
+                        "--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin",
+                        "--bounding-set=-all,+net_admin", "--", sys.executable, os.path.abspath(sys.argv[0])] + argv,
+              env)
+
+
+def _parser(prog):
+    parser = argparse.ArgumentParser(prog=prog, description="mseg.fleet host agent and emergency CLI")
+    parser.add_argument("--config", help="agent configuration (default: the systemd credential, else %s)"
+                        % DEFAULT_CONFIG)
+    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="agent state directory (default %(default)s)")
+    parser.add_argument("--log-file", default=None, help="runtime log (default: from the configuration for run and "
+                        "restore, %s for the CLI)" % DEFAULT_LOG_FILE)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    sub.add_parser("run", help="poll the controllers and apply new bundles (the systemd service)")
+    sub.add_parser("restore", help="apply the last good bundle (or the local override) once; used at boot")
+    status = sub.add_parser("status", help="mode, serial, policy hash, last poll, per-rule counters")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    mode = sub.add_parser("mode", help="set a local mode override: bypass; clear to follow the controllers again")
+    mode.add_argument("mode", choices=("bypass", "observe", "enforce", "clear"))
+    sub.add_parser("rollback", help="apply the previous good bundle and hold it until 'mode clear'")
+    return parser
+
+
+def main(argv=None, prog="mseg"):
+    """Entry point of ``mseg-agent`` and ``mseg``. Returns the exit status; errors are one line, no traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser(prog).parse_args(argv)
+    try:
+        if args.command in ("run", "restore"):
+            return _daemon(args)
+        return _cli(args, argv)
+    except (AgentError, engine.ApplyError) as exc:
+        sys.stderr.write("%s: %s\n" % (prog, exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _daemon(args):
+    config = Config.load(args.config)
+    log = make_logger(args.log_file or config.log_file, sys.stderr if args.command == "restore" else None)
+    if args.command == "restore":
+        agent = Agent.from_config(config, log, with_tls=False)
+        agent.record_identity()
+        with agent.state.locked():
+            try:
+                agent.apply_desired("boot restore")
+            except (AgentError, engine.ApplyError) as exc:
+                log.error("boot restore failed: %s; the table stays as it is", exc)
+                raise
+        return 0
+    agent = Agent.from_config(config, log)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    log.info("mseg-agent starting for %s: controllers %s, interval %.1fs (+/-%d%%), drop log from %s",
+             config.host, ", ".join(controller_url(c) for c in config.controllers), config.interval,
+             config.jitter * 100, config.droplog)
+    if config.droplog != "none":
+        DropLog(config.droplog, log, stop).start()
+    agent.run(stop)
+    log.info("mseg-agent stopping")
+    return 0
+
+
+def _cli(args, argv):
+    if args.command == "status":
+        status = State(args.state_dir).read_json("status.json")
+        if status is None:
+            raise AgentError("%s/status.json does not exist: the agent has not run on this host (systemctl status "
+                             "mseg-agent)" % args.state_dir)
+        counted = counters()
+        if args.json:
+            status["counters"] = None if counted is None else [
+                {"name": n, "packets": p, "bytes": b} for n, p, b in counted]
+            print(json.dumps(status, indent=1, sort_keys=True))
+        else:
+            print(format_status(status, counted))
+        return 0
+    if args.command == "mode" and args.mode in ("observe", "enforce"):
+        status = State(args.state_dir).read_json("status.json") or {}
+        bundle_mode = (status.get("bundle") or {}).get("mode")
+        raise AgentError(
+            "a local %s override is not possible: the host holds only the ruleset the controllers signed for it "
+            "(mode=%s), and the agent never renders policy itself. Use 'mseg mode clear' to follow the controllers "
+            "again, or change mseg_mode for this host and publish (ansible-playbook mseg.fleet.publish)"
+            % (args.mode, bundle_mode))
+    _as_agent_user(args.state_dir, argv)
+    who = os.environ.get("MSEG_OPERATOR") or _operator()
+    log_file = args.log_file or DEFAULT_LOG_FILE
+    log = make_logger(log_file if os.path.isdir(os.path.dirname(log_file)) else None)
+    agent = Agent.from_identity(args.state_dir, log)
+    if args.command == "rollback":
+        result = agent.rollback(who)
+        print("rolled back to the previous bundle: %s" % result.get("msg"))
+    elif args.mode == "bypass":
+        result = agent.bypass(who)
+        print("mode bypass set locally: %s; 'mseg mode clear' returns to the controllers' policy" % result.get("msg"))
+    else:
+        result, message = agent.clear_override(who)
+        print(message + (": %s" % result.get("msg") if result else ""))
+    return 0
