@@ -210,7 +210,10 @@ def is_lab_process(pid, root_dir):
     cmd = pid_cmdline(pid)
     if not cmd:
         return False
-    return os.path.basename(cmd[0]) == "systemd-nspawn" and ("--directory=" + root_dir) in cmd
+    # setsid(1) execs systemd-nspawn in the same process; for a moment the command line is setsid's.
+    if os.path.basename(cmd[0]) == "setsid":
+        cmd = cmd[1:]
+    return bool(cmd) and os.path.basename(cmd[0]) == "systemd-nspawn" and ("--directory=" + root_dir) in cmd
 
 
 def find_lab_processes(root_dir):
@@ -475,6 +478,15 @@ def _start_host(host, root, bridge, log_path, capabilities, cgroups):
     return proc
 
 
+def _tail(path, lines=5):
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read()[-4000:].decode("utf-8", "replace")
+    except (IOError, OSError):
+        return "(no console log)"
+    return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
+
+
 def _ssh_ready(address, deadline, alive):
     """True once ``address``:22 sends an SSH banner; False at the deadline or once ``alive()`` is false."""
     while time.time() < deadline and alive():
@@ -604,9 +616,10 @@ def lab_up(name, hosts, state_dir, cache_dir, packages=DEFAULT_PACKAGES, suite=D
         rec = data["hosts"][host["name"]]
         if not _ssh_ready(host["ipv4"], deadline, lambda: is_lab_process(rec["pid"], rec["root"])):
             running = is_lab_process(rec["pid"], rec["root"])
-            late.append("%s (%s, %s; console log %s)" % (
-                host["name"], host["ipv4"], "nspawn running" if running else "nspawn exited",
-                os.path.join(rec["dir"], "console.log")))
+            log = os.path.join(rec["dir"], "console.log")
+            late.append("%s (%s, %s; console log %s%s)" % (
+                host["name"], host["ipv4"], "nspawn running" if running else "nspawn exited", log,
+                "" if running else ": " + _tail(log)))
     timings["ssh"] = round(time.time() - t0, 2)
     if late:
         raise LabError("lab %r: no SSH answer within %d s from %s; 'make lab-down' cleans up"
@@ -621,16 +634,20 @@ def lab_up(name, hosts, state_dir, cache_dir, packages=DEFAULT_PACKAGES, suite=D
 
 
 def _terminate(pids_by_host, timeout):
-    """SIGTERM (clean power-off of the guest), then SIGKILL after ``timeout``; returns those killed."""
-    for pid, _root in pids_by_host.values():
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except OSError as exc:
-            if exc.errno != errno.ESRCH:
-                raise
+    """SIGTERM (clean power-off of the guest), then SIGKILL after ``timeout``; returns those killed.
+
+    SIGTERM is repeated every second: systemd-nspawn passes it to the guest's systemd as a power-off
+    request, and a guest that is still starting ignores it until systemd has installed its handlers.
+    """
     deadline = time.time() + timeout
     remaining = dict(pids_by_host)
+    next_term = 0
     while remaining and time.time() < deadline:
+        if time.time() >= next_term:
+            for pid, root in remaining.values():
+                if is_lab_process(pid, root):
+                    os.kill(pid, signal.SIGTERM)
+            next_term = time.time() + 1
         for hname, (pid, root) in list(remaining.items()):
             _reap(pid)
             if not is_lab_process(pid, root):

@@ -1,0 +1,183 @@
+"""The lab itself on this machine: real systemd-nspawn hosts, then a teardown that leaves nothing behind.
+
+Every test uses its own lab name (so its own bridge, subnet and cgroups) and never touches another lab.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
+
+from ansible_collections.mseg.fleet.plugins.module_utils import lab  # noqa: E402
+
+CACHE = os.environ.get("MSEG_LAB_CACHE", "/var/cache/mseg-lab")
+SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
+
+
+def _usable():
+    if os.geteuid() != 0:
+        return False, "the lab needs root"
+    for tool in ("systemd-nspawn", "debootstrap", "ssh"):
+        if not subprocess.run(["sh", "-c", "command -v " + tool], capture_output=True, check=False).stdout:
+            return False, "%s is not installed (make setup)" % tool
+    return True, ""
+
+
+OK, WHY = _usable()
+pytestmark = pytest.mark.skipif(not OK, reason=WHY)
+
+
+def ssh(result, host, command):
+    address = [h["ipv4"] for h in result["hosts"] if h["name"] == host][0]
+    return subprocess.run(["ssh", "-i", result["private_key"]] + SSH_OPTS + ["root@" + address, command],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def leftovers(name, state_dir):
+    """Everything of lab ``name`` still present on this machine."""
+    tag = lab.lab_tag(name)
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            cmd = lab.pid_cmdline(int(entry)) or []
+            if cmd and os.path.basename(cmd[0]) == "systemd-nspawn" and any(state_dir in part for part in cmd):
+                found.append("process %s" % entry)
+    for ifname in os.listdir("/sys/class/net"):
+        if ifname in (lab.bridge_name(name),) or ifname.startswith("vb-" + tag):
+            found.append("interface " + ifname)
+    with open("/proc/self/mountinfo") as handle:
+        found += ["mount " + line.split()[4] for line in handle if state_dir in line.split()[4]]
+    for root in lab.cgroup_roots():
+        found += ["cgroup " + os.path.join(root, d) for d in os.listdir(root) if d.startswith("mseg-lab-" + tag)]
+    if os.path.exists(state_dir):
+        found.append("state " + state_dir)
+    return found
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    """Give a test a lab (name, state directory); whatever the test leaves is removed afterwards."""
+    made = []
+
+    def make(name):
+        made.append(str(tmp_path / name))
+        return name, made[-1]
+
+    yield make
+    for state_dir in made:
+        lab.lab_down(state_dir)
+
+
+def test_hosts_boot_answer_ssh_and_teardown_leaves_nothing(scratch):
+    name, state_dir = scratch("itboot")
+    started = time.time()
+    up = lab.lab_up(name, [{"name": "a"}, {"name": "b"}], state_dir, CACHE)
+    assert up["changed"] is True
+    assert time.time() - started < 60
+    for host in ("a", "b"):
+        proc = ssh(up, host, "systemctl is-system-running --wait; hostname; ip -br addr show host0")
+        assert proc.returncode == 0, proc.stderr
+        state, hostname, link = proc.stdout.strip().splitlines()
+        assert state == "running"
+        assert hostname == host
+        mine = [h for h in up["hosts"] if h["name"] == host][0]
+        assert mine["ipv4"] + "/24" in link and mine["ipv6"] + "/64" in link
+    # b over IPv6 from a, through the bridge, with a real TCP connection to its sshd.
+    b6 = [h["ipv6"] for h in up["hosts"] if h["name"] == "b"][0]
+    proc = ssh(up, "a", "python3 -c \"import socket; print(socket.create_connection(('%s', 22), 3).recv(8))\"" % b6)
+    assert "SSH-2.0" in proc.stdout, proc.stderr
+
+    again = lab.lab_up(name, [{"name": "a"}, {"name": "b"}], state_dir, CACHE)
+    assert again["changed"] is False
+    assert again["hosts"] == up["hosts"]
+
+    assert leftovers(name, state_dir) != []
+    down = lab.lab_down(state_dir)
+    assert down["removed_hosts"] == ["a", "b"] and down["killed"] == []
+    assert leftovers(name, state_dir) == []
+    assert lab.lab_down(state_dir)["changed"] is False
+
+
+def test_a_host_whose_process_died_is_rebooted(scratch):
+    name, state_dir = scratch("itdied")
+    up = lab.lab_up(name, [{"name": "a"}], state_dir, CACHE)
+    pid = lab.LabState(state_dir).data["hosts"]["a"]["pid"]
+    # A hard kill leaves the guest's own processes running in its cgroup; the lab must clear them.
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 10
+    while lab.is_lab_process(pid, lab.LabState(state_dir).data["hosts"]["a"]["root"]) and time.time() < deadline:
+        time.sleep(0.1)
+    again = lab.lab_up(name, [{"name": "a"}], state_dir, CACHE)
+    assert again["changed"] is True
+    assert lab.LabState(state_dir).data["hosts"]["a"]["pid"] != pid
+    assert ssh(up, "a", "true").returncode == 0
+    lab.lab_down(state_dir)
+    assert leftovers(name, state_dir) == []
+
+
+def test_teardown_after_a_crash_during_boot(scratch):
+    name, state_dir = scratch("itcrash")
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from ansible_collections.mseg.fleet.plugins.module_utils import lab\n"
+            "lab.lab_up(%r, [{'name': 'h%%d' %% i} for i in range(4)], %r, %r)\n"
+            % (os.path.join(ROOT, ".build", "collections"), name, state_dir, CACHE))
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    # Kill the controller side half-way: some hosts started, maybe one without its PID recorded.
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if any(part.startswith("process") for part in leftovers(name, state_dir)):
+            break
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert leftovers(name, state_dir) != []
+    lab.lab_down(state_dir)
+    assert leftovers(name, state_dir) == []
+
+
+def test_two_labs_get_their_own_bridge_and_subnet(scratch):
+    (name_one, first), (name_two, second) = scratch("itone"), scratch("ittwo")
+    one = lab.lab_up(name_one, [{"name": "a"}], first, CACHE)
+    two = lab.lab_up(name_two, [{"name": "a"}], second, CACHE)
+    assert one["bridge"] != two["bridge"]
+    assert one["ipv4_subnet"] != two["ipv4_subnet"]
+    assert one["ipv6_subnet"] != two["ipv6_subnet"]
+    assert ssh(one, "a", "true").returncode == 0 and ssh(two, "a", "true").returncode == 0
+    lab.lab_down(first)
+    # Removing one lab leaves the other one running.
+    assert leftovers(name_one, first) == []
+    assert ssh(two, "a", "systemctl is-system-running --wait").stdout.strip() == "running"
+    lab.lab_down(second)
+    assert leftovers(name_two, second) == []
+
+
+def test_a_host_that_never_answers_fails_within_the_timeout(scratch):
+    name, state_dir = scratch("itslow")
+    # No host can answer SSH before it has booted: with no time to boot, the lab gives up at once,
+    # naming the host and its console log, instead of waiting.
+    started = time.time()
+    with pytest.raises(lab.LabError, match=r"no SSH answer within 0 s from a \(.*console log .*console.log"):
+        lab.lab_up(name, [{"name": "a"}], state_dir, CACHE, boot_timeout=0)
+    assert time.time() - started < 30
+    lab.lab_down(state_dir)
+    assert leftovers(name, state_dir) == []
+
+
+def test_the_bridge_address_is_the_hosts_gateway(scratch):
+    name, state_dir = scratch("itgw")
+    up = lab.lab_up(name, [{"name": "a"}], state_dir, CACHE)
+    route = ssh(up, "a", "ip -4 route show default").stdout
+    assert "via %s dev host0" % up["gateway_ipv4"] in route
+    sock = socket.create_connection((up["hosts"][0]["ipv4"], 22), timeout=5)
+    try:
+        assert sock.recv(8).startswith(b"SSH-2.0")
+    finally:
+        sock.close()
