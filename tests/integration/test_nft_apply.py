@@ -517,3 +517,35 @@ def test_unconfirmed_apply_rolls_back_by_itself(fleet, dirs):
     assert final["rolled_back"] is True and "no confirmation" in final["msg"]
     rc, res = play(fleet, dirs, {"content": ruleset()})
     assert rc == 0 and res["changed"] is False
+
+
+# ------------------------------------------------------------------ the render contract
+
+
+GOLDEN = os.path.join(ROOT, "tests", "unit", "fixtures", "golden")
+
+
+@pytest.mark.skipif(not os.path.isdir(GOLDEN), reason="no rendered rulesets in tests/unit/fixtures/golden")
+def test_rulesets_rendered_by_the_engine_apply_idempotently(fleet, dirs):
+    """Every ruleset the renderer's golden files hold passes the scope check, loads, and re-runs unchanged."""
+    names = sorted(n for n in os.listdir(GOLDEN) if n.endswith(".nft"))
+    assert names
+    peer = "%s 51000 %s 22" % (fleet.addr("b"), fleet.addr("a"))
+    for index, name in enumerate(names):
+        with open(os.path.join(GOLDEN, name)) as handle:
+            content = handle.read()
+        if index == 0:  # one of them through ansible-playbook, the rest through the engine directly
+            rc, res = play(fleet, dirs, {"content": content}, env={"SSH_CONNECTION": peer})
+            assert rc == 0 and res["changed"], (name, res)
+            rc, res = play(fleet, dirs, {"content": content}, env={"SSH_CONNECTION": peer})
+            assert rc == 0 and res["changed"] is False, (name, res)
+        else:
+            runner = ("import json, sys; sys.path.insert(0, %r); import apply as e; text = sys.stdin.read(); "
+                      "req = lambda: e.Request(text, peers=[(%r, 22)], state_dir=%r, unit_dir=%r); "
+                      "print(json.dumps([e.apply(req())['changed'], e.apply(req())['changed']]))"
+                      % (os.path.join(ROOT, "plugins", "module_utils"), fleet.addr("b"), dirs["state_dir"],
+                         dirs["unit_dir"]))
+            out = fleet.run("a", [sys.executable, "-c", runner], input=content).stdout
+            assert json.loads(out) == [True, False], name
+        assert "%s . 22" % fleet.addr("b") in listing(fleet), name
+        assert fleet.probe("b", "a", 22) == CONNECTED, name  # the controller is let in, whatever the policy
