@@ -32,6 +32,8 @@ def quote(text):
 class Set(object):
     """A named set: ``type`` such as ``ipv4_addr`` or ``ipv4_addr . inet_service``; ``flags`` such as interval."""
 
+    keyword = "set"
+
     def __init__(self, name, type_, flags=(), elements=()):
         self.name = _check_ident(name)
         self.type = type_
@@ -40,7 +42,7 @@ class Set(object):
 
     def render(self, out, indent):
         pad = indent + "\t"
-        out.append("%sset %s {" % (indent, self.name))
+        out.append("%s%s %s {" % (indent, self.keyword, self.name))
         out.append("%stype %s" % (pad, self.type))
         if self.flags:
             out.append("%sflags %s" % (pad, ",".join(self.flags)))
@@ -49,6 +51,12 @@ class Set(object):
                      for i in range(0, len(self.elements), ELEMENTS_PER_LINE)]
             out.append("%selements = { %s }" % (pad, (",\n%s\t     " % pad).join(lines)))
         out.append("%s}" % indent)
+
+
+class Map(Set):
+    """A named map: ``type`` such as ``ipv4_addr : verdict``, elements ``key : value``; shares the sets' names."""
+
+    keyword = "map"
 
 
 class Counter(object):
@@ -123,6 +131,7 @@ class Table(object):
         return self.counters[name]
 
     def add_set(self, set_):
+        """Declare a set or a map (one namespace in nftables)."""
         if set_.name in self.sets:
             raise ValueError("set %s declared twice" % set_.name)
         self.sets[set_.name] = set_

@@ -104,3 +104,57 @@ def test_rendering_is_deterministic_whatever_the_input_order():
     second = compile_fleet(dict(data["policy"], rules=rules), dict(shuffled_hosts))
     for name in HOSTS:
         assert render_plan(first.plans[name])[0] == render_plan(second.plans[name])[0]
+
+
+def _allow_rules_fleet(rules):
+    hosts = {"db": {"tags": {"role": "db"}, "addresses": ["10.9.0.1", "fd00:9::1"], "mode": "enforce"}}
+    policy = {"defaults": {"ingress": "deny", "egress": "allow"}, "rules": rules}
+    return render_plan(compile_fleet(policy, hosts).plans["db"])[0]
+
+
+def _input_rules(text):
+    chain = text[text.index("chain input {"):text.index("chain output {")]
+    return [line.strip() for line in chain.splitlines()[2:] if line.startswith("\t\t")]
+
+
+def test_consecutive_allow_rules_with_the_same_ports_are_one_map_lookup():
+    to = {"tags": {"role": "db"}}
+    text = _allow_rules_fleet([
+        {"id": 1, "from": {"cidr": ["10.1.0.0/24", "fd00:1::/64"]}, "to": to, "ports": ["tcp/5432"]},
+        {"id": 2, "from": {"cidr": ["10.1.0.7", "10.2.0.0/23"]}, "to": to, "ports": ["tcp/5432"]},
+        {"id": 3, "from": {"cidr": ["10.0.0.0/8"]}, "to": to, "ports": ["tcp/5432"]},
+        {"id": 4, "from": {"cidr": ["10.3.0.1"]}, "to": to, "ports": ["tcp/80", "udp/53"]},
+        {"id": 5, "from": {"cidr": ["10.4.0.1"]}, "to": to, "ports": ["tcp/80", "udp/53"]},
+    ])
+    rules = _input_rules(text)
+    assert rules[6:] == [
+        'tcp dport 5432 ip saddr vmap @allow_1_in_v4 comment "ID=1,2,3"',
+        'tcp dport 5432 ip6 saddr vmap @allow_1_in_v6 comment "ID=1,2,3"',
+        'tcp dport 80 ip saddr vmap @allow_4_in_v4 comment "ID=4,5"',
+        'udp dport 53 ip saddr vmap @allow_4_in_v4 comment "ID=4,5"',
+        'limit rate 10/second burst 20 packets log prefix "[MSEG-DROP] ID=0 " comment "ID=0"',
+        'counter name "default_in" drop comment "ID=0"',
+    ]
+    # Each address goes to the first rule that names it: rule 2 keeps nothing of 10.1.0.0/24, rule 3 only the rest.
+    elements = re.search(r"map allow_1_in_v4 \{\n\t\ttype ipv4_addr : verdict\n\t\tflags interval\n"
+                         r"\t\telements = \{ (.*?) \}\n", text, re.S).group(1)
+    mapping = [tuple(e.strip().split(" : jump ")) for e in elements.replace("\n", " ").split(",")]
+    assert ("10.1.0.0/24", "allow_1_in") in mapping and ("10.2.0.0/23", "allow_2_in") in mapping
+    assert all(not (net.startswith("10.1.0.") and chain != "allow_1_in") for net, chain in mapping)
+    assert ("10.0.0.0/16", "allow_3_in") in mapping and ("10.128.0.0/9", "allow_3_in") in mapping
+    assert len({net for net, _chain in mapping}) == len(mapping)
+    for rule_id in (1, 2, 3):
+        assert ('chain allow_%d_in {\n\t\tcounter name "rule_%d_in" accept comment "ID=%d"\n\t}'
+                % (rule_id, rule_id, rule_id)) in text
+
+
+def test_a_single_allow_rule_and_other_actions_keep_their_own_rules():
+    to = {"tags": {"role": "db"}}
+    text = _allow_rules_fleet([
+        {"id": 1, "from": {"cidr": ["10.1.0.0/24"]}, "to": to, "ports": ["tcp/5432"], "action": "deny"},
+        {"id": 2, "from": {"cidr": ["10.2.0.0/24"]}, "to": to, "ports": ["tcp/5432"], "action": "deny"},
+        {"id": 3, "from": {"cidr": ["10.3.0.0/24"]}, "to": to, "ports": ["tcp/5432"]},
+        {"id": 4, "from": {"any": True}, "to": to, "ports": ["tcp/5432"]},
+    ])
+    assert "vmap" not in text and "map allow" not in text
+    assert 'tcp dport 5432 ip saddr @r3_in_v4 counter name "rule_3_in" accept comment "ID=3"' in _input_rules(text)
