@@ -1,14 +1,13 @@
 """The kernel_prereqs role, run for real with ansible-playbook against localhost.
 
+Every failure path: the role is pointed at the fixture trees in tests/unit/fixtures/kernel/ through its own
+variables (kernel_prereqs_proc_root, _sys_root, _modules_root, _nft_path). All cases run in one ansible-playbook
+run, one inventory host (connection local) per case, so each case is one host's outcome. Each must fail in its check,
+before the role changes anything, with its exact message; the files the role would write are redirected into a
+directory per case as a second guard, and the tests check that nothing reported a change.
+
 Happy paths run inside a throwaway network namespace, so the role sets real sysctls of the running kernel without
 touching the test machine's own: converge, idempotence and check mode, and SR-IOV against a copy of a fixture sysfs.
-
-Every failure path:
-
-The role is pointed at the fixture trees in tests/unit/fixtures/kernel/ through its own variables
-(kernel_prereqs_proc_root, _sys_root, _modules_root, _nft_path) and runs against localhost. Each case must fail in
-the pre-flight checks, before the role changes anything, with its exact message; the files the role would write are
-redirected into a temporary directory as a second guard, and the test checks that nothing reported a change.
 """
 
 import json
@@ -66,92 +65,154 @@ def task_results(result):
     return tasks
 
 
-def run_role(tmp_path, tree, max_changed=0, **role_vars):
-    """Run the role against a fixture tree and expect exactly one failed task; return (task, message)."""
-    base = os.path.join(FIXTURES, tree) if tree else str(tmp_path / "empty")
-    fixture_vars = {
-        "kernel_prereqs_proc_root": os.path.join(base, "proc"),
-        "kernel_prereqs_sys_root": os.path.join(base, "sys"),
-        "kernel_prereqs_modules_root": os.path.join(base, "modules"),
+def _tree_without(tmp, tree, *parts):
+    """A copy of fixture ``tree`` with one path removed."""
+    copy = os.path.join(tmp, tree + "-without-" + parts[-1])
+    shutil.copytree(os.path.join(FIXTURES, tree), copy)
+    target = os.path.join(copy, *parts)
+    if os.path.isdir(target):
+        shutil.rmtree(target)
+    else:
+        os.remove(target)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def failures(tmp_path_factory):
+    """Run every failure case at once; return {case: {"failed": [(task, msg)], "changed": n, "written": [...]}}."""
+    tmp = str(tmp_path_factory.mktemp("kernel-failures"))
+    empty = os.path.join(tmp, "empty")
+    os.mkdir(empty)
+    cases = {
+        "old-kernel": ("old_kernel", {}),
+        "no-release": (empty, {}),
+        "no-nft": ("modern", {"kernel_prereqs_nft_path": os.path.join(tmp, "no-such-nft")}),
+        "no-btf": ("no_btf", {"kernel_prereqs_backend": "ebpf"}),
+        "no-btf-no-bpf": (_tree_without(tmp, "no_btf", "proc", "sys", "kernel", "unprivileged_bpf_disabled"),
+                          {"kernel_prereqs_backend": "ebpf"}),
+        "btf-not-needed": ("no_btf", {"kernel_prereqs_underlay_interfaces": ["eth0"],
+                                      "kernel_prereqs_overlay_mtu": 1500}),
+        "no-bridge": ("no_bridge", {}),
+        "bridge-hidden": (_tree_without(tmp, "modern", "proc", "sys", "net", "bridge"), {}),
+        "bridge-modprobe": ("bridge_module", {}),
+        "underlay-missing": ("modern", {"kernel_prereqs_underlay_interfaces": ["eth0", "bond0"]}),
+        "small-mtu": ("small_mtu", {}),
+        "ipv6-mtu": ("modern", {"kernel_prereqs_underlay_interfaces": ["eth1"],
+                                "kernel_prereqs_underlay_ip_version": 6}),
+        "too-many-vfs": ("sriov_small", {"kernel_prereqs_sriov_numvfs": {"eth0": 8, "eth9": 2}}),
+        "negative-vfs": ("sriov_small", {"kernel_prereqs_sriov_numvfs": {"eth0": -1}}),
     }
-    fixture_vars.update(role_vars)
-    rc, result = play(tmp_path, fixture_vars)
-    assert rc == 2, "expected the play to fail: %s" % json.dumps(result["stats"])
-    failures = [(name, item["msg"]) for name, items in task_results(result).items()
-                for item in items if item.get("failed")]
-    assert result["stats"]["localhost"]["changed"] <= max_changed, "the role changed something before failing"
-    for name in ("sysctl.conf", "modules-load.conf", "sriov.rules"):
-        assert not (tmp_path / name).exists(), name + " was written before the checks passed"
-    assert len(failures) == 1, failures
-    return failures[0]
+    hosts = {}
+    for case, (tree, role_vars) in cases.items():
+        base = os.path.join(FIXTURES, tree)
+        out = os.path.join(tmp, "out", case)
+        os.makedirs(out)
+        hosts[case] = dict({
+            "ansible_connection": "local",
+            "ansible_python_interpreter": sys.executable,
+            "kernel_prereqs_proc_root": os.path.join(base, "proc"),
+            "kernel_prereqs_sys_root": os.path.join(base, "sys"),
+            "kernel_prereqs_modules_root": os.path.join(base, "modules"),
+            "kernel_prereqs_install_packages": False,
+            "kernel_prereqs_sysctl_file": os.path.join(out, "sysctl.conf"),
+            "kernel_prereqs_modules_load_file": os.path.join(out, "modules-load.conf"),
+            "kernel_prereqs_sriov_udev_rules_file": os.path.join(out, "sriov.rules"),
+        }, **role_vars)
+    inventory = os.path.join(tmp, "inventory.json")
+    with open(inventory, "w") as handle:
+        json.dump({"all": {"hosts": hosts}}, handle)
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1",
+               ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"), ANSIBLE_FORKS="4")
+    proc = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", inventory,
+         "-e", "mseg_hosts=all ansible_become=false", PLAYBOOK],
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 2, proc.stdout[-4000:] + proc.stderr[-4000:]
+    result = json.loads(proc.stdout)
+    outcomes = dict((case, {"failed": [], "changed": result["stats"][case]["changed"],
+                            "written": os.listdir(os.path.join(tmp, "out", case))}) for case in cases)
+    for one in result["plays"]:
+        for task in one["tasks"]:
+            name = task["task"]["name"].split(" : ", 1)[-1]
+            for case, outcome in task["hosts"].items():
+                for item in outcome.get("results") or [outcome]:
+                    if item.get("failed"):
+                        outcomes[case]["failed"].append((name, item["msg"]))
+    outcomes["tmp"] = tmp
+    return outcomes
 
 
-def test_old_kernel(tmp_path):
-    task, msg = run_role(tmp_path, "old_kernel")
+def failure(failures, case, max_changed=0):
+    """The one (task, message) case failed with, after checking that it changed and wrote nothing."""
+    outcome = failures[case]
+    assert outcome["changed"] <= max_changed, "%s: the role changed something before failing" % case
+    assert outcome["written"] == [], "%s: %s written before the checks passed" % (case, outcome["written"])
+    assert len(outcome["failed"]) == 1, outcome["failed"]
+    return outcome["failed"][0]
+
+
+def test_old_kernel(failures):
+    task, msg = failure(failures, "old-kernel")
     assert task == "Check the kernel version"
     assert msg == (
-        "Kernel 3.10.0-1160.el7.x86_64 on localhost is older than 4.18, the oldest kernel mseg.fleet can enforce on. "
-        "Boot a kernel 4.18 or newer (for example Debian 10, RHEL 8, Ubuntu 20.04 or later); "
+        "Kernel 3.10.0-1160.el7.x86_64 on old-kernel is older than 4.18, the oldest kernel mseg.fleet can enforce "
+        "on. Boot a kernel 4.18 or newer (for example Debian 10, RHEL 8, Ubuntu 20.04 or later); "
         "nothing was changed on the host."
     )
 
 
-def test_unreadable_kernel_release(tmp_path):
-    (tmp_path / "empty").mkdir()
-    task, msg = run_role(tmp_path, None)
+def test_unreadable_kernel_release(failures):
+    task, msg = failure(failures, "no-release")
     assert task == "Check the kernel version"
     assert msg == (
-        "The kernel release of localhost could not be read from {0}/proc/sys/kernel/osrelease, so it cannot be "
-        "shown to be 4.18 or newer. Boot a kernel 4.18 or newer (for example Debian 10, RHEL 8, Ubuntu 20.04 or "
-        "later); nothing was changed on the host.".format(tmp_path / "empty")
+        "The kernel release of no-release could not be read from {0}/empty/proc/sys/kernel/osrelease, so it cannot "
+        "be shown to be 4.18 or newer. Boot a kernel 4.18 or newer (for example Debian 10, RHEL 8, Ubuntu 20.04 or "
+        "later); nothing was changed on the host.".format(failures["tmp"])
     )
 
 
-def test_nftables_missing(tmp_path):
-    task, msg = run_role(tmp_path, "modern", kernel_prereqs_nft_path=str(tmp_path / "no-such-nft"))
+def test_nftables_missing(failures):
+    task, msg = failure(failures, "no-nft")
     assert task == "Check that nftables works"
     assert msg == (
-        "nftables does not work on localhost: the nft command is not installed. Install the nftables package (the "
+        "nftables does not work on no-nft: the nft command is not installed. Install the nftables package (the "
         "role does when kernel_prereqs_install_packages is true), boot a kernel with nf_tables and its inet family "
         "(CONFIG_NF_TABLES, CONFIG_NF_TABLES_INET) and run the role as root (become: true), since the check needs "
         "CAP_NET_ADMIN; nothing was changed on the host."
     )
 
 
-def test_ebpf_backend_without_btf(tmp_path):
-    task, msg = run_role(tmp_path, "no_btf", kernel_prereqs_backend="ebpf")
+def test_ebpf_backend_without_btf(failures):
+    task, msg = failure(failures, "no-btf")
     assert task == "Check that the kernel can load the eBPF backend"
     assert msg == (
-        "kernel_prereqs_backend is ebpf, but kernel 5.4.0-150-generic on localhost lacks BTF "
+        "kernel_prereqs_backend is ebpf, but kernel 5.4.0-150-generic on no-btf lacks BTF "
         "({0}/no_btf/sys/kernel/btf/vmlinux): the agent could not load its eBPF programs and the host would be "
         "left unfiltered. Use kernel_prereqs_backend nftables, which needs neither, or boot a kernel built with "
         "CONFIG_DEBUG_INFO_BTF=y and CONFIG_BPF_SYSCALL=y; nothing was changed on the host.".format(FIXTURES)
     )
 
 
-def test_ebpf_backend_without_btf_or_bpf_syscall(tmp_path):
-    tree = tmp_path / "tree"
-    shutil.copytree(os.path.join(FIXTURES, "no_btf"), str(tree))
-    os.remove(str(tree / "proc" / "sys" / "kernel" / "unprivileged_bpf_disabled"))
-    task, msg = run_role(tmp_path, str(tree), kernel_prereqs_backend="ebpf")
+def test_ebpf_backend_without_btf_or_bpf_syscall(failures):
+    task, msg = failure(failures, "no-btf-no-bpf")
     assert task == "Check that the kernel can load the eBPF backend"
     assert msg.startswith(
-        "kernel_prereqs_backend is ebpf, but kernel 5.4.0-150-generic on localhost lacks BTF "
-        "({0}/sys/kernel/btf/vmlinux) and the bpf() syscall: the agent could not load its eBPF programs".format(tree))
+        "kernel_prereqs_backend is ebpf, but kernel 5.4.0-150-generic on no-btf-no-bpf lacks BTF "
+        "({0}/no_btf-without-unprivileged_bpf_disabled/sys/kernel/btf/vmlinux) and the bpf() syscall: the agent "
+        "could not load its eBPF programs".format(failures["tmp"]))
 
 
-def test_nftables_backend_needs_no_btf(tmp_path):
+def test_nftables_backend_needs_no_btf(failures):
     """The same kernel passes the BTF check with the nftables backend and fails later, on MTU."""
-    task, msg = run_role(tmp_path, "no_btf", kernel_prereqs_underlay_interfaces=["eth0"],
-                         kernel_prereqs_overlay_mtu=1500)
+    task, msg = failure(failures, "btf-not-needed")
     assert task == "Check the MTU headroom of the underlay interfaces"
 
 
-def test_br_netfilter_missing(tmp_path):
-    task, msg = run_role(tmp_path, "no_bridge")
+def test_br_netfilter_missing(failures):
+    task, msg = failure(failures, "no-bridge")
     assert task == "Check that br_netfilter is active or can be loaded"
     assert msg == (
-        "br_netfilter is not active on localhost ({0}/no_bridge/proc/sys/net/bridge is missing) and cannot be "
+        "br_netfilter is not active on no-bridge ({0}/no_bridge/proc/sys/net/bridge is missing) and cannot be "
         "loaded: kernel 6.1.0-28-amd64 has no br_netfilter module under {0}/no_bridge/modules/6.1.0-28-amd64. "
         "Install the modules of that kernel, or load br_netfilter where the kernel runs (modprobe br_netfilter on the "
         "machine that hosts this container). Without it bridged traffic bypasses the firewall; nothing was changed on "
@@ -159,30 +220,28 @@ def test_br_netfilter_missing(tmp_path):
     )
 
 
-def test_br_netfilter_loaded_but_not_in_this_namespace(tmp_path):
+def test_br_netfilter_loaded_but_not_in_this_namespace(failures):
     """A container on a kernel before 5.3: the module is loaded, its sysctls live in the initial namespace only."""
-    tree = tmp_path / "tree"
-    shutil.copytree(os.path.join(FIXTURES, "modern"), str(tree))
-    shutil.rmtree(str(tree / "proc" / "sys" / "net" / "bridge"))
-    task, msg = run_role(tmp_path, str(tree))
+    task, msg = failure(failures, "bridge-hidden")
     assert task == "Check that br_netfilter is active or can be loaded"
     assert msg == (
-        "br_netfilter is not active on localhost ({0}/proc/sys/net/bridge is missing) and cannot be loaded: the "
-        "kernel has it (loaded), but its sysctls do not show in this network namespace (before Linux 5.3 they exist "
-        "only in the initial one). Run the role on the machine that hosts this container, or boot a kernel 5.3 or "
-        "newer there. Without it bridged traffic bypasses the firewall; nothing was changed on the host.".format(tree)
+        "br_netfilter is not active on bridge-hidden ({0}/modern-without-bridge/proc/sys/net/bridge is missing) and "
+        "cannot be loaded: the kernel has it (loaded), but its sysctls do not show in this network namespace (before "
+        "Linux 5.3 they exist only in the initial one). Run the role on the machine that hosts this container, or "
+        "boot a kernel 5.3 or newer there. Without it bridged traffic bypasses the firewall; nothing was changed on "
+        "the host.".format(failures["tmp"])
     )
 
 
-def test_br_netfilter_that_does_not_load(tmp_path):
+def test_br_netfilter_that_does_not_load(failures):
     """The fixture says br_netfilter is loadable but inactive: the role runs the real modprobe, gathers again and
     fails because the fixture's bridge sysctls cannot appear. On a kernel without module support (or in a
     container) modprobe itself fails; where br_netfilter exists modprobe loads it (the only case where this test
     touches the test machine: loading a module the fleet needs anyway)."""
-    task, msg = run_role(tmp_path, "bridge_module", max_changed=1)
+    task, msg = failure(failures, "bridge-modprobe", max_changed=1)
     assert task == "Check that br_netfilter is active now"
-    prefix = ("br_netfilter is not active on localhost ({0}/bridge_module/proc/sys/net/bridge is missing) and could "
-              "not be loaded: ".format(FIXTURES))
+    prefix = ("br_netfilter is not active on bridge-modprobe ({0}/bridge_module/proc/sys/net/bridge is missing) and "
+              "could not be loaded: ".format(FIXTURES))
     suffix = (" Load br_netfilter where the kernel runs (modprobe br_netfilter, or on the machine that hosts this "
               "container); without it bridged traffic bypasses the firewall.")
     assert msg.startswith(prefix) and msg.endswith(suffix), msg
@@ -191,46 +250,45 @@ def test_br_netfilter_that_does_not_load(tmp_path):
         reason.startswith("modprobe br_netfilter failed (") and reason.endswith(").") and len(reason) > 32), reason
 
 
-def test_underlay_interface_missing(tmp_path):
-    task, msg = run_role(tmp_path, "modern", kernel_prereqs_underlay_interfaces=["eth0", "bond0"])
+def test_underlay_interface_missing(failures):
+    task, msg = failure(failures, "underlay-missing")
     assert task == "Check that the underlay interfaces exist"
     assert msg == (
-        "kernel_prereqs_underlay_interfaces lists bond0, but localhost has no interface of that name (it has eth0, "
-        "eth1, lo). List the interfaces that carry the overlay on this host, or [] to skip the MTU check; nothing "
-        "was changed on the host."
+        "kernel_prereqs_underlay_interfaces lists bond0, but underlay-missing has no interface of that name (it has "
+        "eth0, eth1, lo). List the interfaces that carry the overlay on this host, or [] to skip the MTU check; "
+        "nothing was changed on the host."
     )
 
 
-def test_mtu_too_small_on_the_default_route_nic(tmp_path):
-    task, msg = run_role(tmp_path, "small_mtu")
+def test_mtu_too_small_on_the_default_route_nic(failures):
+    task, msg = failure(failures, "small-mtu")
     assert task == "Check the MTU headroom of the underlay interfaces"
     assert msg == (
-        "Underlay interface eth0 on localhost has MTU 1450, but an overlay MTU of 1450 needs at least 1500 on the "
+        "Underlay interface eth0 on small-mtu has MTU 1450, but an overlay MTU of 1450 needs at least 1500 on the "
         "underlay (1450 + 50 bytes of VXLAN over IPv4), or packets are fragmented and lost. Raise the MTU of eth0 "
         "to 1500 or more (jumbo frames, for example 9000, end to end on the underlay), or lower "
         "kernel_prereqs_overlay_mtu to 1400; nothing was changed on the host."
     )
 
 
-def test_mtu_too_small_for_an_ipv6_underlay(tmp_path):
-    task, msg = run_role(tmp_path, "modern", kernel_prereqs_underlay_interfaces=["eth1"],
-                         kernel_prereqs_underlay_ip_version=6)
+def test_mtu_too_small_for_an_ipv6_underlay(failures):
+    task, msg = failure(failures, "ipv6-mtu")
     assert task == "Check the MTU headroom of the underlay interfaces"
     assert msg == (
-        "Underlay interface eth1 on localhost has MTU 1500, but an overlay MTU of 1450 needs at least 1520 on the "
+        "Underlay interface eth1 on ipv6-mtu has MTU 1500, but an overlay MTU of 1450 needs at least 1520 on the "
         "underlay (1450 + 70 bytes of VXLAN over IPv6), or packets are fragmented and lost. Raise the MTU of eth1 "
         "to 1520 or more (jumbo frames, for example 9000, end to end on the underlay), or lower "
         "kernel_prereqs_overlay_mtu to 1430; nothing was changed on the host."
     )
 
 
-@pytest.mark.parametrize("count", [8, -1])
-def test_too_many_virtual_functions(tmp_path, count):
-    task, msg = run_role(tmp_path, "sriov_small", kernel_prereqs_sriov_numvfs={"eth0": count, "eth9": 2})
+@pytest.mark.parametrize("case, count", [("too-many-vfs", 8), ("negative-vfs", -1)])
+def test_too_many_virtual_functions(failures, case, count):
+    task, msg = failure(failures, case)
     assert task == "Check the requested SR-IOV virtual function counts"
     assert msg == (
-        "kernel_prereqs_sriov_numvfs asks for {0} virtual functions on eth0 of localhost, but eth0 supports 0 to 4 "
-        "(sriov_totalvfs). Ask for at most 4; nothing was changed on the host.".format(count)
+        "kernel_prereqs_sriov_numvfs asks for {0} virtual functions on eth0 of {1}, but eth0 supports 0 to 4 "
+        "(sriov_totalvfs). Ask for at most 4; nothing was changed on the host.".format(count, case)
     )
 
 
