@@ -17,11 +17,12 @@ the server) the server namespace of each variant holds:
                      ``iptables-legacy-restore`` too when the kernel has the legacy tables;
 * ipset              one ``hash:net`` ipset per policy rule and one iptables(-legacy) rule per set.
 
-The client is the last peer of the last rule, so a new connection walks the whole policy before it is accepted.
-Rounds alternate the variants (in a rotated order) and each measures, with ``tcpbench`` (benchmarks/tcpbench.c,
-built here with cc): ``crr`` fresh TCP connections (connect, 1-byte request and response, close) for --seconds;
-``rr`` 1-byte request/response on one established connection and ``stream`` TCP throughput, a third as long each. Client and server are
-pinned to one core (--cpu): on a shared 2-core VM a cross-core wake-up costs more than the whole firewall.
+The client is the last peer of the last rule, so in a linear ruleset a new connection walks the whole policy
+before it is accepted. Rounds alternate the variants (in a rotated order) and each measures, with ``tcpbench``
+(benchmarks/tcpbench.c, built here with cc): ``crr`` fresh TCP connections (connect, 1-byte request and response,
+close) for --seconds; ``rr`` 1-byte request/response on one established connection and ``stream`` TCP throughput,
+a third as long each. Client and server are pinned to one core (--cpu): on a shared 2-core VM a cross-core wake-up
+costs more than the whole firewall.
 The figure per variant is the median over rounds of each run's median; the connection rate is 1 / (median
 connection time), which preemption by other work on the machine does not move the way it moves the mean.
 
