@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Compile + render benchmark: the engine against what a user would otherwise write.
 
     python benchmarks/compile.py [--sizes 500,1000,2000,5000,10000] [--rules 500] [--baseline-sample 100]
@@ -105,7 +104,7 @@ def make_policy(rules, seed=2):
 def time_engine(hosts, policy, repeats):
     times = []
     size = 0
-    for _ in range(repeats):
+    for _repeat in range(repeats):
         start = time.perf_counter()
         fleet = compile_fleet(policy, hosts)
         size = 0
@@ -137,8 +136,8 @@ def main():
     sizes = [int(s) for s in args.sizes.split(",") if s]
     baseline_sizes = {int(s) for s in args.baseline_sizes.split(",") if s}
     policy = make_policy(args.rules)
-    print("compile + render, %d rules, median of %d runs, one core (%s)" % (args.rules, args.repeats,
-                                                                             os.uname().release))
+    print("compile + render, %d rules, median of %d runs, one core (%s)"
+          % (args.rules, args.repeats, os.uname().release))
     print("%8s %10s %10s %12s %14s %8s" % ("hosts", "engine s", "ms/host", "MB rendered", "baseline s", "ratio"))
     for size in sizes:
         hosts = make_fleet(size)
@@ -148,8 +147,8 @@ def main():
             estimate, sampled = time_baseline(hosts, policy, args.baseline_sample)
             baseline = "%.2f (%d)" % (estimate, sampled)
             ratio = "%.1fx" % (estimate / seconds)
-        print("%8d %10.2f %10.3f %12.1f %14s %8s" % (size, seconds, 1000 * seconds / size, rendered / 1e6,
-                                                    baseline, ratio), flush=True)
+        print("%8d %10.2f %10.3f %12.1f %14s %8s"
+              % (size, seconds, 1000 * seconds / size, rendered / 1e6, baseline, ratio), flush=True)
     print("baseline s: one Jinja template per host over groups/hostvars, timed on (N) sampled hosts and scaled "
           "to every host; ratio = baseline / engine")
 

@@ -49,6 +49,12 @@ def _key(item):
     return (item["src"], item["dst"], item["family"], item["port"])
 
 
+def _mark(value):
+    if value is None:
+        return "  -"
+    return "  +" if value else "  x"
+
+
 def _matrix(port, family, hosts, cells):
     width = max(len(h) for h in hosts)
     lines = ["%s %s  (measured | predicted: + open/allowed, x dropped/denied, . self)" % (port, family)]
@@ -66,9 +72,8 @@ def _matrix(port, family, hosts, cells):
                 measured.append("  ?")
                 predicted.append("  ?")
             else:
-                mark = lambda value: "  -" if value is None else ("  +" if value else "  x")  # noqa: E731
-                measured.append(mark(pair[0]))
-                predicted.append(mark(pair[1]) + ("!" if pair[0] is not None and pair[0] != pair[1] else ""))
+                measured.append(_mark(pair[0]))
+                predicted.append(_mark(pair[1]) + ("!" if pair[0] is not None and pair[0] != pair[1] else ""))
         lines.append("%s  %s  | %s" % (src.ljust(width), " ".join(measured), " ".join(predicted)))
     lines.append("columns: " + ", ".join("%d=%s" % (i + 1, h) for i, h in enumerate(hosts)))
     return lines

@@ -175,8 +175,7 @@ def replace_script(table, header=()):
     ``table X {}`` makes sure the table exists so that ``delete table X`` cannot fail; the new table follows in the
     same transaction, so the old or the new table is live, never a mixture and never none.
     """
-    lines = ["#!/usr/sbin/nft -f"]
-    lines.extend("# " + h for h in header)
+    lines = ["# " + h for h in header]
     lines.append("table %s %s {}" % (table.family, table.name))
     lines.append("delete table %s %s" % (table.family, table.name))
     return "\n".join(lines) + "\n" + table.render()

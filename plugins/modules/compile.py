@@ -38,7 +38,7 @@ options:
   tags:
     description:
       - Of the hosts in O(hosts), render only those that carry every one of these labels; a list value means any
-        of its values, as in a policy selector. For example C({zone: grid-ops}).
+        of its values, as in a policy selector; for example C(zone) set to C(grid-ops).
     type: dict
     default: {}
   render_dir:

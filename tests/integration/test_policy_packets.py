@@ -83,7 +83,10 @@ def all_flows():
 def predicted(fleet, compiled, flow):
     src, dst, proto, port, family = flow
     address = fleet.addr if family == 4 else fleet.addr6
-    endpoint = lambda name: name if name in MANAGED else address(name)  # noqa: E731
+
+    def endpoint(name):
+        return name if name in MANAGED else address(name)
+
     results = [r for r in trace(compiled, endpoint(src), endpoint(dst), "%s/%d" % (proto, port))
                if r.family == family]
     if not results:  # neither end managed: no policy applies

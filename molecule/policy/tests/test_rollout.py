@@ -31,15 +31,15 @@ BROKEN = {"rules": [{"id": 10, "name": "web-to-app", "from": {"tags": {"role": "
 
 
 # Plain, one-line results whatever Molecule set for its own runs, so messages can be matched.
-ENV = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default",
-           ANSIBLE_CALLBACK_RESULT_FORMAT="json")
+ENV = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
+           ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default", ANSIBLE_CALLBACK_RESULT_FORMAT="json")
 
 
 def run(*args, check=True):
-    proc = subprocess.run(list(args), capture_output=True, text=True, cwd=ROOT, timeout=900, env=ENV)
+    proc = subprocess.run(list(args), capture_output=True, text=True, cwd=ROOT, timeout=900, env=ENV, check=False)
     if check and proc.returncode != 0:
-        pytest.fail("%s exited %d:\n%s\n%s" % (" ".join(args), proc.returncode, proc.stdout[-6000:],
-                                                proc.stderr[-3000:]))
+        pytest.fail("%s exited %d:\n%s\n%s"
+                    % (" ".join(args), proc.returncode, proc.stdout[-6000:], proc.stderr[-3000:]))
     proc.output = proc.stdout + proc.stderr
     return proc
 
