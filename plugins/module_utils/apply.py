@@ -692,15 +692,6 @@ class Request:
         self.check_mode = check_mode
         self.want_diff = want_diff
 
-    def to_json(self):
-        return {"content": self.content, "state": self.state, "persist": self.persist, "peers": self.peers,
-                "state_dir": self.paths.dir, "unit_dir": self.paths.unit_dir, "lock_timeout": self.lock_timeout}
-
-    @classmethod
-    def from_json(cls, data):
-        return cls(data["content"], data["state"], data["persist"], data["peers"], data["state_dir"],
-                   data["unit_dir"], data["lock_timeout"])
-
 
 class Engine:
     def __init__(self, request, nft=None):
@@ -799,16 +790,16 @@ class Engine:
                 not self.paths.unit or (os.path.exists(self.paths.unit) and os.path.lexists(self.paths.wants)))
         return not any(os.path.lexists(p) for p in (self.paths.ruleset, self.paths.unit, self.paths.wants) if p)
 
-    def result(self, changed, before, after, counts, drift, msg, **extra):
+    def result(self, changed, before, after, counts, drift, msg):
         res = {"changed": changed, "sha256": self.desired_sha if self.req.state == "present" else None,
                "rules": counts["rules"], "sets": counts["sets"], "elements": counts["elements"],
                "rolled_back": False, "drift": drift, "msg": msg,
                "management_peers": ["%s . %d" % p for p in self.req.peers],
-               "backup": self.paths.prev, "persisted": self.paths.ruleset if self.req.persist else None}
+               "backup": self.paths.prev,
+               "persisted": self.paths.ruleset if self.req.persist and self.req.state == "present" else None}
         if self.req.want_diff and before is not None and after is not None:
             res["diff"] = {"before": before, "after": after,
                            "before_header": "live table inet mseg", "after_header": "desired table inet mseg"}
-        res.update(extra)
         return res
 
     def run(self):
@@ -924,7 +915,6 @@ def arm(request, token, confirm_timeout):
             engine.nft.check(engine.transaction)
     txn = _txn_dir(request.paths, token)
     os.makedirs(txn, mode=0o700)
-    write_atomic(os.path.join(txn, "request.json"), json.dumps(request.to_json()))
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs detached
