@@ -132,6 +132,9 @@ notes:
   - Needs root (C(become)) and the C(nft) binary on the host; Python 3.8 or later.
   - The module always prepends C(table inet mseg {}) and C(delete table inet mseg) to O(content), so the
     transaction replaces the table whether or not the rendered ruleset carries that preamble itself.
+  - During the O(confirm_timeout) window the rollback lives in the detached worker process. A reboot in
+    the window brings back the previous ruleset (nothing was persisted yet); killing the worker
+    (C(kill -9)) leaves the new ruleset live without its rollback, and the next run re-applies.
 seealso:
   - name: community.general.iptables_state
     description: The commit-confirmed pattern for iptables that this module follows for nftables.
