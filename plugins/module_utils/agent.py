@@ -290,7 +290,7 @@ def tls_context(config):
         context.load_cert_chain(config.file("tls_cert"), config.file("tls_key"))
     except (OSError, ssl.SSLError) as exc:
         raise AgentError("cannot load the agent's TLS files (%s): run the mseg.fleet.pki role with the agent "
-                         "profile and pki_owners.agent set to the agent user" % exc)
+                         "profile, then the mseg.fleet.agent role" % exc)
     return context
 
 
@@ -545,8 +545,8 @@ class Agent:
         result = self.applier(content)
         if result.get("changed"):
             self.log.info("%s: applied %s (%s)", why, what, result.get("msg"))
-        self.update_status(last_apply={"at": utcnow_text(self.clock()), "what": what, "why": why,
-                                       "changed": bool(result.get("changed")), "msg": result.get("msg")})
+        self.update_status(last_apply={"at": utcnow_text(self.clock()), "epoch": self.clock(), "what": what,
+                                       "why": why, "changed": bool(result.get("changed")), "msg": result.get("msg")})
         return result
 
     def accept(self, raw, source):
@@ -583,7 +583,8 @@ class Agent:
             self.log.info("bundle serial %d mode=%s policy=%s from %s applied (%s)", item.serial, item.mode,
                           item.policy_digest[:16], source, result.get("msg"))
             self.update_status(last_error=None, last_apply={
-                "at": utcnow_text(self.clock()), "what": "serial %d mode=%s" % (item.serial, item.mode),
+                "at": utcnow_text(self.clock()), "epoch": self.clock(),
+                "what": "serial %d mode=%s" % (item.serial, item.mode),
                 "why": "new bundle", "changed": bool(result.get("changed")), "msg": result.get("msg")})
             return "applied"
 

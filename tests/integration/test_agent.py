@@ -1,0 +1,215 @@
+"""The agent process against a real HTTPS controller with mutual TLS, applying to real nftables (root only).
+
+Two network namespaces: ``ctl`` runs a small TLS 1.3 server that asks for a client certificate and serves the
+bundle file it finds on disk (with ETags); ``host`` runs ``mseg-agent run`` (the real command line, the real
+apply engine, the real ``nft``). The drop log reads the real kernel log through /dev/kmsg: a packet the policy
+drops in ``host`` becomes a ``Policy Drop: ID=...`` line in the runtime log (this needs
+net.netfilter.nf_log_all_netns=1, set for the test and restored).
+"""
+
+import datetime
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+COLLECTIONS = os.path.join(ROOT, ".build", "collections")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, COLLECTIONS)
+
+from ansible_collections.mseg.fleet.plugins.module_utils import bundle  # noqa: E402
+from netns import CONNECTED, TIMEOUT, Fleet, available  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not available(), reason="needs root and network namespaces")
+
+NF_LOG_ALL_NETNS = "/proc/sys/net/netfilter/nf_log_all_netns"
+
+SERVER = r"""
+import hashlib, http.server, os, ssl, sys
+directory, ca, cert, key = sys.argv[1:5]
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        name = self.connection.getpeercert()["subject"][0][0][1]
+        try:
+            with open(os.path.join(directory, name + ".json"), "rb") as handle:
+                body = handle.read()
+        except OSError:
+            self.send_response(404); self.end_headers(); return
+        etag = '"%s"' % hashlib.sha256(body).hexdigest()[:16]
+        if self.headers.get("If-None-Match") == etag:
+            self.send_response(304); self.send_header("ETag", etag); self.end_headers(); return
+        self.send_response(200); self.send_header("ETag", etag)
+        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.minimum_version = ssl.TLSVersion.TLSv1_3
+context.verify_mode = ssl.CERT_REQUIRED
+context.load_verify_locations(ca)
+context.load_cert_chain(cert, key)
+server = http.server.ThreadingHTTPServer(("0.0.0.0", 8443), Handler)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print("ready", flush=True)
+server.serve_forever()
+"""
+
+
+def _pem_key(key):
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _cert(subject, issuer_key, key, ca=False, issuer=None, san=None, usage=None):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer or name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    if usage:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture
+def world(tmp_path):
+    """Keys, certificates, a controller serving tmp_path/served, and a started agent in namespace host."""
+    import ipaddress
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_pem = _cert("test CA", ca_key, ca_key, ca=True)
+    ca_name = x509.load_pem_x509_certificate(ca_pem).subject
+    files = {"ca.crt": ca_pem}
+    for name, usage, san in (("controller", ExtendedKeyUsageOID.SERVER_AUTH,
+                              [x509.IPAddress(ipaddress.ip_address("10.77.0.1"))]),
+                             ("agent", ExtendedKeyUsageOID.CLIENT_AUTH, [x509.DNSName("host")])):
+        key = ec.generate_private_key(ec.SECP256R1())
+        files[name + ".key"] = _pem_key(key)
+        files[name + ".crt"] = _cert(name == "agent" and "host" or "controller", ca_key, key, issuer=ca_name,
+                                     san=san, usage=usage)
+    signing = _pem_key(ed25519.Ed25519PrivateKey.generate())
+    files["bundle-signing.pub"] = bundle.public_key_pem(signing)
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    served = tmp_path / "served"
+    served.mkdir()
+    config = {"host": "host", "controllers": ["10.77.0.9:8443", "10.77.0.1:8443"],
+              "interval": 0.5, "jitter": 0.2, "timeout": 1.0,
+              "public_key": str(tmp_path / "bundle-signing.pub"), "tls_cert": str(tmp_path / "agent.crt"),
+              "tls_key": str(tmp_path / "agent.key"), "tls_ca": str(tmp_path / "ca.crt"),
+              "state_dir": str(tmp_path / "state"), "log_file": str(tmp_path / "runtime.log"), "droplog": "kmsg"}
+    (tmp_path / "agent.json").write_text(json.dumps(config))
+    with open(NF_LOG_ALL_NETNS) as handle:
+        old_log_all = handle.read().strip()
+    with Fleet(["ctl", "host"]) as fleet, open(NF_LOG_ALL_NETNS, "w") as sysctl:
+        sysctl.write("1")
+        sysctl.flush()
+        server = fleet.popen("ctl", [sys.executable, "-c", SERVER, str(served), str(tmp_path / "ca.crt"),
+                                     str(tmp_path / "controller.crt"), str(tmp_path / "controller.key")],
+                             stdout=subprocess.PIPE, text=True)
+        assert server.stdout.readline().strip() == "ready"
+        env = dict(os.environ, PYTHONPATH=COLLECTIONS)
+        agent = fleet.popen("host", [sys.executable, "-c", "import sys; from ansible_collections.mseg.fleet.plugins."
+                                     "module_utils.agent import main; sys.exit(main(prog='mseg-agent'))",
+                                     "--config", str(tmp_path / "agent.json"), "run"], env=env)
+        serial = [0]
+
+        def publish(ruleset, **kwargs):
+            serial[0] += 1
+            now = int(time.time())
+            raw = bundle.make_envelope("host", kwargs.pop("serial", serial[0]), "p" * 64, "enforce", ruleset,
+                                       now - 5, now + 600, kwargs.pop("key", signing))
+            (served / "host.json").write_bytes(raw)
+            return raw
+
+        try:
+            yield fleet, publish, tmp_path
+        finally:
+            agent.terminate()
+            agent.wait(10)
+            server.terminate()
+            server.wait(10)
+            with open(NF_LOG_ALL_NETNS, "w") as restore:
+                restore.write(old_log_all)
+
+
+RULESET = """table inet mseg {
+    set mgmt_auto_v4 {
+        type ipv4_addr . inet_service
+    }
+    set mgmt_auto_v6 {
+        type ipv6_addr . inet_service
+    }
+    counter rule_1024_in {
+    }
+    chain input {
+        type filter hook input priority filter; policy accept;
+        tcp dport 5432 counter name "rule_1024_in" log prefix "[MSEG-DROP] ID=1024 " drop
+        tcp dport %d drop
+    }
+}
+"""
+
+
+def _status(tmp_path):
+    try:
+        with open(tmp_path / "state" / "status.json") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return {}
+
+
+def _wait(what, predicate, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    pytest.fail("timed out waiting for " + what)
+
+
+def test_agent_pulls_applies_refuses_and_logs_drops(world):
+    fleet, publish, tmp = world
+    publish(RULESET % 7001)
+    _wait("serial 1 applied", lambda: (_status(tmp).get("last_apply") or {}).get("what", "").startswith("serial 1 "))
+    listing = fleet.run("host", ["nft", "list", "table", "inet", "mseg"]).stdout
+    assert "tcp dport 7001 drop" in listing
+    log = (tmp / "runtime.log").read_text()
+    assert "failover to https://10.77.0.1:8443/v1/bundle after https://10.77.0.9:8443/v1/bundle" in log
+    # a real packet dropped by rule 1024 becomes a structured line in the runtime log (kernel -> /dev/kmsg)
+    assert fleet.probe("ctl", "host", 5432, timeout=0.5) == TIMEOUT
+    _wait("the drop log line", lambda: "Policy Drop: ID=1024 src=10.77.0.1 dst=10.77.0.2 proto=tcp dport=5432 "
+          "dir=ingress" in (tmp / "runtime.log").read_text())
+    # a bundle signed by another key: refused, the table stays
+    before = fleet.run("host", ["nft", "-s", "list", "table", "inet", "mseg"]).stdout
+    publish(RULESET % 7002, key=_pem_key(ed25519.Ed25519PrivateKey.generate()))
+    _wait("the refusal", lambda: (_status(tmp).get("last_error") or {}).get("kind") == "signature")
+    assert fleet.run("host", ["nft", "-s", "list", "table", "inet", "mseg"]).stdout == before
+    assert "signature mismatch" in (tmp / "runtime.log").read_text()
+    # a ruleset nft rejects: the apply fails, the previous table stays live, the serial is not accepted
+    publish("table inet mseg {\n    chain input {\n        tcp dport 1 frobnicate\n    }\n}\n")
+    _wait("the apply failure", lambda: (_status(tmp).get("last_error") or {}).get("kind") == "apply")
+    assert fleet.run("host", ["nft", "-s", "list", "table", "inet", "mseg"]).stdout == before
+    assert _status(tmp)["serial"] == 1
+    # the next good serial goes through; ETags keep the polls cheap in between
+    publish(RULESET % 7004)
+    _wait("serial 4 applied", lambda: _status(tmp).get("serial") == 4)
+    assert "tcp dport 7004 drop" in fleet.run("host", ["nft", "list", "table", "inet", "mseg"]).stdout
+    assert fleet.probe("ctl", "host", 7001, timeout=0.5) == CONNECTED
+    digest = hashlib.sha256((tmp / "state" / "current.json").read_bytes()).hexdigest()
+    time.sleep(1.5)
+    assert hashlib.sha256((tmp / "state" / "current.json").read_bytes()).hexdigest() == digest
+    assert _status(tmp)["last_poll"]["result"] == "unchanged"
