@@ -214,6 +214,6 @@ def test_features_of_a_missing_interface_are_none():
 def test_malformed_routing_tables_give_no_default_route(tmp_path):
     (tmp_path / "net").mkdir()
     (tmp_path / "net" / "route").write_text("Iface\tDestination\nbroken line\neth0\t00000000\t0\tzz\t0\t0\t0\t00000000\n")
-    (tmp_path / "net" / "ipv6_route").write_text("garbage\n" + " ".join(["0" * 32, "00", "0" * 32, "00", "0" * 32,
-                                                                            "00000400", "1", "0", "zz", "eth0"]) + "\n")
+    default_with_bad_flags = ["0" * 32, "00", "0" * 32, "00", "0" * 32, "00000400", "1", "0", "zz", "eth0"]
+    (tmp_path / "net" / "ipv6_route").write_text("garbage\n" + " ".join(default_with_bad_flags) + "\n")
     assert kernel.default_route_interfaces(str(tmp_path)) == {"ipv4": None, "ipv6": None}
