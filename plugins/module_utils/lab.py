@@ -50,6 +50,9 @@ IMAGE_FORMAT = 1  # bump when the image preparation below changes, so cached ima
 V4_POOL = ipaddress.ip_network("10.213.0.0/16")
 V6_BASE = "fd6d:7365:6700"  # ULA; the lab's /24 index becomes the fourth hextet
 HOST_OFFSET = 10  # the bridge is .1, hosts start at .10
+# Every guest's systemd takes several inotify instances, counted against root on the control node; the
+# kernel default of 128 stops systemd in the ~20th guest ("Failed to allocate manager object").
+INOTIFY_LIMITS = (("fs/inotify/max_user_instances", 8192), ("fs/inotify/max_user_watches", 524288))
 STATE_FILE = "state.json"
 
 
@@ -508,6 +511,20 @@ def _ssh_ready(address, deadline, alive):
 
 # ---------------------------------------------------------------- the lab
 
+def raise_inotify_limits(proc_sys="/proc/sys"):
+    """Raise (never lower) the control node's inotify limits to what many guests need; returns the changes."""
+    changed = {}
+    for key, minimum in INOTIFY_LIMITS:
+        path = os.path.join(proc_sys, key)
+        with open(path) as handle:
+            current = int(handle.read().strip())
+        if current < minimum:
+            with open(path, "w") as handle:
+                handle.write("%d\n" % minimum)
+            changed[key.replace("/", ".")] = [current, minimum]
+    return changed
+
+
 def _ensure_key(state_dir):
     key = os.path.join(state_dir, "id_ed25519")
     if not os.path.exists(key):
@@ -560,6 +577,7 @@ def lab_up(name, hosts, state_dir, cache_dir, packages=DEFAULT_PACKAGES, suite=D
     timings["rootfs"] = round(time.time() - t0, 2)
 
     changed = built
+    limits = raise_inotify_limits()
     bridge = bridge_name(name)
     data.update({"name": name, "bridge": bridge, "ipv4_subnet": str(v4), "ipv6_subnet": str(v6),
                  "rootfs": rootfs, "method": method})
@@ -628,6 +646,7 @@ def lab_up(name, hosts, state_dir, cache_dir, packages=DEFAULT_PACKAGES, suite=D
     return {"changed": changed, "name": name, "bridge": bridge, "ipv4_subnet": str(v4), "ipv6_subnet": str(v6),
             "gateway_ipv4": str(v4.network_address + 1), "gateway_ipv6": str(v6.network_address + 1),
             "rootfs": rootfs, "rootfs_built": built, "private_key": key, "state_dir": state_dir,
+            "raised_limits": limits,
             "hosts": [dict((k, h[k]) for k in ("name", "ipv4", "ipv6", "machine", "host_veth"))
                       for h in planned],
             "timings": timings}

@@ -123,6 +123,7 @@ options:
     default: 30
 notes:
   - The control node must allow C(systemd-nspawn) to run; PID 1 does not need to be systemd.
+  - Raises the control node's inotify limits when they are below what many guests need (see RV(raised_limits)).
   - Hosts cannot reach a package mirror; everything a role needs must be in the root file system.
 seealso:
   - name: systemd-nspawn
@@ -217,6 +218,14 @@ hosts:
     host_veth:
       description: Host side of the host's veth, a port of the bridge.
       type: str
+raised_limits:
+  description:
+    - Control-node sysctls this run raised, each mapped to its values before and after. Every guest's systemd uses several inotify
+      instances, counted against root, so the lab raises C(fs.inotify.max_user_instances) to at least 8192 and
+      C(fs.inotify.max_user_watches) to at least 524288. Limits are never lowered, also not at teardown.
+  returned: state=present and not check mode
+  type: dict
+  sample: {fs.inotify.max_user_instances: [128, 8192]}
 timings:
   description: Seconds spent on the root file system, on starting the hosts, on waiting for SSH, and in total.
   returned: state=present and not check mode

@@ -152,3 +152,13 @@ def test_state_of_another_lab_is_not_taken_over(tmp_path):
     state.save()
     with pytest.raises(lab.LabError, match="belongs to lab 'other'"):
         lab.lab_up("mine", [{"name": "a"}], str(tmp_path), str(tmp_path / "cache"))
+
+
+def test_inotify_limits_are_raised_never_lowered(tmp_path):
+    (tmp_path / "fs" / "inotify").mkdir(parents=True)
+    (tmp_path / "fs" / "inotify" / "max_user_instances").write_text("128\n")
+    (tmp_path / "fs" / "inotify" / "max_user_watches").write_text("1048576\n")
+    assert lab.raise_inotify_limits(str(tmp_path)) == {"fs.inotify.max_user_instances": [128, 8192]}
+    assert (tmp_path / "fs" / "inotify" / "max_user_instances").read_text() == "8192\n"
+    assert (tmp_path / "fs" / "inotify" / "max_user_watches").read_text() == "1048576\n"
+    assert lab.raise_inotify_limits(str(tmp_path)) == {}
