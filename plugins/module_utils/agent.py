@@ -715,6 +715,187 @@ class Agent:
         return self.set_override({"kind": "rollback", "bundle": bundle_fields(item)}, who)
 
 
+# --------------------------------------------------------------------------- trace
+
+
+_TRACE_LISTENER = r"""
+import socket, sys
+proto, family, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6,
+                  socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0" if family == 4 else "::", port))
+if proto == "tcp":
+    s.listen(8)
+print("ready", flush=True)
+while True:
+    if proto == "tcp":
+        c, _peer = s.accept()
+        c.close()
+    else:
+        data, peer = s.recvfrom(2048)
+        s.sendto(data, peer)
+"""
+
+_TRACE_SENDER = r"""
+import socket, subprocess, sys
+proto, family, address, port, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+if proto == "icmp":
+    ok = subprocess.run(["ping", "-%d" % family, "-c", "1", "-W", str(max(1, int(timeout))), address],
+                        capture_output=True).returncode == 0
+    print("open" if ok else "timeout")
+    sys.exit(0)
+s = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6,
+                  socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+s.settimeout(timeout)
+try:
+    if proto == "tcp":
+        s.connect((address, port))
+    else:
+        s.sendto(b"mseg-trace", (address, port))
+        s.recvfrom(64)
+    print("open")
+except ConnectionRefusedError:
+    print("refused")
+except OSError:
+    print("timeout")
+"""
+
+
+def _local_addresses():
+    proc = subprocess.run(["ip", "-j", "address", "show"], capture_output=True, text=True, check=False)
+    try:
+        return {item["local"] for link in json.loads(proc.stdout or "[]") for item in link.get("addr_info", [])
+                if item.get("local")}
+    except (ValueError, TypeError, KeyError):
+        return set()
+
+
+def _log_counters(content):
+    """Counters of log rules (they count and continue; they never decide)."""
+    names = set()
+    for line in content.splitlines():
+        if "[MSEG-LOG]" in line and 'counter name "' in line:
+            names.add(line.split('counter name "', 1)[1].split('"', 1)[0])
+    return names
+
+
+class Trace:
+    """Evaluate the host's own ruleset in the kernel: two scratch network namespaces joined by a veth pair, the
+    ruleset loaded into the one that plays this host, one real connection attempt, and the named counters that
+    moved. No second implementation of the policy: the kernel decides, with exactly the ruleset the agent runs.
+    Needs root (creating network namespaces needs CAP_SYS_ADMIN); touches nothing of the host's own namespace."""
+
+    def __init__(self, content, peers=(), timeout=1.0, runner=subprocess.run):
+        self.content = content
+        self.peers = list(peers)
+        self.timeout = timeout
+        self.runner = runner
+        tag = "%x" % (os.getpid() & 0xFFFFFF)
+        self.ns = {"host": "mseg-trace-%s-h" % tag, "peer": "mseg-trace-%s-p" % tag}
+        self.links = ("mtr%sh" % tag, "mtr%sp" % tag)
+
+    def _ip(self, *args):
+        proc = self.runner(["ip"] + list(args), capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise AgentError("trace: 'ip %s' failed (%s); mseg trace needs root to create scratch network "
+                             "namespaces" % (" ".join(args), proc.stderr.strip()))
+
+    def _in(self, which, argv, text=None):
+        return self.runner(["ip", "netns", "exec", self.ns[which]] + argv, input=text, capture_output=True,
+                           text=True, check=False)
+
+    def _counters(self):
+        proc = self._in("host", [engine.find_nft(), "-j", "list", "counters", "table", "inet", "mseg"])
+        found = {}
+        try:
+            for item in json.loads(proc.stdout or "{}").get("nftables", []):
+                if "counter" in item:
+                    found[item["counter"]["name"]] = item["counter"].get("packets", 0)
+        except ValueError:
+            pass
+        return found
+
+    def run(self, local, peer, direction, proto, port):
+        family = ipaddress.ip_address(local).version
+        if ipaddress.ip_address(peer).version != family:
+            raise AgentError("trace: %s and %s are of different address families" % (local, peer))
+        bits = 32 if family == 4 else 128
+        try:
+            for name in self.ns.values():
+                self._ip("netns", "add", name)
+            self._ip("link", "add", self.links[0], "type", "veth", "peer", "name", self.links[1])
+            ends = (("host", self.links[0], local, peer), ("peer", self.links[1], peer, local))
+            for which, link, mine, other in ends:
+                self._ip("link", "set", link, "netns", self.ns[which])
+                self._ip("-n", self.ns[which], "link", "set", "lo", "up")
+                self._ip("-n", self.ns[which], "address", "add", "%s/%d" % (mine, bits), "dev", link,
+                         *(["nodad"] if family == 6 else []))
+                self._ip("-n", self.ns[which], "link", "set", link, "up")
+                self._ip("-n", self.ns[which], "route", "add", "%s/%d" % (other, bits), "dev", link)
+            loaded = self._in("host", [engine.find_nft(), "-f", "-"],
+                              engine.build_transaction(self.content, self.peers))
+            if loaded.returncode != 0:
+                raise AgentError("trace: the host's ruleset did not load in the scratch namespace: %s"
+                                 % loaded.stderr.strip())
+            receiver, sender = ("host", "peer") if direction == "ingress" else ("peer", "host")
+            target = local if direction == "ingress" else peer
+            before = self._counters()
+            listener = None
+            if proto != "icmp":
+                listener = subprocess.Popen(["ip", "netns", "exec", self.ns[receiver], sys.executable, "-c",
+                                             _TRACE_LISTENER, proto, str(family), str(port)],
+                                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                if listener.stdout.readline().strip() != "ready":
+                    raise AgentError("trace: the scratch listener on %s/%s did not start" % (proto, port))
+            try:
+                sent = self._in(sender, [sys.executable, "-c", _TRACE_SENDER, proto, str(family), target,
+                                         str(port or 0), str(self.timeout)])
+            finally:
+                if listener is not None:
+                    listener.kill()
+                    listener.wait()
+            after = self._counters()
+        finally:
+            for name in self.ns.values():
+                self.runner(["ip", "netns", "delete", name], capture_output=True, check=False)
+        moved = sorted(name for name, packets in after.items() if packets > before.get(name, 0))
+        logged = _log_counters(self.content)
+        deciding = [name for name in moved if name not in logged]
+        result = sent.stdout.strip() or "timeout"
+        return {"direction": direction, "local": local, "peer": peer,
+                "port": proto if proto == "icmp" else "%s/%d" % (proto, port),
+                "result": result, "allowed": result in ("open", "refused"),
+                "decided_by": deciding, "logged_by": sorted(set(moved) & logged)}
+
+
+def run_trace(agent, src, dst, port_text):
+    """``mseg trace``: which of src/dst is this host decides the direction; returns the Trace result."""
+    from ansible_collections.mseg.fleet.plugins.module_utils.policy import parse_port
+    spec, reason = parse_port(port_text)
+    if spec is None or (spec.proto != "icmp" and (spec.first is None or spec.first != spec.last)):
+        raise AgentError("--port %r %s" % (port_text, reason or "must name one port, e.g. tcp/5432, udp/53 or icmp"))
+    local = _local_addresses()
+    for value, what in ((src, "--src"), (dst, "--dst")):
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise AgentError("%s %r is not an IP address" % (what, value))
+    if dst in local and src not in local:
+        direction, mine, other = "ingress", dst, src
+    elif src in local and dst not in local:
+        direction, mine, other = "egress", src, dst
+    else:
+        raise AgentError("one of --src and --dst must be an address of this host (it has %s), the other a peer: "
+                         "the host's bundle decides only its own ingress and egress" % ", ".join(sorted(local)))
+    content, what = agent.desired()
+    if content is None:
+        raise AgentError("no bundle to trace: %s" % what)
+    result = Trace(content, agent.peers).run(mine, other, direction, spec.proto, spec.first)
+    result["ruleset"] = what
+    return result
+
+
 # --------------------------------------------------------------------------- logging
 
 
@@ -850,6 +1031,11 @@ def _parser(prog):
     mode = sub.add_parser("mode", help="set a local mode override: bypass; clear to follow the controllers again")
     mode.add_argument("mode", choices=("bypass", "observe", "enforce", "clear"))
     sub.add_parser("rollback", help="apply the previous good bundle and hold it until 'mode clear'")
+    trace = sub.add_parser("trace", help="send one real packet through this host's ruleset in scratch namespaces")
+    trace.add_argument("--src", required=True, help="source address (this host's for egress)")
+    trace.add_argument("--dst", required=True, help="destination address (this host's for ingress)")
+    trace.add_argument("--port", required=True, help="tcp/5432, udp/53 or icmp")
+    trace.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -909,6 +1095,16 @@ def _cli(args, argv):
         else:
             print(format_status(status, counted))
         return 0
+    if args.command == "trace":
+        result = run_trace(Agent.from_identity(args.state_dir, make_logger(None)), args.src, args.dst, args.port)
+        if args.json:
+            print(json.dumps(result, indent=1, sort_keys=True))
+        else:
+            print("%s %s -> %s %s: %s (%s) in %s; decided by %s%s" % (
+                result["direction"], args.src, args.dst, result["port"], "allowed" if result["allowed"] else "dropped",
+                result["result"], result["ruleset"], ", ".join(result["decided_by"]) or "the chain policy",
+                "; logged by %s" % ", ".join(result["logged_by"]) if result["logged_by"] else ""))
+        return 0 if result["allowed"] else 3
     if args.command == "mode" and args.mode in ("observe", "enforce"):
         status = State(args.state_dir).read_json("status.json") or {}
         bundle_mode = (status.get("bundle") or {}).get("mode")

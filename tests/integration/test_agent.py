@@ -213,3 +213,33 @@ def test_agent_pulls_applies_refuses_and_logs_drops(world):
     time.sleep(1.5)
     assert hashlib.sha256((tmp / "state" / "current.json").read_bytes()).hexdigest() == digest
     assert _status(tmp)["last_poll"]["result"] == "unchanged"
+
+
+def _trace(fleet, tmp, src, dst, port):
+    proc = fleet.run("host", [sys.executable, "-c", "import sys; from ansible_collections.mseg.fleet.plugins."
+                              "module_utils.agent import main; sys.exit(main())", "--state-dir",
+                              str(tmp / "state"), "trace", "--src", src, "--dst", dst, "--port", port, "--json"],
+                     check=False, env=dict(os.environ, PYTHONPATH=COLLECTIONS))
+    assert proc.returncode in (0, 3), proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_trace_runs_the_hosts_own_ruleset_in_the_kernel(world):
+    fleet, publish, tmp = world
+    publish(RULESET % 7001)
+    _wait("serial 1 applied", lambda: _status(tmp).get("serial") == 1)
+    live = fleet.run("host", ["nft", "-s", "list", "ruleset"]).stdout
+    dropped = _trace(fleet, tmp, "10.77.0.1", "10.77.0.2", "tcp/5432")
+    assert (dropped["direction"], dropped["allowed"], dropped["decided_by"]) == ("ingress", False, ["rule_1024_in"])
+    assert dropped["ruleset"] == "serial 1 mode=enforce"
+    allowed = _trace(fleet, tmp, "10.77.0.1", "10.77.0.2", "tcp/8080")
+    assert allowed["allowed"] and allowed["result"] == "open"
+    assert not _trace(fleet, tmp, "10.77.0.1", "10.77.0.2", "tcp/7001")["allowed"]
+    # the host's own namespace is untouched: same ruleset, no namespace left behind
+    assert fleet.run("host", ["nft", "-s", "list", "ruleset"]).stdout == live
+    assert "mseg-trace" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    proc = fleet.run("host", [sys.executable, "-c", "import sys; from ansible_collections.mseg.fleet.plugins."
+                              "module_utils.agent import main; sys.exit(main())", "--state-dir",
+                              str(tmp / "state"), "trace", "--src", "10.9.9.9", "--dst", "10.9.9.8", "--port",
+                              "tcp/1"], check=False, env=dict(os.environ, PYTHONPATH=COLLECTIONS))
+    assert proc.returncode == 1 and "must be an address of this host" in proc.stderr
