@@ -1,0 +1,254 @@
+"""mseg.fleet.controller on lab hosts: real mutual-TLS requests from the agents to two replicas and their VIP.
+
+Every bundle a test receives is checked with the engine's own ``bundle.verify`` (the code the agent runs) and the
+public key from the control node, so "got a bundle" always means "got a bundle signed for this host".
+"""
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import testinfra
+import testinfra.utils.ansible_runner
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT / ".build" / "collections"))
+from ansible_collections.mseg.fleet.plugins.module_utils import bundle  # noqa: E402  pylint: disable=wrong-import-position
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY)
+testinfra_hosts = ["agent-01"]
+
+CONTROLLERS = ("ctl-01", "ctl-02")
+AGENT, REVOKED = "agent-01", "agent-02"
+VIP = "10.213.241.100"
+TLS = "/etc/mseg/tls"
+CURL = "curl --silent --show-error --max-time 5 --cacert %s/ca.crt" % TLS
+AGENT_CERT = "--cert %s/agent.crt --key %s/agent.key" % (TLS, TLS)
+
+
+def _host(name):
+    return testinfra.get_host("ansible://%s?ansible_inventory=%s" % (name, INVENTORY))
+
+
+def _public_key():
+    return (pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "bundles" / "bundle-signing.pub").read_bytes()
+
+
+def _get(client, url, options=AGENT_CERT, headers=()):
+    """GET from a lab host with curl; return (curl exit code, HTTP status, headers dict, body)."""
+    extra = " ".join("-H %s" % _quote(h) for h in headers)
+    marker = "__MSEG_STATUS__"
+    run = client.run("%s %s %s -D - -w '\\n%s%%{http_code}' %s" % (CURL, options, extra, marker, _quote(url)))
+    out = run.stdout
+    if marker not in out:
+        return run.rc, 0, {}, ""
+    text, status = out.rsplit("\n" + marker, 1)
+    head, _, body = text.partition("\r\n\r\n")
+    fields = dict((k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in head.split("\r\n")[1:]))
+    return run.rc, int(status), fields, body
+
+
+def _quote(text):
+    return "'%s'" % text.replace("'", "'\\''")
+
+
+def _verify(body, host=AGENT):
+    return bundle.verify(body.encode(), _public_key(), host, None, time.time())
+
+
+def _vip_holder():
+    holders = [name for name in CONTROLLERS if VIP in _host(name).check_output("ip -4 -o addr show")]
+    assert len(holders) == 1, "the VIP must be on exactly one replica, found %s" % holders
+    return holders[0]
+
+
+def _publish(*args):
+    """Run mseg.fleet.publish; return its output."""
+    command = ["ansible-playbook", "-i", INVENTORY, "mseg.fleet.publish"] + list(args)
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    run = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False, env=env)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    return run.stdout
+
+
+def _serial(name):
+    body = _host(name).check_output("%s https://%s/v1/release" % (CURL, name))
+    return json.loads(body)["serial"]
+
+
+@pytest.mark.parametrize("target", list(CONTROLLERS) + [VIP])
+def test_agent_gets_its_own_bundle_then_304(host, target):
+    rc, status, headers, body = _get(host, "https://%s:8443/v1/bundle" % target)
+    assert (rc, status) == (0, 200), body
+    fetched = _verify(body)
+    assert fetched.host == AGENT and fetched.serial == _serial(CONTROLLERS[0])
+    assert headers["content-type"] == "application/json"
+    etag = headers["etag"]
+    rc, status, headers, body = _get(host, "https://%s:8443/v1/bundle" % target, headers=["If-None-Match: " + etag])
+    assert (rc, status, body) == (0, 304, "")
+
+
+def test_every_replica_gives_the_same_etag(host):
+    etags = {_get(host, "https://%s:8443/v1/bundle" % name)[2]["etag"] for name in CONTROLLERS}
+    assert len(etags) == 1
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/bundle?host=ctl-01", "/v1/bundle/ctl-01", "/ctl-01.json", "/current/ctl-01.json", "/releases/1/ctl-01.json",
+    "/v1/bundle/../ctl-01.json", "/v1/%2e%2e/ctl-01.json", "/.release.json", "/v1/bundle%2F..%2Fctl-01.json",
+])
+def test_no_url_reaches_another_hosts_bundle(host, path):
+    # ctl-01's bundle is on the replica: what keeps it from agent-01 is the server, not its absence.
+    assert _host("ctl-01").file("/var/lib/mseg-controller/current/ctl-01.json").exists
+    _, status, _, body = _get(host, "https://ctl-01:8443" + path, headers=["X-Forwarded-For: ctl-01"])
+    if status == 200:
+        assert _verify(body).host == AGENT
+    else:
+        assert status in (403, 404), (status, body)
+        assert "payload" not in body
+
+
+def test_a_host_header_does_not_pick_the_bundle(host):
+    _, status, _, body = _get(host, "https://ctl-01:8443/v1/bundle", headers=["Host: ctl-01"])
+    assert status == 200 and _verify(body).host == AGENT
+
+
+def test_no_client_certificate_is_refused(host):
+    _, status, _, body = _get(host, "https://ctl-01:8443/v1/bundle", options="")
+    assert status == 400 and "payload" not in body
+
+
+def test_certificate_from_another_ca_is_refused(host):
+    """A certificate for the right name (CN=agent-01) issued by a CA the controllers do not trust."""
+    host.check_output(
+        "set -e; d=$(mktemp -d /tmp/other-ca.XXXXXX); cd $d; "
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=other-ca "
+        "-keyout ca.key -out ca.crt 2>/dev/null; "
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=agent-01 "
+        "-keyout agent.key -out agent.csr 2>/dev/null; "
+        "printf 'extendedKeyUsage=clientAuth\\n' > ext; "
+        "openssl x509 -req -in agent.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile ext "
+        "-out agent.crt 2>/dev/null; rm -rf /tmp/other-ca; mv $d /tmp/other-ca")
+    _, status, _, body = _get(host, "https://ctl-01:8443/v1/bundle",
+                              options="--cert /tmp/other-ca/agent.crt --key /tmp/other-ca/agent.key")
+    assert status == 400 and "payload" not in body
+
+
+def test_revoked_certificate_is_refused():
+    revoked = _host(REVOKED)
+    _, status, _, body = _get(revoked, "https://ctl-01:8443/v1/bundle")
+    assert status == 400 and "payload" not in body
+    # The CRL is what refused it: the certificate itself is still within its validity.
+    assert revoked.run("openssl x509 -checkend 3600 -noout -in %s/agent.crt", TLS).rc == 0
+    time.sleep(1.5)  # the access log is flushed every second
+    log = _host("ctl-01").check_output("cat /var/log/mseg-controller/agents.access.log")
+    assert re.search(r'"CN=agent-02" FAILED:certificate revoked', log), log[-2000:]
+
+
+@pytest.mark.parametrize("port", [8443, 443])
+def test_tls_1_2_is_refused(host, port):
+    rc, status, _, _ = _get(host, "https://ctl-01:%d/healthz" % port, options=AGENT_CERT + " --tlsv1.2 --tls-max 1.2")
+    assert rc == 35 and status == 0  # handshake failure: no HTTP at all
+    rc, status, _, _ = _get(host, "https://ctl-01:%d/healthz" % port, options=AGENT_CERT + " --tlsv1.3")
+    assert rc == 0 and status in (200, 404)
+
+
+def test_only_get(host):
+    _, status, _, _ = _get(host, "https://ctl-01:8443/v1/bundle", options=AGENT_CERT + " -X POST")
+    assert status == 403
+
+
+def test_operator_listener_is_read_only(host):
+    _, status, _, body = _get(host, "https://ctl-01/healthz", options="")
+    assert status == 200
+    release = json.loads(body)
+    assert release["serial"] >= 1 and release["hosts"] == 4
+    assert _get(host, "https://ctl-01/healthz", options="-X PUT")[1] == 403
+    assert _get(host, "https://ctl-01/v1/bundle", options="")[1] == 404
+    assert "Active connections" in _get(host, "https://ctl-01/v1/nginx_status", options="")[3]
+
+
+def test_the_role_leaves_nftables_alone():
+    for name in CONTROLLERS:
+        assert _host(name).run("nft list table inet mseg").rc != 0
+
+
+def _start_loop(client, unit, script):
+    client.run("systemctl stop %s; systemctl reset-failed %s", unit, unit)
+    client.check_output("systemd-run --unit=%s --property=RuntimeMaxSec=600 /bin/sh -c %s", unit, script)
+
+
+def _stop_loop(client, unit):
+    client.run("systemctl stop %s", unit)
+
+
+def _measure_gap(host, stop, start):
+    """Poll the VIP every 50 ms while ``stop`` runs on the VIP holder; return (gap in s, old holder, new holder)."""
+    out = "/tmp/vip-polls.txt"
+    holder = _vip_holder()
+    _start_loop(host, "mseg-vip-poll", "rm -f %s; while :; do c=$(%s %s -o /dev/null -w '%%{http_code}' --max-time 1 "
+                "https://%s:8443/v1/bundle); echo \"$(date +%%s.%%N) $c\" >> %s; sleep 0.05; done"
+                % (out, CURL, AGENT_CERT, VIP, out))
+    time.sleep(2)
+    _host(holder).check_output(stop)
+    deadline = time.time() + 30
+    while time.time() < deadline and _vip_holder() == holder:
+        time.sleep(0.5)
+    time.sleep(3)
+    _stop_loop(host, "mseg-vip-poll")
+    new = _vip_holder()
+    _host(holder).check_output(start)
+    lines = [line.split() for line in host.check_output("cat %s", out).splitlines()]
+    ok = [float(t) for t, code in lines if code == "200"]
+    assert ok and lines[-1][1] == "200", lines[-20:]
+    gap = max(b - a for a, b in zip(ok, ok[1:]))
+    return gap, holder, new
+
+
+@pytest.mark.parametrize("what", ["nginx", "keepalived"])
+def test_vip_moves_when_the_active_controller_stops(host, what):
+    gap, old, new = _measure_gap(host, "systemctl stop %s" % what, "systemctl start %s" % what)
+    print("VIP failover after stopping %s on %s: %s took over, longest gap between answers %.2f s"
+          % (what, old, new, gap))
+    assert new != old
+    assert gap < 8.0
+    # nopreempt: the returning replica does not take the VIP back (no second failover).
+    time.sleep(4)
+    assert _vip_holder() == new
+
+
+def test_publish_while_polling_never_serves_a_torn_bundle(host):
+    """Agents poll both replicas without pause while the policy changes twice; ctl-02 misses the first publish
+    (as if it were down) and catches up on the next run without a new signature."""
+    before = _serial("ctl-01")
+    for name in CONTROLLERS:
+        _start_loop(host, "mseg-poll-%s" % name, "rm -f /tmp/polls-%s.txt; while :; do %s %s "
+                    "https://%s:8443/v1/bundle >> /tmp/polls-%s.txt; echo >> /tmp/polls-%s.txt; done"
+                    % (name, CURL, AGENT_CERT, name, name, name))
+    try:
+        _publish("--limit", "ctl-01", "-e", json.dumps({"mseg_mode": "enforce"}))
+        assert _serial("ctl-01") == before + 1 and _serial("ctl-02") == before
+        out = _publish("-e", json.dumps({"mseg_mode": "enforce"}))
+        assert _serial("ctl-02") == before + 1
+        assert re.search(r"^ctl-01\s*:.*changed=0", out, re.M), out[-3000:]
+        _publish()
+        assert _serial("ctl-01") == _serial("ctl-02") == before + 2
+        time.sleep(1)
+    finally:
+        for name in CONTROLLERS:
+            _stop_loop(host, "mseg-poll-%s" % name)
+    for name in CONTROLLERS:
+        lines = [line for line in host.check_output("cat /tmp/polls-%s.txt", name).splitlines() if line]
+        serials = [_verify(line).serial for line in lines]  # raises on a torn or mixed bundle
+        assert len(serials) > 20
+        assert serials == sorted(serials), "%s went back in time: %s" % (name, serials)
+        assert serials[0] == before and serials[-1] == before + 2
+        modes = {_verify(line).serial: _verify(line).mode for line in (lines[0], lines[-1])}
+        assert modes == {before: "observe", before + 2: "observe"}
+    assert "installed release %d" % (before + 2) in _host("ctl-02").check_output("cat /var/log/mseg-controller/publish.log")
