@@ -318,3 +318,27 @@ def test_logger_writes_runtime_log(tmp_path):
     logger.handlers = []
     assert path.read_text().split(" ", 1)[1].strip() == "INFO Policy Drop: ID=1024 src=10.0.1.5"
     logging.getLogger(agent_mod.LOGGER).handlers = []
+
+
+def test_the_modules_the_role_ships_are_enough(tmp_path):
+    """The role copies only __agent_modules to the host, which has no netaddr: the agent must import from those."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "roles", "agent", "vars", "main.yml")) as handle:
+        modules = yaml.safe_load(handle)["__agent_modules"]
+    target = tmp_path / "ansible_collections" / "mseg" / "fleet" / "plugins" / "module_utils"
+    target.mkdir(parents=True)
+    for name in modules:
+        with open(os.path.join(root, "plugins", "module_utils", name + ".py")) as src:
+            (target / (name + ".py")).write_text(src.read())
+    code = ("import sys; sys.modules['netaddr'] = None; sys.path.insert(0, %r)\n"
+            "from ansible_collections.mseg.fleet.plugins.module_utils import agent, render, policy\n"
+            "assert agent.__file__.startswith(%r)\n"
+            "assert 'mode_bypass' in render.bypass_ruleset('h') and policy.parse_port('tcp/1')[0]\n"
+            % (str(tmp_path), str(tmp_path)))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
