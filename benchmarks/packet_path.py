@@ -20,8 +20,8 @@ the server) the server namespace of each variant holds:
 The client is the last peer of the last rule, so in a linear ruleset a new connection walks the whole policy
 before it is accepted. Rounds alternate the variants (in a rotated order) and each measures, with ``tcpbench``
 (benchmarks/tcpbench.c, built here with cc): ``crr`` fresh TCP connections (connect, 1-byte request and response,
-close) for --seconds; ``rr`` 1-byte request/response on one established connection and ``stream`` TCP throughput,
-a third as long each. Client and server are pinned to one core (--cpu): on a shared 2-core VM a cross-core wake-up
+close) for --seconds, ``stream`` TCP throughput as long, and ``rr`` 1-byte request/response on one established
+connection a third as long. Client and server are pinned to one core (--cpu): on a shared 2-core VM a cross-core wake-up
 costs more than the whole firewall.
 The figure per variant is the median over rounds of each run's median; the connection rate is 1 / (median
 connection time), which preemption by other work on the machine does not move the way it moves the mean.
@@ -274,7 +274,7 @@ def measure(pairs, order, rounds, seconds):
             pair = pairs[variant]
             crr = pair.client("crr", seconds)
             rr = pair.client("rr", max(0.2, seconds / 3))
-            stream = pair.client("stream", max(0.2, seconds / 3))
+            stream = pair.client("stream", seconds)
             runs[variant]["crr"].append(crr["median"])
             runs[variant]["crr_rate"].append(crr["count"] / crr["elapsed"])
             runs[variant]["rr"].append(rr["median"])
@@ -319,10 +319,10 @@ def ratio(value):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", help="PEERSxRULES,... (default %s; --quick %s)" % (FULL_SIZES, QUICK_SIZES))
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, 3 rounds of 1 s")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, shorter runs")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
-    parser.add_argument("--seconds", type=float, help="seconds of crr per run, rr and stream get a third each "
-                        "(default 1.5; --quick 1)")
+    parser.add_argument("--seconds", type=float, help="seconds of crr and of stream per run, rr gets a third "
+                        "(default 1.2; --quick 0.8)")
     parser.add_argument("--cpu", type=int, default=0, help="the core client and server are pinned to")
     parser.add_argument("--max-load", type=float, default=120.0,
                         help="a variant whose ruleset takes longer to load is skipped at this size and above")
@@ -346,7 +346,7 @@ def main():
 
 def bench(args, sizes, wanted):
     rounds = args.rounds
-    seconds = args.seconds or (1.0 if args.quick else 1.5)
+    seconds = args.seconds or (0.8 if args.quick else 1.2)
     cleanup_stale()
     workdir = tempfile.mkdtemp(prefix="mseg-packet-path-")
     pairs = {}
@@ -374,8 +374,7 @@ def bench(args, sizes, wanted):
     capped = {}
 
     print("packet path: %d round(s) alternating, crr %.1f s / rr %.1f s / stream %.1f s per run, client and server "
-          "on cpu %d, kernel %s" % (rounds, seconds, max(0.2, seconds / 3), max(0.2, seconds / 3), args.cpu,
-                                    os.uname().release))
+          "on cpu %d, kernel %s" % (rounds, seconds, max(0.2, seconds / 3), seconds, args.cpu, os.uname().release))
     summary = []
     for peers, rules in sizes:
         client = peer_address(peers - 1)
