@@ -177,7 +177,7 @@ def bpf_state(proc_root):
 
 
 def _ethtool(sock, name, payload):
-    """Run one SIOCETHTOOL request; ``payload`` is a bytearray the kernel fills in."""
+    """Run one SIOCETHTOOL request on interface ``name``; return ``payload`` as the kernel filled it in."""
     buf = array.array("B", bytes(payload))
     address = buf.buffer_info()[0]
     ifreq = struct.pack("%dsP" % _IFNAMSIZ, name.encode("ascii")[:_IFNAMSIZ - 1], address)
