@@ -55,7 +55,7 @@ async def _connection(args, context, etag, counts, latencies):
         while time.time() < args.stop_at:
             start = time.time()
             writer.write(request)
-            status, _ = await _read_head(reader)
+            status = (await _read_head(reader))[0]
             end = time.time()
             if start >= args.start_at and end <= args.stop_at:
                 latencies.append(end - start)
@@ -78,7 +78,7 @@ async def _client_async(args):
         raise SystemExit("the first GET answered %d, not 200" % status)
     counts, latencies = {}, []
     tasks = [asyncio.ensure_future(_connection(args, context, etag, counts, latencies))
-             for _ in range(args.connections)]
+             for _index in range(args.connections)]
     await asyncio.sleep(max(0.0, args.start_at - time.time()))
     cpu = os.times()
     await asyncio.gather(*tasks)
@@ -98,7 +98,7 @@ def run_client(args):
     per = max(1, args.connections // args.processes)
     args.connections = per
     pipes = []
-    for _ in range(args.processes):
+    for _worker in range(args.processes):
         read_fd, write_fd = os.pipe()
         if os.fork() == 0:
             os.close(read_fd)
@@ -115,7 +115,7 @@ def run_client(args):
                 break
             data += chunk
         results.append(json.loads(data))
-    for _ in pipes:
+    for _pipe in pipes:
         os.wait()
     counts = {}
     for result in results:

@@ -25,9 +25,14 @@ import hashlib
 import json
 import re
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+try:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+except ImportError as exc:  # reported by require_cryptography(), so importing this module never fails
+    CRYPTOGRAPHY_IMPORT_ERROR = exc
+else:
+    CRYPTOGRAPHY_IMPORT_ERROR = None
 
 FORMAT = 1
 MODES = ("observe", "enforce", "bypass")
@@ -124,7 +129,15 @@ def make_payload(host, serial, policy_digest, mode, ruleset, created_at, valid_u
     })
 
 
+def require_cryptography():
+    """Raise ImportError with the fix when the Python ``cryptography`` library is missing."""
+    if CRYPTOGRAPHY_IMPORT_ERROR is not None:
+        raise ImportError("signed bundles need the Python library cryptography (Debian: apt install "
+                          "python3-cryptography): %s" % CRYPTOGRAPHY_IMPORT_ERROR)
+
+
 def _load_private(private_key_pem):
+    require_cryptography()
     try:
         key = serialization.load_pem_private_key(_bytes(private_key_pem), password=None)
     except (ValueError, TypeError) as exc:
@@ -135,6 +148,7 @@ def _load_private(private_key_pem):
 
 
 def _load_public(public_key_pem):
+    require_cryptography()
     try:
         key = serialization.load_pem_public_key(_bytes(public_key_pem))
     except (ValueError, TypeError) as exc:

@@ -13,10 +13,11 @@ module: bundle_release
 short_description: Install a signed release of policy bundles on a controller and switch to it atomically
 version_added: 0.1.0
 description:
-  - Reads a release archive made by C(mseg.fleet.bundle_sign) (copied to the controller), verifies every
-    bundle in it with the public key (the same C(verify) the agents run: signature, host name matching the file,
-    serial, validity), writes the release as C(<path>/releases/<serial>/<host>.json) in a staging directory that is
-    renamed into place when complete, then replaces the symlink C(<path>/current) with C(rename(2)). A reader
+  - Reads a release archive made by C(mseg.fleet.bundle_sign) (copied to the controller) and verifies every
+    bundle in it with the public key (the same C(verify) the agents run, checking the signature, that the host
+    matches the file, the serial and the validity). Then writes the release as
+    C(<path>/releases/<serial>/<host>.json) in a staging directory that is renamed into place when complete,
+    and replaces the symlink C(<path>/current) with C(rename(2)). A reader
     therefore always sees one whole release, never a mixture.
   - A release older than the one C(current) points to is refused, so a controller cannot be rolled back to old
     policy. A bundle that fails verification (logged as a signature mismatch when its signature or key is wrong)
@@ -25,6 +26,8 @@ description:
   - Each change (and each refusal) is logged to O(log).
 author:
   - mseg.fleet contributors (@mseg-fleet)
+requirements:
+  - cryptography (Debian package python3-cryptography) on the controller
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -95,8 +98,8 @@ import grp
 import os
 import time
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.mseg.fleet.plugins.module_utils import bundle_release
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.mseg.fleet.plugins.module_utils import bundle, bundle_release
 
 
 def _log(path, line):
@@ -120,6 +123,9 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
+    if bundle.CRYPTOGRAPHY_IMPORT_ERROR is not None:
+        module.fail_json(msg=missing_required_lib("cryptography", reason="to sign and verify bundles"),
+                         exception=str(bundle.CRYPTOGRAPHY_IMPORT_ERROR))
     try:
         gid = grp.getgrnam(params["group"]).gr_gid
     except KeyError:

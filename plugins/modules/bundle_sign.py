@@ -13,9 +13,9 @@ module: bundle_sign
 short_description: Sign every host's compiled ruleset into a release of policy bundles on the control node
 version_added: 0.1.0
 description:
-  - Turns the rulesets of C(mseg.fleet.compile) into one signed bundle per host (docs/bundles.md): the ruleset and
-    its metadata (host, serial, policy digest, mode, created-at, valid-until) with a detached Ed25519 signature,
-    and writes them as one release archive C(<state_dir>/releases/<serial>.json), the file
+  - Turns the rulesets of C(mseg.fleet.compile) into one signed bundle per host (docs/bundles.md), that is the ruleset
+    and its metadata (host, serial, policy digest, mode, created-at, valid-until) with a detached Ed25519
+    signature, and writes them as one release archive C(<state_dir>/releases/<serial>.json), the file
     C(mseg.fleet.bundle_release) installs on the controllers.
   - Idempotent. A new release (the serial grows by one) is signed only when a host, a ruleset, a mode, the policy
     digest or the signing key changed, or when the current release has less than O(renew) seconds of validity
@@ -23,6 +23,8 @@ description:
   - Runs where the signing key is, the control node (C(delegate_to=localhost), C(run_once=true)).
 author:
   - mseg.fleet contributors (@mseg-fleet)
+requirements:
+  - cryptography on the control node
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -37,7 +39,9 @@ attributes:
     platforms: posix
 options:
   signing_key:
-    description: Path of the unencrypted PEM Ed25519 private key (for example made by C(community.crypto.openssl_privatekey) with C(type=Ed25519)).
+    description:
+      - Path of the unencrypted PEM Ed25519 private key (for example made by C(community.crypto.openssl_privatekey)
+        with C(type=Ed25519)).
     type: path
     required: true
   state_dir:
@@ -122,7 +126,9 @@ hosts:
   elements: str
   sample: [db-01, web-01]
 reason:
-  description: Why a new release was signed (V(first release), V(policy changed), V(signing key changed), V(renewal ...), V(release archive missing)) or V(unchanged).
+  description:
+    - Why a new release was signed (V(first release), V(policy changed), V(signing key changed), V(renewal ...),
+      V(release archive missing)) or V(unchanged).
   returned: success
   type: str
   sample: policy changed
@@ -130,7 +136,8 @@ reason:
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.mseg.fleet.plugins.module_utils import bundle
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle_release import ReleaseError, sign_release
 
 
@@ -149,6 +156,9 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
+    if bundle.CRYPTOGRAPHY_IMPORT_ERROR is not None:
+        module.fail_json(msg=missing_required_lib("cryptography", reason="to sign and verify bundles"),
+                         exception=str(bundle.CRYPTOGRAPHY_IMPORT_ERROR))
     try:
         with open(params["signing_key"], "rb") as handle:
             key = handle.read()

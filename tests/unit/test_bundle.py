@@ -56,7 +56,8 @@ def test_payload_is_canonical_json_with_the_contract_fields():
 
 def test_times_accept_datetimes_and_epochs():
     start = datetime.datetime(2026, 11, 29, 10, 0, 0, tzinfo=datetime.timezone.utc)
-    data = bundle.make_payload("h", 1, "d", "enforce", RULESET, start, start.timestamp() + 3600 * 24 * 7)
+    until = start.timestamp() + 3600 * 24 * 7
+    data = bundle.make_payload("h", 1, "d", "enforce", RULESET, start, until)
     fields = json.loads(data)
     assert fields["created_at"] == CREATED and fields["valid_until"] == UNTIL
 
@@ -65,8 +66,8 @@ def test_envelope_round_trip(keys):
     env = _env(keys)
     outer = json.loads(env)
     assert set(outer) == {"format", "key_id", "payload", "signature"}
-    raw = serialization.load_pem_public_key(keys[1]).public_bytes(serialization.Encoding.Raw,
-                                                                   serialization.PublicFormat.Raw)
+    raw = serialization.load_pem_public_key(keys[1]).public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     assert outer["key_id"] == hashlib.sha256(raw).hexdigest()[:16]
     assert len(base64.b64decode(outer["signature"])) == 64
     result = bundle.verify(env, keys[1], "web-01", 6, NOW)
@@ -205,5 +206,5 @@ def test_keys_of_the_wrong_kind_are_refused(tmp_path):
 
 
 def test_unknown_error_kind_is_a_programming_error():
-    with pytest.raises(ValueError):
-        bundle.BundleError("x", "other")
+    with pytest.raises(ValueError, match="unknown BundleError kind"):
+        raise bundle.BundleError("x", "other")

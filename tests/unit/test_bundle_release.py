@@ -76,7 +76,7 @@ def test_nothing_to_sign_is_an_error(tmp_path, key):
 
 
 def _archive(tmp_path, key, **kwargs):
-    _, info = _sign(tmp_path / "cn", key, **kwargs)
+    info = _sign(tmp_path / "cn", key, **kwargs)[1]
     return open(info["archive"], "rb").read()
 
 
@@ -149,4 +149,3 @@ def test_expired_release_is_refused(tmp_path, key):
     with pytest.raises(bundle_release.ReleaseError) as err:
         bundle_release.load_archive(_archive(tmp_path, key), bundle.public_key_pem(key), NOW + 8 * DAY)
     assert err.value.kind == "expired"
-

@@ -4,6 +4,7 @@ Every bundle a test receives is checked with the engine's own ``bundle.verify`` 
 public key from the control node, so "got a bundle" always means "got a bundle signed for this host".
 """
 
+import collections
 import json
 import os
 import pathlib
@@ -30,6 +31,7 @@ VIP = "10.213.241.100"
 TLS = "/etc/mseg/tls"
 CURL = "curl --silent --show-error --max-time 5 --cacert %s/ca.crt" % TLS
 AGENT_CERT = "--cert %s/agent.crt --key %s/agent.key" % (TLS, TLS)
+Reply = collections.namedtuple("Reply", ("rc", "status", "headers", "body"))
 
 
 def _host(name):
@@ -41,17 +43,20 @@ def _public_key():
 
 
 def _get(client, url, options=AGENT_CERT, headers=()):
-    """GET from a lab host with curl; return (curl exit code, HTTP status, headers dict, body)."""
+    """GET from a lab host with curl; return a Reply (curl exit code, HTTP status or 0, headers dict, body)."""
     extra = " ".join("-H %s" % _quote(h) for h in headers)
     marker = "__MSEG_STATUS__"
     run = client.run("%s %s %s -D - -w '\\n%s%%{http_code}' %s" % (CURL, options, extra, marker, _quote(url)))
     out = run.stdout
     if marker not in out:
-        return run.rc, 0, {}, ""
+        return Reply(run.rc, 0, {}, "")
     text, status = out.rsplit("\n" + marker, 1)
-    head, _, body = text.partition("\r\n\r\n")
-    fields = dict((k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in head.split("\r\n")[1:]))
-    return run.rc, int(status), fields, body
+    head, body = text.split("\r\n\r\n", 1) if "\r\n\r\n" in text else (text, "")
+    fields = {}
+    for line in head.split("\r\n")[1:]:
+        name, value = line.split(":", 1)
+        fields[name.strip().lower()] = value.strip()
+    return Reply(run.rc, int(status), fields, body)
 
 
 def _quote(text):
@@ -84,18 +89,17 @@ def _serial(name):
 
 @pytest.mark.parametrize("target", list(CONTROLLERS) + [VIP])
 def test_agent_gets_its_own_bundle_then_304(host, target):
-    rc, status, headers, body = _get(host, "https://%s:8443/v1/bundle" % target)
-    assert (rc, status) == (0, 200), body
-    fetched = _verify(body)
+    reply = _get(host, "https://%s:8443/v1/bundle" % target)
+    assert (reply.rc, reply.status) == (0, 200), reply.body
+    fetched = _verify(reply.body)
     assert fetched.host == AGENT and fetched.serial == _serial(CONTROLLERS[0])
-    assert headers["content-type"] == "application/json"
-    etag = headers["etag"]
-    rc, status, headers, body = _get(host, "https://%s:8443/v1/bundle" % target, headers=["If-None-Match: " + etag])
-    assert (rc, status, body) == (0, 304, "")
+    assert reply.headers["content-type"] == "application/json"
+    again = _get(host, "https://%s:8443/v1/bundle" % target, headers=["If-None-Match: " + reply.headers["etag"]])
+    assert (again.rc, again.status, again.body) == (0, 304, "")
 
 
 def test_every_replica_gives_the_same_etag(host):
-    etags = {_get(host, "https://%s:8443/v1/bundle" % name)[2]["etag"] for name in CONTROLLERS}
+    etags = {_get(host, "https://%s:8443/v1/bundle" % name).headers["etag"] for name in CONTROLLERS}
     assert len(etags) == 1
 
 
@@ -106,22 +110,22 @@ def test_every_replica_gives_the_same_etag(host):
 def test_no_url_reaches_another_hosts_bundle(host, path):
     # ctl-01's bundle is on the replica: what keeps it from agent-01 is the server, not its absence.
     assert _host("ctl-01").file("/var/lib/mseg-controller/current/ctl-01.json").exists
-    _, status, _, body = _get(host, "https://ctl-01:8443" + path, headers=["X-Forwarded-For: ctl-01"])
-    if status == 200:
-        assert _verify(body).host == AGENT
+    reply = _get(host, "https://ctl-01:8443" + path, headers=["X-Forwarded-For: ctl-01"])
+    if reply.status == 200:
+        assert _verify(reply.body).host == AGENT
     else:
-        assert status in (403, 404), (status, body)
-        assert "payload" not in body
+        assert reply.status in (403, 404), reply
+        assert "payload" not in reply.body
 
 
 def test_a_host_header_does_not_pick_the_bundle(host):
-    _, status, _, body = _get(host, "https://ctl-01:8443/v1/bundle", headers=["Host: ctl-01"])
-    assert status == 200 and _verify(body).host == AGENT
+    reply = _get(host, "https://ctl-01:8443/v1/bundle", headers=["Host: ctl-01"])
+    assert reply.status == 200 and _verify(reply.body).host == AGENT
 
 
 def test_no_client_certificate_is_refused(host):
-    _, status, _, body = _get(host, "https://ctl-01:8443/v1/bundle", options="")
-    assert status == 400 and "payload" not in body
+    reply = _get(host, "https://ctl-01:8443/v1/bundle", options="")
+    assert reply.status == 400 and "payload" not in reply.body
 
 
 def test_certificate_from_another_ca_is_refused(host):
@@ -135,15 +139,15 @@ def test_certificate_from_another_ca_is_refused(host):
         "printf 'extendedKeyUsage=clientAuth\\n' > ext; "
         "openssl x509 -req -in agent.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile ext "
         "-out agent.crt 2>/dev/null; rm -rf /tmp/other-ca; mv $d /tmp/other-ca")
-    _, status, _, body = _get(host, "https://ctl-01:8443/v1/bundle",
-                              options="--cert /tmp/other-ca/agent.crt --key /tmp/other-ca/agent.key")
-    assert status == 400 and "payload" not in body
+    reply = _get(host, "https://ctl-01:8443/v1/bundle",
+                 options="--cert /tmp/other-ca/agent.crt --key /tmp/other-ca/agent.key")
+    assert reply.status == 400 and "payload" not in reply.body
 
 
 def test_revoked_certificate_is_refused():
     revoked = _host(REVOKED)
-    _, status, _, body = _get(revoked, "https://ctl-01:8443/v1/bundle")
-    assert status == 400 and "payload" not in body
+    reply = _get(revoked, "https://ctl-01:8443/v1/bundle")
+    assert reply.status == 400 and "payload" not in reply.body
     # The CRL is what refused it: the certificate itself is still within its validity.
     assert revoked.run("openssl x509 -checkend 3600 -noout -in %s/agent.crt", TLS).rc == 0
     time.sleep(1.5)  # the access log is flushed every second
@@ -153,25 +157,24 @@ def test_revoked_certificate_is_refused():
 
 @pytest.mark.parametrize("port", [8443, 443])
 def test_tls_1_2_is_refused(host, port):
-    rc, status, _, _ = _get(host, "https://ctl-01:%d/healthz" % port, options=AGENT_CERT + " --tlsv1.2 --tls-max 1.2")
-    assert rc == 35 and status == 0  # handshake failure: no HTTP at all
-    rc, status, _, _ = _get(host, "https://ctl-01:%d/healthz" % port, options=AGENT_CERT + " --tlsv1.3")
-    assert rc == 0 and status in (200, 404)
+    old = _get(host, "https://ctl-01:%d/healthz" % port, options=AGENT_CERT + " --tlsv1.2 --tls-max 1.2")
+    assert old.rc == 35 and old.status == 0  # handshake failure: no HTTP at all
+    new = _get(host, "https://ctl-01:%d/healthz" % port, options=AGENT_CERT + " --tlsv1.3")
+    assert new.rc == 0 and new.status in (200, 404)
 
 
 def test_only_get(host):
-    _, status, _, _ = _get(host, "https://ctl-01:8443/v1/bundle", options=AGENT_CERT + " -X POST")
-    assert status == 403
+    assert _get(host, "https://ctl-01:8443/v1/bundle", options=AGENT_CERT + " -X POST").status == 403
 
 
 def test_operator_listener_is_read_only(host):
-    _, status, _, body = _get(host, "https://ctl-01/healthz", options="")
-    assert status == 200
-    release = json.loads(body)
+    reply = _get(host, "https://ctl-01/healthz", options="")
+    assert reply.status == 200
+    release = json.loads(reply.body)
     assert release["serial"] >= 1 and release["hosts"] == 4
-    assert _get(host, "https://ctl-01/healthz", options="-X PUT")[1] == 403
-    assert _get(host, "https://ctl-01/v1/bundle", options="")[1] == 404
-    assert "Active connections" in _get(host, "https://ctl-01/v1/nginx_status", options="")[3]
+    assert _get(host, "https://ctl-01/healthz", options="-X PUT").status == 403
+    assert _get(host, "https://ctl-01/v1/bundle", options="").status == 404
+    assert "Active connections" in _get(host, "https://ctl-01/v1/nginx_status", options="").body
 
 
 def test_the_role_leaves_nftables_alone():
