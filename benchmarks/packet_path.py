@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Packet-path benchmark: the rendered policy against iptables and against no firewall, as ratios.
 
-    sudo .venv/bin/python benchmarks/packet_path.py [--quick] [--sizes 10x10,10000x1000] [--rounds 3]
+    sudo .venv/bin/python benchmarks/packet_path.py [--quick] [--sizes 10x10,10000x1000] [--rounds 5] [--seconds 0.8]
 
 Everything runs in network namespaces made here (two per variant, joined by one veth pair; no packet leaves them).
 For every size P x R (P allowed peers across R policy rules, P/R addresses per rule, every rule allowing tcp/5001 to
@@ -320,9 +320,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", help="PEERSxRULES,... (default %s; --quick %s)" % (FULL_SIZES, QUICK_SIZES))
     parser.add_argument("--quick", action="store_true", help="smaller sizes, shorter runs")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    parser.add_argument("--rounds", type=int, help="alternating rounds (default 5; --quick 3)")
     parser.add_argument("--seconds", type=float, help="seconds of crr and of stream per run, rr gets a third "
-                        "(default 1.2; --quick 0.8)")
+                        "(default 0.8; --quick 0.5)")
     parser.add_argument("--cpu", type=int, default=0, help="the core client and server are pinned to")
     parser.add_argument("--max-load", type=float, default=120.0,
                         help="a variant whose ruleset takes longer to load is skipped at this size and above")
@@ -345,8 +345,8 @@ def main():
 
 
 def bench(args, sizes, wanted):
-    rounds = args.rounds
-    seconds = args.seconds or (0.8 if args.quick else 1.2)
+    rounds = args.rounds or (3 if args.quick else 5)
+    seconds = args.seconds or (0.5 if args.quick else 0.8)
     cleanup_stale()
     workdir = tempfile.mkdtemp(prefix="mseg-packet-path-")
     pairs = {}
