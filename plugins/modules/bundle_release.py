@@ -92,6 +92,13 @@ hosts:
   returned: success
   type: int
   sample: 240
+kind:
+  description:
+    - Why a release was refused. V(signature) (a bundle's signature or key is wrong, logged as a signature
+      mismatch), V(host), V(expired), V(not_yet_valid), V(format) or V(replay) (older than the served release).
+  returned: failure
+  type: str
+  sample: signature
 """
 
 import grp
@@ -143,11 +150,11 @@ def main():
         changed, previous = bundle_release.install_release(params["path"], meta, bundles, keep=params["keep"],
                                                            gid=gid, check_mode=module.check_mode)
     except bundle_release.ReleaseError as exc:
-        what = "signature mismatch: " if exc.kind == "signature" else ""
+        what = "signature mismatch" if exc.kind == "signature" else exc.kind
         if not module.check_mode:
-            _log(params["log"], "refused %s: %s%s" % (params["archive"], what, exc))
-        module.fail_json(msg="mseg.fleet.bundle_release: %s%s; the controller keeps serving its current release"
-                         % (what, exc), kind=exc.kind)
+            _log(params["log"], "refused %s (%s): %s" % (params["archive"], what, exc))
+        module.fail_json(msg="mseg.fleet.bundle_release: %s; the controller keeps serving its current release" % exc,
+                         kind=exc.kind)
     except ValueError as exc:
         module.fail_json(msg="mseg.fleet.bundle_release: the public key %s is unusable: %s"
                          % (params["public_key"], exc))

@@ -177,6 +177,31 @@ def test_operator_listener_is_read_only(host):
     assert "Active connections" in _get(host, "https://ctl-01/v1/nginx_status", options="").body
 
 
+FORGE = """
+import base64, json, sys
+archive = json.load(open(sys.argv[1]))
+outer = json.loads(archive["bundles"]["agent-01"])
+payload = json.loads(base64.b64decode(outer["payload"]))
+payload["mode"] = "bypass"
+outer["payload"] = base64.b64encode(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).decode()
+archive["bundles"]["agent-01"] = json.dumps(outer)
+json.dump(archive, open(sys.argv[2], "w"))
+"""
+
+
+def test_a_forged_release_is_refused_and_logged():
+    """A release whose agent-01 bundle was edited after signing (mode -> bypass) never reaches agent-01."""
+    ctl = _host("ctl-01")
+    before = ctl.check_output("readlink /var/lib/mseg-controller/current")
+    ctl.check_output("python3 -c %s /var/lib/mseg-controller/incoming/release.json /root/forged.json", FORGE)
+    result = ctl.ansible("mseg.fleet.bundle_release", "archive=/root/forged.json public_key=/etc/mseg/bundle-signing.pub",
+                         check=False, become=True)
+    assert result["kind"] == "signature" and "(signature mismatch)" in result["msg"], result
+    assert ctl.check_output("readlink /var/lib/mseg-controller/current") == before
+    log = ctl.check_output("tail -n 1 /var/log/mseg-controller/publish.log")
+    assert "refused /root/forged.json (signature mismatch): release" in log and "agent-01" in log
+
+
 def test_the_role_leaves_nftables_alone():
     for name in CONTROLLERS:
         assert _host(name).run("nft list table inet mseg").rc != 0
