@@ -31,7 +31,9 @@ TABLE_NAME = "mseg"
 LOG_LIMIT = "limit rate 10/second burst 20 packets"
 ND_TYPES = "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert"
 BYPASS_MARKER = "mode_bypass"
-_FAMILY = {4: ("ip", "ipv4", "ipv4_addr", "icmp"), 6: ("ip6", "ipv6", "ipv6_addr", "ipv6-icmp")}
+# Protocols by number: nft resolves names through /etc/protocols, which minimal hosts do not have.
+_FAMILY = {4: ("ip", "ipv4", "ipv4_addr", 1), 6: ("ip6", "ipv6", "ipv6_addr", 58)}
+_L4PROTO = {"tcp": 6, "udp": 17}
 _DIRECTION = {
     # direction: (chain, hook, suffix, peer field, local field, interface key)
     "ingress": ("input", "input", "in", "saddr", "daddr", "iif"),
@@ -58,9 +60,9 @@ def port_matches(ports, version):
     for proto in sorted({p.proto for p in ports}):
         specs = [p for p in ports if p.proto == proto]
         if proto == "icmp":
-            matches.append("meta l4proto %s" % _FAMILY[version][3])
+            matches.append("meta l4proto %d" % _FAMILY[version][3])
         elif any(p.first is None for p in specs):
-            matches.append("meta l4proto %s" % proto)
+            matches.append("meta l4proto %d" % _L4PROTO[proto])
         else:
             items = ["%d" % p.first if p.first == p.last else "%d-%d" % (p.first, p.last) for p in specs]
             matches.append("%s dport %s" % (proto, _inline(items)))

@@ -189,3 +189,18 @@ def test_golden_rulesets_load_in_the_kernel():
         for path in paths:
             with open(path, encoding="utf-8") as handle:
                 fleet.run("check", ["nft", "-f", "-"], input=handle.read())
+
+
+def test_rulesets_load_on_a_host_without_etc_protocols():
+    """Minimal hosts (containers, the lab) have no /etc/protocols; nft must not need it to load our rulesets."""
+    hosts = {"a": {"tags": {"role": "a"}, "addresses": ["10.9.0.1", "fd00:9::1"], "mode": "enforce"}}
+    policy = {"rules": [{"id": 1, "from": {"any": True}, "to": {"tags": {"role": "a"}},
+                         "ports": ["icmp", "tcp", "udp", "tcp/22"]}]}
+    text, _stats = render_plan(compile_fleet(policy, hosts).plans["a"])
+    with Fleet(["bare"], ipv6=False) as fleet:
+        hidden = ["unshare", "--mount", "sh", "-c", 'mount --bind /dev/null /etc/protocols && exec "$@"', "sh"]
+        proc = subprocess.run(hidden + fleet.exec_prefix("bare") + ["nft", "-f", "-"], input=text,
+                              capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        check = subprocess.run(hidden + ["getent", "protocols", "tcp"], capture_output=True, text=True, check=False)
+        assert check.returncode != 0  # the test really hid the file
