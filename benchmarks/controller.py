@@ -47,9 +47,10 @@ async def _read_head(reader):
     return status, head
 
 
-async def _connection(args, context, etag, counts, latencies):
+async def _connection(args, context, etag, counts, latencies, connected):
     """One agent: connect once, then poll until ``args.stop_at``; count what completes inside the window."""
     reader, writer = await asyncio.open_connection(args.host, args.port, ssl=context, server_hostname=args.host)
+    connected.append(time.time())
     request = REQUEST.format(host=args.host, etag=etag).encode()
     try:
         while time.time() < args.stop_at:
@@ -76,14 +77,14 @@ async def _client_async(args):
             if line.lower().startswith(b"etag:")][0]
     if status != 200:
         raise SystemExit("the first GET answered %d, not 200" % status)
-    counts, latencies = {}, []
-    tasks = [asyncio.ensure_future(_connection(args, context, etag, counts, latencies))
+    counts, latencies, connected = {}, [], []
+    tasks = [asyncio.ensure_future(_connection(args, context, etag, counts, latencies, connected))
              for _index in range(args.connections)]
     await asyncio.sleep(max(0.0, args.start_at - time.time()))
     cpu = os.times()
     await asyncio.gather(*tasks)
     cpu_after = os.times()
-    return {"counts": counts, "latencies": sorted(latencies),
+    return {"counts": counts, "latencies": sorted(latencies), "connected_at": max(connected),
             "client_cpu": cpu_after.user + cpu_after.system - cpu.user - cpu.system}
 
 
@@ -95,6 +96,10 @@ def _client_process(args, pipe_w):
 
 def run_client(args):
     """Fork ``args.processes`` workers sharing the connections; print one JSON result."""
+    import resource  # pylint: disable=import-outside-toplevel  (POSIX only, like the lab hosts)
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     per = max(1, args.connections // args.processes)
     args.connections = per
     pipes = []
@@ -130,6 +135,7 @@ def run_client(args):
     print(json.dumps({"connections": per * args.processes, "processes": args.processes, "elapsed": elapsed,
                       "counts": counts, "rate_304": counts.get("304", 0) / elapsed,
                       "p50_ms": percentile(50), "p99_ms": percentile(99),
+                      "connected_at": max(result["connected_at"] for result in results),
                       "client_cpu": sum(result["client_cpu"] for result in results)}))
 
 
@@ -181,10 +187,14 @@ def orchestrate(args):
         time.sleep(max(0.0, stop_at - time.time()))
         nginx_cpu = _nginx_cpu_seconds() - before
         out, err = client.communicate(timeout=args.setup + args.duration + 120)
-        if client.returncode != 0:
+        if client.returncode != 0 or not out.strip():
             raise SystemExit("the load client failed: %s" % err.decode()[-2000:])
         result = json.loads(out)
         load = os.getloadavg()[0]
+        if result["connected_at"] > start_at:
+            raise SystemExit("the last connection was established %.1f s into the measurement window, so the window "
+                             "measured TLS handshakes: run again with a longer --setup"
+                             % (result["connected_at"] - start_at))
     finally:
         if not args.keep and not args.reuse:
             _molecule("destroy")
