@@ -51,14 +51,12 @@ def _items(value):
                 low, high = int(first), int(last)
                 if high < low:
                     raise ValueError
-                for cpu in range(low, high + 1):
-                    yield cpu
+                yield from range(low, high + 1)
             else:
                 yield int(word)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            for cpu in _items(item):
-                yield cpu
+            yield from _items(item)
     else:
         raise ValueError
 

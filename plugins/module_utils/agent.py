@@ -322,8 +322,8 @@ def controller_url(controller):
 
 def droplog_line(event):
     """``Policy Drop: ID=1024 src=10.0.1.5 dst=10.0.2.7 proto=tcp dport=5432 dir=ingress``."""
-    text = "Policy %s: ID=%d src=%s dst=%s proto=%s" % (_KIND_WORD[event.kind], event.rule, event.src, event.dst,
-                                                       event.proto)
+    text = "Policy %s: ID=%d src=%s dst=%s proto=%s" % (
+        _KIND_WORD[event.kind], event.rule, event.src, event.dst, event.proto)
     if event.dport is not None and event.proto != "icmp":
         text += " dport=%d" % event.dport
     return text + " dir=%s" % event.direction
@@ -1015,6 +1015,11 @@ def _as_agent_user(state_dir, argv):
               env)
 
 
+def _say(text):
+    """The CLI's answer on standard output."""
+    sys.stdout.write(text + "\n")
+
+
 def _parser(prog):
     parser = argparse.ArgumentParser(prog=prog, description="mseg.fleet host agent and emergency CLI")
     parser.add_argument("--config", help="agent configuration (default: the systemd credential, else %s)"
@@ -1091,16 +1096,16 @@ def _cli(args, argv):
         if args.json:
             status["counters"] = None if counted is None else [
                 {"name": n, "packets": p, "bytes": b} for n, p, b in counted]
-            print(json.dumps(status, indent=1, sort_keys=True))
+            _say(json.dumps(status, indent=1, sort_keys=True))
         else:
-            print(format_status(status, counted))
+            _say(format_status(status, counted))
         return 0
     if args.command == "trace":
         result = run_trace(Agent.from_identity(args.state_dir, make_logger(None)), args.src, args.dst, args.port)
         if args.json:
-            print(json.dumps(result, indent=1, sort_keys=True))
+            _say(json.dumps(result, indent=1, sort_keys=True))
         else:
-            print("%s %s -> %s %s: %s (%s) in %s; decided by %s%s" % (
+            _say("%s %s -> %s %s: %s (%s) in %s; decided by %s%s" % (
                 result["direction"], args.src, args.dst, result["port"], "allowed" if result["allowed"] else "dropped",
                 result["result"], result["ruleset"], ", ".join(result["decided_by"]) or "the chain policy",
                 "; logged by %s" % ", ".join(result["logged_by"]) if result["logged_by"] else ""))
@@ -1120,11 +1125,11 @@ def _cli(args, argv):
     agent = Agent.from_identity(args.state_dir, log)
     if args.command == "rollback":
         result = agent.rollback(who)
-        print("rolled back to the previous bundle: %s" % result.get("msg"))
+        _say("rolled back to the previous bundle: %s" % result.get("msg"))
     elif args.mode == "bypass":
         result = agent.bypass(who)
-        print("mode bypass set locally: %s; 'mseg mode clear' returns to the controllers' policy" % result.get("msg"))
+        _say("mode bypass set locally: %s; 'mseg mode clear' returns to the controllers' policy" % result.get("msg"))
     else:
         result, message = agent.clear_override(who)
-        print(message + (": %s" % result.get("msg") if result else ""))
+        _say(message + (": %s" % result.get("msg") if result else ""))
     return 0

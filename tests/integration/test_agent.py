@@ -237,7 +237,8 @@ def test_trace_runs_the_hosts_own_ruleset_in_the_kernel(world):
     assert not _trace(fleet, tmp, "10.77.0.1", "10.77.0.2", "tcp/7001")["allowed"]
     # the host's own namespace is untouched: same ruleset, no namespace left behind
     assert fleet.run("host", ["nft", "-s", "list", "ruleset"]).stdout == live
-    assert "mseg-trace" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    assert "mseg-trace" not in namespaces
     proc = fleet.run("host", [sys.executable, "-c", "import sys; from ansible_collections.mseg.fleet.plugins."
                               "module_utils.agent import main; sys.exit(main())", "--state-dir",
                               str(tmp / "state"), "trace", "--src", "10.9.9.9", "--dst", "10.9.9.8", "--port",
