@@ -294,22 +294,48 @@ def tls_context(config):
     return context
 
 
-def fetch(controller, etag, context, timeout):
-    """GET the bundle from one controller. Returns (status, body, etag); raises OSError on a network failure."""
-    host, port, path = controller
-    conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
-    try:
-        headers = {"User-Agent": "mseg-agent", "Accept": "application/json"}
+class Fetcher:
+    """GET the bundle over one kept-alive HTTPS connection per controller (a TLS handshake per connection, not per
+    poll). A reused connection the server has closed is retried once on a fresh one; any other failure raises
+    OSError, so the caller fails over to the next controller."""
+
+    HEADERS = {"User-Agent": "mseg-agent", "Accept": "application/json"}
+
+    def __init__(self, context, timeout):
+        self.context = context
+        self.timeout = timeout
+        self.connections = {}
+
+    def _drop(self, controller):
+        conn = self.connections.pop(controller, None)
+        if conn is not None:
+            conn.close()
+
+    def __call__(self, controller, etag):
+        headers = dict(self.HEADERS)
         if etag:
             headers["If-None-Match"] = etag
-        conn.request("GET", path, headers=headers)
-        response = conn.getresponse()
-        body = response.read()
-        return response.status, body, response.getheader("ETag")
-    except (http.client.HTTPException, ssl.SSLError) as exc:
-        raise OSError(str(exc) or exc.__class__.__name__)
-    finally:
-        conn.close()
+        retried = False
+        while True:
+            reused = controller in self.connections
+            if not reused:
+                host, port, _path = controller
+                self.connections[controller] = http.client.HTTPSConnection(host, port, timeout=self.timeout,
+                                                                           context=self.context)
+            conn = self.connections[controller]
+            try:
+                conn.request("GET", controller[2], headers=headers)
+                response = conn.getresponse()
+                body = response.read()
+            except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+                self._drop(controller)
+                if reused and not retried:
+                    retried = True
+                    continue
+                raise OSError(str(exc) or exc.__class__.__name__)
+            if response.will_close:
+                self._drop(controller)
+            return response.status, body, response.getheader("ETag")
 
 
 def controller_url(controller):
@@ -453,7 +479,7 @@ class Agent:
         context = tls_context(config) if with_tls else None
         agent = cls(config.host, config.state_dir, config.read("public_key"), log, config.peers,
                     config.controllers, config.interval, config.jitter, config.timeout,
-                    fetcher=(lambda c, etag: fetch(c, etag, context, config.timeout)) if with_tls else None)
+                    fetcher=Fetcher(context, config.timeout) if with_tls else None)
         return agent
 
     @classmethod

@@ -38,7 +38,16 @@ import hashlib, http.server, os, ssl, sys
 directory, ca, cert, key = sys.argv[1:5]
 
 class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        with open(os.path.join(directory, "connections"), "a") as handle:
+            handle.write("c")
+
     def do_GET(self):
+        with open(os.path.join(directory, "requests"), "a") as handle:
+            handle.write("r")
         name = self.connection.getpeercert()["subject"][0][0][1]
         try:
             with open(os.path.join(directory, name + ".json"), "rb") as handle:
@@ -213,6 +222,10 @@ def test_agent_pulls_applies_refuses_and_logs_drops(world):
     time.sleep(1.5)
     assert hashlib.sha256((tmp / "state" / "current.json").read_bytes()).hexdigest() == digest
     assert _status(tmp)["last_poll"]["result"] == "unchanged"
+    # polls reuse their TLS connection: far fewer connections than requests
+    served = tmp / "served"
+    connections, requests = len((served / "connections").read_text()), len((served / "requests").read_text())
+    assert requests >= 8 and connections <= requests / 2, (connections, requests)
 
 
 def _trace(fleet, tmp, src, dst, port):
