@@ -6,6 +6,8 @@ and on the lab (molecule/agent).
 """
 
 import io
+import threading
+import time
 import json
 import logging
 import os
@@ -343,3 +345,23 @@ def test_the_modules_the_role_ships_are_enough(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
                           check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_drop_log_follows_journalctl(tmp_path, monkeypatch, log):
+    """The journal source runs journalctl --dmesg --follow; a stand-in on PATH prints kernel lines and exits."""
+    fake = tmp_path / "journalctl"
+    fake.write_text("#!/bin/sh\n[ \"$*\" = \"--dmesg --follow --lines=0 --output=cat\" ] || exit 2\n"
+                    "cat <<'EOF'\n%s\nEOF\n" % "\n".join(KERNEL))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", "%s:%s" % (tmp_path, os.environ["PATH"]))
+    stop = threading.Event()
+    reader = agent_mod.DropLog("journal", log, stop)
+    reader.start()
+    deadline = time.time() + 10
+    while "reader ended" not in log.stream.getvalue() and time.time() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    reader.join(10)
+    lines = [line.split(" ", 2)[2] for line in log.stream.getvalue().splitlines() if "Policy" in line]
+    assert lines == list(agent_mod.droplog_lines(KERNEL))
+    assert "drop log: the journal reader ended; restarting it in 5 s" in log.stream.getvalue()
