@@ -7,79 +7,35 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 from ansible.errors import AnsibleActionFail
-from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-from ansible.plugins.action import ActionBase
 from ansible_collections.mseg.fleet.plugins.module_utils.errors import MsegError
-from ansible_collections.mseg.fleet.plugins.module_utils.fleet import compile_fleet
 from ansible_collections.mseg.fleet.plugins.module_utils.policy import tag_value
 from ansible_collections.mseg.fleet.plugins.module_utils.render import render_plan
-from ansible_collections.mseg.fleet.plugins.plugin_utils.inventory import gather_fleet
+from ansible_collections.mseg.fleet.plugins.plugin_utils.action import FleetAction, write_if_changed
 
 ARGUMENT_SPEC = {
     "policy": {"type": "raw"},
     "hosts": {"type": "list", "elements": "str"},
+    "tags": {"type": "dict", "default": {}},
     "render_dir": {"type": "path"},
     "return_rulesets": {"type": "bool", "default": False},
-    "tags": {"type": "dict", "default": {}},
 }
 
 
-def write_if_changed(path, text):
-    """Write atomically (temp file + rename, 0600); return True if the content changed."""
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            if handle.read() == text:
-                return False
-    except (IOError, OSError):
-        pass
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".mseg-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o600)
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return True
-
-
-def compile_from_task(action, task_vars, policy):
-    """Gather the inventory and compile it; raise MsegError with every problem found."""
-    fleet, problems = gather_fleet(task_vars, action._templar)
-    try:
-        result = compile_fleet(policy, fleet)
-    except MsegError as exc:
-        raise MsegError(problems + exc.messages)
-    if problems:
-        raise MsegError(problems)
-    return result
-
-
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
-    _supports_check_mode = True
+class ActionModule(FleetAction):
+    NAME = "compile"
+    ARGUMENT_SPEC = ARGUMENT_SPEC
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        validation = ArgumentSpecValidator(ARGUMENT_SPEC).validate(self._task.args)
-        if validation.error_messages:
-            raise AnsibleActionFail("mseg.fleet.compile: %s" % "; ".join(validation.error_messages))
-        args = validation.validated_parameters
-        policy = args["policy"] if args["policy"] is not None else task_vars.get("mseg_policy")
+        args = self.validated_args()
         try:
-            fleet = compile_from_task(self, task_vars, self._templar.template(policy))
+            fleet = self.compile_fleet(task_vars, args["policy"])
             names = self._targets(fleet, args["hosts"], args["tags"])
         except MsegError as exc:
-            result.update(failed=True, msg="mseg.fleet: the policy or inventory is invalid; nothing was "
-                          "rendered and no host was touched.\n%s" % exc, problems=exc.messages)
-            return result
+            return self.failed(result, "mseg.fleet: the policy or inventory is invalid; nothing was rendered and "
+                               "no host was touched.", exc)
         for warning in fleet.warnings:
             self._display.warning("mseg.fleet: %s" % warning)
         rulesets = {}

@@ -9,11 +9,9 @@ import json
 import os
 
 from ansible.errors import AnsibleActionFail
-from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-from ansible.plugins.action import ActionBase
-from ansible_collections.mseg.fleet.plugins.action.compile import compile_from_task, write_if_changed
 from ansible_collections.mseg.fleet.plugins.module_utils.audit import format_summary, summarise, to_csv
 from ansible_collections.mseg.fleet.plugins.module_utils.errors import MsegError
+from ansible_collections.mseg.fleet.plugins.plugin_utils.action import FleetAction, write_if_changed
 
 ARGUMENT_SPEC = {
     "lines": {"type": "list", "elements": "str", "required": True},
@@ -23,23 +21,17 @@ ARGUMENT_SPEC = {
 }
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
-    _supports_check_mode = True
+class ActionModule(FleetAction):
+    NAME = "observe_report"
+    ARGUMENT_SPEC = ARGUMENT_SPEC
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        validation = ArgumentSpecValidator(ARGUMENT_SPEC).validate(self._task.args)
-        if validation.error_messages:
-            raise AnsibleActionFail("mseg.fleet.observe_report: %s" % "; ".join(validation.error_messages))
-        args = validation.validated_parameters
-        policy = args["policy"] if args["policy"] is not None else task_vars.get("mseg_policy")
+        args = self.validated_args()
         try:
-            fleet = compile_from_task(self, task_vars, self._templar.template(policy))
+            fleet = self.compile_fleet(task_vars, args["policy"])
         except MsegError as exc:
-            result.update(failed=True, msg="mseg.fleet.observe_report: %s" % exc, problems=exc.messages)
-            return result
+            return self.failed(result, "mseg.fleet.observe_report:", exc)
         summary = summarise(fleet, args["lines"], tuple(args["kinds"]))
         changed = False
         files = []

@@ -5,12 +5,9 @@
 
 from __future__ import annotations
 
-from ansible.errors import AnsibleActionFail
-from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-from ansible.plugins.action import ActionBase
-from ansible_collections.mseg.fleet.plugins.action.compile import compile_from_task
 from ansible_collections.mseg.fleet.plugins.module_utils.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.trace import format_matrix, format_table, trace
+from ansible_collections.mseg.fleet.plugins.plugin_utils.action import FleetAction
 
 ARGUMENT_SPEC = {
     "src": {"type": "str", "required": True},
@@ -20,24 +17,18 @@ ARGUMENT_SPEC = {
 }
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
-    _supports_check_mode = True
+class ActionModule(FleetAction):
+    NAME = "trace"
+    ARGUMENT_SPEC = ARGUMENT_SPEC
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        validation = ArgumentSpecValidator(ARGUMENT_SPEC).validate(self._task.args)
-        if validation.error_messages:
-            raise AnsibleActionFail("mseg.fleet.trace: %s" % "; ".join(validation.error_messages))
-        args = validation.validated_parameters
-        policy = args["policy"] if args["policy"] is not None else task_vars.get("mseg_policy")
+        args = self.validated_args()
         try:
-            fleet = compile_from_task(self, task_vars, self._templar.template(policy))
+            fleet = self.compile_fleet(task_vars, args["policy"])
             results = trace(fleet, args["src"], args["dst"], args["port"])
         except MsegError as exc:
-            result.update(failed=True, msg="mseg.fleet.trace: %s" % exc, problems=exc.messages)
-            return result
+            return self.failed(result, "mseg.fleet.trace:", exc)
         data = [item.to_data() for item in results]
         result.update(
             changed=False,
