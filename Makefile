@@ -95,7 +95,7 @@ lab-matrix: setup ## measure who reaches whom in lab "demo" with real packets (L
 MOLECULE_SCENARIOS ?= $(sort $(filter-out lab resources,$(notdir $(patsubst %/,%,$(dir $(wildcard molecule/*/molecule.yml))))))
 MOLECULE_TIMEOUT ?= 1500
 .PHONY: molecule
-molecule: setup ## every Molecule scenario on the lab (molecule test -s <name>)
+molecule: setup forget-installed-copy ## every Molecule scenario on the lab (molecule test -s <name>)
 	@failed=""; for s in lab $(MOLECULE_SCENARIOS); do \
 	  echo ">>> molecule test -s $$s"; \
 	  timeout --kill-after=60 $(MOLECULE_TIMEOUT) molecule test -s $$s || failed="$$failed $$s"; \
@@ -139,8 +139,15 @@ sanity: setup $(SANITY_VENV)/.stamp ## ansible-test sanity on a copy of the trac
 	 && cd $$root && git init -q && git add -A \
 	 && PATH=$(SANITY_VENV)/bin:$$PATH ansible-test sanity --python 3.11 --color no $(SANITY_ARGS)
 
+# ansible-lint and Molecule's dependency step may install a copy of this collection under ~/.ansible, which then
+# shadows the checkout for later runs: remove such a copy so every run sees the code in this tree.
+STALE_COPY := $(HOME)/.ansible/collections/ansible_collections/mseg/fleet
+.PHONY: forget-installed-copy
+forget-installed-copy:
+	@if [ -d "$(STALE_COPY)" ] && [ ! -L "$(STALE_COPY)" ]; then rm -rf "$(STALE_COPY)"; fi
+
 .PHONY: lint
-lint: setup ## ansible-lint --profile production
+lint: setup forget-installed-copy ## ansible-lint --profile production
 	@echo ">>> ansible-lint --profile production"
 	@ansible-lint --profile production
 
