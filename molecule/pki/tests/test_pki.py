@@ -229,7 +229,7 @@ def _rotate(*extra):
 
 def test_rotation_with_a_short_lived_certificate(servers):
     agent = _host(AGENT)
-    before, _ = _serial_and_end(agent)
+    before = _serial_and_end(agent)[0]
 
     # Issue a certificate that lives one day.
     out, changed = _rotate({"pki_validity": 1, "pki_force_renew": True})
@@ -239,8 +239,8 @@ def test_rotation_with_a_short_lived_certificate(servers):
     assert "WARNING %s" % AGENT in out  # the expiry report warns about it
 
     # It expires within pki_renew_before (2 days): the next run reissues it without being forced.
-    _, changed = _rotate({"pki_validity": 1, "pki_renew_before": 2})
-    again, _ = _serial_and_end(agent)
+    changed = _rotate({"pki_validity": 1, "pki_renew_before": 2})[1]
+    again = _serial_and_end(agent)[0]
     assert changed and again != short
 
     # With the defaults (365 days, renew 30 days before) it is due as well, and is replaced by a long one, which
