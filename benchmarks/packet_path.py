@@ -206,8 +206,11 @@ class Pair(object):
 # ----------------------------------------------------------------------------- variants
 
 
-def load_variant(pair, variant, peers, rules, max_load):
-    """Load the variant's ruleset into the pair's server namespace; returns seconds; sets the pair's match check."""
+def load_variant(pair, variant, peers, rules, max_load, ipset_backend):
+    """Load the variant's ruleset into the pair's server namespace; returns seconds; sets the pair's match check.
+
+    ``ipset_backend`` is the iptables of the ipset variant: ``legacy`` where the kernel has it, else ``nft``.
+    """
     start = time.perf_counter()
     if variant == "ours":
         text, pair.compile_seconds = render_ours(peers, rules)
@@ -223,10 +226,9 @@ def load_variant(pair, variant, peers, rules, max_load):
         pair.check = None
     elif variant == "ipset":
         pair.in_server([tool("ipset"), "restore"], stdin=ipset_sets(peers, rules), timeout=max_load)
-        backend = ipset_backend()
-        pair.in_server([tool("iptables-%s-restore" % backend)], stdin=ipset_rules(rules), timeout=max_load)
-        pair.check = lambda: _iptables_last(pair, backend)
-    else:
+        pair.in_server([tool("iptables-%s-restore" % ipset_backend)], stdin=ipset_rules(rules), timeout=max_load)
+        pair.check = lambda: _iptables_last(pair, ipset_backend)
+    else:  # none: no firewall, nothing to check
         pair.check = None
     return time.perf_counter() - start
 
@@ -253,13 +255,6 @@ def legacy_available():
         return subprocess.run(["ip", "netns", "exec", probe, binary, "-L", "-n"], capture_output=True).returncode == 0
     finally:
         subprocess.run(["ip", "netns", "delete", probe], capture_output=True)
-
-
-_IPSET_BACKEND = []
-
-
-def ipset_backend():
-    return _IPSET_BACKEND[0]
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -364,13 +359,13 @@ def bench(args, sizes, wanted):
     if "iptables-legacy" in wanted and not legacy_available():
         wanted.remove("iptables-legacy")
         notes.append("iptables-legacy: not available here (no legacy tables in this kernel or no binary); skipped")
-    _IPSET_BACKEND.append("legacy" if "iptables-legacy" in wanted else "nft")
+    ipset_backend = "legacy" if "iptables-legacy" in wanted else "nft"
     if "ipset" in wanted and not tool("ipset"):
         wanted.remove("ipset")
         notes.append("ipset: not installed; skipped")
     labels = {v: v for v in wanted}
     if "ipset" in labels:
-        labels["ipset"] = "ipset+iptables-%s" % ipset_backend()
+        labels["ipset"] = "ipset+iptables-%s" % ipset_backend
     capped = {}
 
     print("packet path: %d round(s) alternating, crr %.1f s / rr %.1f s / stream %.1f s per run, client and server "
@@ -386,10 +381,13 @@ def bench(args, sizes, wanted):
             pair = Pair("%s-%d-%d" % (variant.split("-")[-1], peers, rules), client, args.cpu, binary)
             pairs[variant] = pair
             try:
-                loads[variant] = load_variant(pair, variant, peers, rules, args.max_load)
+                loads[variant] = load_variant(pair, variant, peers, rules, args.max_load, ipset_backend)
             except subprocess.TimeoutExpired:
+                if variant == "ours":
+                    raise BenchError("ours: loading the ruleset of %d peers took over --max-load %.0f s"
+                                     % (peers, args.max_load))
                 capped[variant] = peers
-                notes.append("%s: loading %d rules took over %.0f s (--max-load); not measured at %d peers or more"
+                notes.append("%s: loading at %d peers took over %.0f s (--max-load); not measured at %d peers or more"
                              % (labels[variant], peers, args.max_load, peers))
                 pair.close()
                 del pairs[variant]
