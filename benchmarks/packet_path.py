@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Packet-path benchmark: the rendered policy against iptables and against no firewall, as ratios.
 
     sudo .venv/bin/python benchmarks/packet_path.py [--quick] [--sizes 10x10,10000x1000] [--rounds 5] [--seconds 0.8]
@@ -74,7 +73,7 @@ class BenchError(RuntimeError):
 
 
 def run(argv, stdin=None, timeout=None):
-    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise BenchError("%s: %s" % (" ".join(argv[:6]), (proc.stderr or proc.stdout).strip()[:500]))
     return proc.stdout
@@ -144,12 +143,12 @@ def ipset_rules(rules):
 
 
 def cleanup_stale():
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
     for line in listing.splitlines():
         name = line.split(" ")[0]
         match = STALE_RE.match(name)
         if match and not os.path.exists("/proc/%s" % match.group(1)):
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
 
 
 class Pair(object):
@@ -180,8 +179,8 @@ class Pair(object):
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.server.stdout.readline().strip()
         if line != "ready":
-            raise BenchError("tcpbench server in %s did not start: %s %s" % (self.server_ns, line,
-                                                                            self.server.stderr.read().strip()))
+            raise BenchError("tcpbench server in %s did not start: %s %s"
+                             % (self.server_ns, line, self.server.stderr.read().strip()))
 
     def in_server(self, argv, stdin=None, timeout=None):
         return run(["ip", "netns", "exec", self.server_ns] + argv, stdin=stdin, timeout=timeout)
@@ -200,7 +199,7 @@ class Pair(object):
             self.server.kill()
             self.server.wait()
         for ns in (self.client_ns, self.server_ns):
-            subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True, check=False)
 
 
 # ----------------------------------------------------------------------------- variants
@@ -252,9 +251,10 @@ def legacy_available():
     probe = "%s%d-probe" % (PREFIX, os.getpid())
     run(["ip", "netns", "add", probe])
     try:
-        return subprocess.run(["ip", "netns", "exec", probe, binary, "-L", "-n"], capture_output=True).returncode == 0
+        probed = subprocess.run(["ip", "netns", "exec", probe, binary, "-L", "-n"], capture_output=True, check=False)
+        return probed.returncode == 0
     finally:
-        subprocess.run(["ip", "netns", "delete", probe], capture_output=True)
+        subprocess.run(["ip", "netns", "delete", probe], capture_output=True, check=False)
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -312,7 +312,7 @@ def ratio(value):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--sizes", help="PEERSxRULES,... (default %s; --quick %s)" % (FULL_SIZES, QUICK_SIZES))
     parser.add_argument("--quick", action="store_true", help="smaller sizes, shorter runs")
     parser.add_argument("--rounds", type=int, help="alternating rounds (default 5; --quick 3)")
@@ -401,8 +401,8 @@ def bench(args, sizes, wanted):
             del pairs[variant]
         print()
         print("P=%d peers, R=%d rules (client = %s, matched by the last rule)" % (peers, rules, client))
-        print("  %-24s %8s %10s %10s %10s %9s %9s" % ("variant", "load s", "conn/s", "conn us", "(measured)",
-                                                     "rr us", "Gbit/s"))
+        print("  %-24s %8s %10s %10s %10s %9s %9s"
+              % ("variant", "load s", "conn/s", "conn us", "(measured)", "rr us", "Gbit/s"))
         for variant in order:
             f = figures[variant]
             print("  %-24s %8s %10.0f %10.1f %10.0f %9.1f %9.2f" % (
