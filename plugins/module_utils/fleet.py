@@ -40,7 +40,7 @@ class AddressSet(object):
         self.v4 = []
         self.v6 = []
         for cidr in ipset.iter_cidrs():
-            (self.v4 if cidr.version == 4 else self.v6).append(_cidr_text(cidr))
+            (self.v4 if cidr.version == 4 else self.v6).append(cidr_text(cidr))
         self.full_v4 = self.v4 == ["0.0.0.0/0"]
         self.full_v6 = self.v6 == ["::/0"]
 
@@ -57,7 +57,7 @@ class AddressSet(object):
         return "AddressSet(%r, %r)" % (self.key, self.v4 + self.v6)
 
 
-def _cidr_text(cidr):
+def cidr_text(cidr):
     """A single address is written without its /32 or /128, as nft lists it."""
     if cidr.prefixlen == (32 if cidr.version == 4 else 128):
         return str(cidr.ip)
@@ -388,7 +388,7 @@ class FleetPlan(object):
             host = plan.host
             hosts[name] = {
                 "mode": plan.mode,
-                "addresses": [_cidr_text(a) for a in host.addresses],
+                "addresses": [cidr_text(a) for a in host.addresses],
                 "groups": sorted(host.groups),
                 "tags": {k: sorted(v) for k, v in sorted(host.tags.items())},
                 "management": [{"cidr": e.networks.v4 + e.networks.v6,

@@ -19,7 +19,7 @@ import heapq
 import socket
 
 from ansible_collections.mseg.fleet.plugins.module_utils import nft
-from ansible_collections.mseg.fleet.plugins.module_utils.fleet import _cidr_text
+from ansible_collections.mseg.fleet.plugins.module_utils.fleet import cidr_text
 
 try:
     import netaddr
@@ -235,7 +235,7 @@ def _first_match(run, version):
             pieces[-1][1] = end - 1
         else:
             pieces.append([start, end - 1, order])
-    return [(_cidr_text(net), run[order]) for first, last, order in pieces
+    return [(cidr_text(net), run[order]) for first, last, order in pieces
             for net in netaddr.iprange_to_cidrs(netaddr.IPAddress(first, version), netaddr.IPAddress(last, version))]
 
 
