@@ -458,7 +458,7 @@ class Agent:
     """Polls, verifies, applies. ``fetcher``, ``applier`` and ``clock`` are replaceable in unit tests."""
 
     def __init__(self, host, state_dir, public_key, log, peers=(), controllers=(), interval=2.0, jitter=0.2,
-                 timeout=3.0, fetcher=None, applier=None, clock=time.time):
+                 fetcher=None, applier=None, clock=time.time):
         self.host = host
         self.state = State(state_dir)
         self.public_key = public_key
@@ -467,7 +467,6 @@ class Agent:
         self.controllers = list(controllers)
         self.interval = interval
         self.jitter = jitter
-        self.timeout = timeout
         self.fetcher = fetcher
         self.applier = applier or self._apply_engine
         self.clock = clock
@@ -478,7 +477,7 @@ class Agent:
     def from_config(cls, config, log, with_tls=True):
         context = tls_context(config) if with_tls else None
         agent = cls(config.host, config.state_dir, config.read("public_key"), log, config.peers,
-                    config.controllers, config.interval, config.jitter, config.timeout,
+                    config.controllers, config.interval, config.jitter,
                     fetcher=Fetcher(context, config.timeout) if with_tls else None)
         return agent
 

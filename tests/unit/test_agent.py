@@ -80,7 +80,7 @@ def log():
 def make_agent(tmp_path, log, answers=None, applier=None, controllers=("c1", "c2")):
     fetcher = Fetcher(answers or {})
     agent = agent_mod.Agent("web-01", str(tmp_path / "state"), PUB, log, [("192.0.2.10", 22)],
-                            [(c, 8443, "/v1/bundle") for c in controllers], 2.0, 0.2, 1.0,
+                            [(c, 8443, "/v1/bundle") for c in controllers], 2.0, 0.2,
                             fetcher=fetcher, applier=applier or Applier(), clock=lambda: NOW)
     agent.record_identity()
     return agent, fetcher
