@@ -245,6 +245,8 @@ def test_trace_runs_the_hosts_own_ruleset_in_the_kernel(world):
     dropped = _trace(fleet, tmp, "10.77.0.1", "10.77.0.2", "tcp/5432")
     assert (dropped["direction"], dropped["allowed"], dropped["decided_by"]) == ("ingress", False, ["rule_1024_in"])
     assert dropped["ruleset"] == "serial 1 mode=enforce"
+    six = _trace(fleet, tmp, fleet.addr6("ctl"), fleet.addr6("host"), "tcp/5432")
+    assert (six["allowed"], six["decided_by"]) == (False, ["rule_1024_in"])
     allowed = _trace(fleet, tmp, "10.77.0.1", "10.77.0.2", "tcp/8080")
     assert allowed["allowed"] and allowed["result"] == "open"
     assert not _trace(fleet, tmp, "10.77.0.1", "10.77.0.2", "tcp/7001")["allowed"]

@@ -313,6 +313,43 @@ def test_bypass_works_with_every_controller_unreachable():
         host("agt-01").ansible("mseg.fleet.probe_listener", "state=stopped", check=False)
 
 
+def test_trace_on_the_host_names_the_deciding_rule():
+    def trace(src, dst, port):
+        out = host("agt-01").run("mseg trace --src %s --dst %s --port %s --json" % (src, dst, port))
+        assert out.rc in (0, 3), out.stderr
+        return json.loads(out.stdout)
+
+    ssh = trace(ADDRESS["agt-02"], ADDRESS["agt-01"], "tcp/22")
+    assert (ssh["direction"], ssh["allowed"], ssh["decided_by"]) == ("ingress", True, ["rule_20_in"])
+    db = trace(ADDRESS["agt-02"], ADDRESS["agt-01"], "tcp/5432")
+    assert (db["allowed"], db["decided_by"]) == (False, ["default_in"])
+    out = trace(ADDRESS["agt-01"], CONTROLLERS["agt-ctl-01"], "tcp/8443")
+    assert (out["direction"], out["allowed"], out["decided_by"]) == ("egress", True, ["rule_10_out"])
+    # what trace predicts is what the live table does
+    host("agt-01").ansible("mseg.fleet.probe_listener", "ports=tcp/5432 duration=120 hostname=agt-01", check=False)
+    try:
+        assert probe("agt-02", "agt-01", "tcp/5432") == "timeout"
+    finally:
+        host("agt-01").ansible("mseg.fleet.probe_listener", "state=stopped", check=False)
+
+
+def test_rollback_holds_the_previous_bundle_until_cleared():
+    node = host("agt-01")
+    current = status("agt-01")
+    previous = json.loads(node.check_output("cat /var/lib/mseg-agent/previous.meta.json"))["serial"]
+    assert previous < current["serial"]
+    assert "rolled back to the previous bundle" in node.check_output("mseg rollback")
+    st = status("agt-01")
+    assert st["override"]["kind"] == "rollback" and st["override"]["bundle"]["serial"] == previous
+    assert st["serial"] == current["serial"]  # the highest accepted serial never goes down
+    assert "rule_%d_in" % (1000 + _generation[0]) not in node.check_output("nft list table inet mseg")
+    assert "local override: rollback to serial %d" % previous in runtime_log("agt-01")
+    node.check_output("mseg mode clear")
+    wait_for("the current bundle again", lambda: "rule_%d_in" % (1000 + _generation[0]) in node.check_output(
+        "nft list table inet mseg"))
+    assert status("agt-01")["override"] is None
+
+
 # --------------------------------------------------------------------------- boot
 
 
