@@ -67,9 +67,22 @@ def _verify(body, host=AGENT):
     return bundle.verify(body.encode(), _public_key(), host, None, time.time())
 
 
-def _vip_holder():
-    holders = [name for name in CONTROLLERS if VIP in _host(name).check_output("ip -4 -o addr show")]
-    assert len(holders) == 1, "the VIP must be on exactly one replica, found %s" % holders
+def _diagnostics():
+    """Service states and recent journal of both replicas, for an assertion message."""
+    return "\n".join(_host(name).run(
+        "systemctl is-active nginx keepalived; journalctl --no-pager -n 15 -u nginx -u keepalived "
+        "-u mseg-controller-tls").stdout for name in CONTROLLERS)
+
+
+def _vip_holder(wait=10.0):
+    """The replica holding the VIP; a takeover in progress (no holder for a moment) is waited for."""
+    deadline = time.time() + wait
+    while True:
+        holders = [name for name in CONTROLLERS if VIP in _host(name).check_output("ip -4 -o addr show")]
+        if len(holders) == 1 or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(holders) == 1, "the VIP must be on exactly one replica, found %s\n%s" % (holders, _diagnostics())
     return holders[0]
 
 
@@ -83,8 +96,9 @@ def _publish(*args):
 
 
 def _serial(name):
-    body = _host(name).check_output("%s https://%s/v1/release" % (CURL, name))
-    return json.loads(body)["serial"]
+    run = _host(name).run("%s https://%s/v1/release" % (CURL, name))
+    assert run.rc == 0, "%s does not answer on 443: %s\n%s" % (name, run.stderr, _diagnostics())
+    return json.loads(run.stdout)["serial"]
 
 
 @pytest.mark.parametrize("target", list(CONTROLLERS) + [VIP])
@@ -202,6 +216,19 @@ def test_a_forged_release_is_refused_and_logged():
     assert "refused /root/forged.json (signature mismatch): release" in log and "agent-01" in log
 
 
+def test_nginx_reloads_when_the_crl_is_rewritten():
+    """rotate_certs rewrites crl.pem; the path unit reloads nginx (new workers) so the new CRL is enforced."""
+    ctl = _host("ctl-02")
+    workers = "pgrep -x -P $(cat /run/nginx.pid) nginx | sort"
+    before = ctl.check_output(workers)
+    ctl.check_output("cp %s/crl.pem /root/crl.pem && cp /root/crl.pem %s/crl.pem", TLS, TLS)
+    deadline = time.time() + 20
+    while time.time() < deadline and ctl.check_output(workers) == before:
+        time.sleep(0.5)
+    assert ctl.check_output(workers) != before
+    assert ctl.service("mseg-controller-tls.path").is_running
+
+
 def test_the_role_leaves_nftables_alone():
     for name in CONTROLLERS:
         assert _host(name).run("nft list table inet mseg").rc != 0
@@ -226,7 +253,7 @@ def _measure_gap(host, stop, start):
     time.sleep(2)
     _host(holder).check_output(stop)
     deadline = time.time() + 30
-    while time.time() < deadline and _vip_holder() == holder:
+    while time.time() < deadline and VIP in _host(holder).check_output("ip -4 -o addr show"):
         time.sleep(0.5)
     time.sleep(3)
     _stop_loop(host, "mseg-vip-poll")
