@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import ssl
 import subprocess
 import sys
@@ -96,8 +97,6 @@ def _client_process(args, pipe_w):
 
 def run_client(args):
     """Fork ``args.processes`` workers sharing the connections; print one JSON result."""
-    import resource  # pylint: disable=import-outside-toplevel  (POSIX only, like the lab hosts)
-
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     per = max(1, args.connections // args.processes)
