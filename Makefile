@@ -62,12 +62,15 @@ demo-render: setup ## render the example inventory (no hosts needed): ruleset su
 	@ansible-playbook -i inventories/example playbooks/demo.yml
 
 .PHONY: test
+TEST_STAGES := unit integration sanity lint molecule
 test: setup ## run every test: unit, integration (real nftables in network namespaces), sanity, lint, molecule
-	@$(MAKE) --no-print-directory unit
-	@$(MAKE) --no-print-directory integration
-	@$(MAKE) --no-print-directory sanity
-	@$(MAKE) --no-print-directory lint
-	@$(MAKE) --no-print-directory molecule
+	@failed=""; for stage in $(TEST_STAGES); do \
+	  start=$$(date +%s); \
+	  $(MAKE) --no-print-directory $$stage || failed="$$failed $$stage"; \
+	  echo ">>> stage $$stage took $$(( $$(date +%s) - start )) s"; \
+	done; \
+	if [ -n "$$failed" ]; then echo ">>> make test FAILED in:$$failed"; exit 1; fi; \
+	echo ">>> make test: every stage passed"
 
 # ---------------------------------------------------------------- the lab (local virtual fleet)
 
