@@ -227,14 +227,10 @@ def parse_hosts(raw_hosts):
     for name in sorted(raw_hosts):
         raw = raw_hosts[name]
         tags = raw.get("tags") or {}
-        if not isinstance(tags, dict):
-            problems.append("host %s: mseg_tags: expected a mapping of label to value; got %s"
-                            % (name, _describe(tags)))
-            tags = {}
-        clean_tags = {}
-        for key, values in tags.items():
-            clean_tags[key] = values if isinstance(values, frozenset) else frozenset(
-                v for v in (tag_value(x) for x in _as_list(values)) if v is not None)
+        if isinstance(tags, dict) and all(isinstance(v, frozenset) for v in tags.values()):
+            clean_tags = dict(tags)  # already merged by merge_tags
+        else:
+            clean_tags = dict(_tag_layer(problems, "host %s: mseg_tags" % name, tags))
         mode = raw.get("mode")
         if mode is None:
             mode = DEFAULT_MODE

@@ -94,6 +94,17 @@ def test_every_host_problem_is_reported_at_once():
     ]
 
 
+def test_bad_tags_given_directly_are_reported():
+    hosts = {"a": {"tags": {"role": {"nested": 1}}, "addresses": ["10.1.0.1"]},
+             "b": {"tags": ["role=web"], "addresses": ["10.1.0.2"]}}
+    with pytest.raises(MsegError) as raised:
+        compile_fleet({"rules": []}, hosts)
+    assert raised.value.messages == [
+        "host a: mseg_tags.role: value a mapping is not a string or number",
+        "host b: mseg_tags: expected a mapping of label to value, e.g. {role: web, env: prod}; got a list",
+    ]
+
+
 def test_group_selector_and_not_tags():
     hosts = {
         "a": {"tags": {"role": "web"}, "groups": ["web", "dmz"], "addresses": ["10.1.0.1"]},
