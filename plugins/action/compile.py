@@ -20,6 +20,7 @@ ARGUMENT_SPEC = {
     "tags": {"type": "dict", "default": {}},
     "render_dir": {"type": "path"},
     "return_rulesets": {"type": "bool", "default": False},
+    "other_modes": {"type": "list", "elements": "str", "default": [], "choices": ["observe", "enforce"]},
 }
 
 
@@ -54,6 +55,10 @@ class ActionModule(FleetAction):
                       warnings_list=fleet.warnings, files=files)
         if args["return_rulesets"]:
             result["rulesets"] = rulesets
+        if args["other_modes"]:
+            result["mode_rulesets"] = {
+                name: {mode: render_plan(fleet.plans[name]._replace(mode=mode))[0] for mode in args["other_modes"]}
+                for name in names}
         return result
 
     @staticmethod

@@ -52,6 +52,15 @@ options:
       - Return the rendered rulesets in C(rulesets), keyed by inventory hostname.
     type: bool
     default: false
+  other_modes:
+    description:
+      - Also render every host's ruleset as it would be in these modes, whatever the host's own mode, and return
+        them in RV(mode_rulesets). Signed bundles carry them so that the agent on a host can switch mode locally
+        (C(mseg mode observe)) without reaching a controller.
+    type: list
+    elements: str
+    choices: [observe, enforce]
+    default: []
 attributes:
   check_mode:
     support: full
@@ -114,6 +123,11 @@ rulesets:
   description: The rendered C(nft -f) files, keyed by inventory hostname.
   returned: when O(return_rulesets=true)
   type: dict
+mode_rulesets:
+  description: Per host, the rendered ruleset for each mode in O(other_modes).
+  returned: when O(other_modes) is not empty
+  type: dict
+  sample: {"web-01": {"observe": "...", "enforce": "..."}}
 problems:
   description: Every problem found in the policy or inventory, one sentence each.
   returned: failure
