@@ -519,6 +519,8 @@ class Agent:
     def effective_mode(meta, override):
         if override and override.get("kind") == "bypass":
             return "bypass"
+        if override and override.get("kind") == "mode":
+            return override.get("mode")
         if override and override.get("kind") == "rollback":
             return (override.get("bundle") or {}).get("mode")
         return (meta.get("bundle") or {}).get("mode")
@@ -546,9 +548,28 @@ class Agent:
                                  unit_dir=None, lock_timeout=60)
         return engine.apply(request)
 
+    @staticmethod
+    def ruleset_in_mode(item, mode):
+        """The bundle's ruleset rendered for ``mode``: its own, or one it carries for a local mode switch."""
+        if item.mode == mode:
+            return item.ruleset
+        ruleset = (item.mode_rulesets or {}).get(mode)
+        if ruleset is None:
+            raise AgentError("bundle serial %d carries no %s ruleset (it was published without mode_rulesets); "
+                             "publish again with mseg.fleet.publish, or change mseg_mode for this host and publish"
+                             % (item.serial, mode))
+        return ruleset
+
     def desired(self):
         """What the kernel should run now: (ruleset text, description) or (None, reason)."""
         override = self.state.read_json("override.json")
+        if override and override.get("kind") == "mode":
+            _raw, item = self.verify_stored("current.json")
+            if item is None:
+                raise AgentError("no bundle received yet, so there is no policy to run in %s mode"
+                                 % override.get("mode"))
+            return self.ruleset_in_mode(item, override.get("mode")), "serial %d mode=%s (local override)" % (
+                item.serial, override.get("mode"))
         if override and override.get("kind") == "bypass":
             return render.bypass_ruleset(self.host), "bypass (local override)"
         if override and override.get("kind") == "rollback":
@@ -589,24 +610,25 @@ class Agent:
                                                "msg": exc.reason, "source": source})
                 return "refused"
             override = self.state.read_json("override.json")
-            if not override:
+            local_mode = override.get("mode") if override and override.get("kind") == "mode" else None
+            if not override or local_mode:
                 try:
-                    result = self.applier(item.ruleset)
-                except engine.ApplyError as exc:
+                    result = self.applier(self.ruleset_in_mode(item, local_mode) if local_mode else item.ruleset)
+                except (engine.ApplyError, AgentError) as exc:
                     self.log.error("bundle serial %d from %s could not be applied: %s; the previous policy stays",
                                    item.serial, source, exc)
                     self.update_status(last_error={"at": utcnow_text(self.clock()), "kind": "apply",
                                                    "msg": str(exc), "source": source})
                     return "failed"
             self._store(raw, item, meta)
-            if override:
+            if override and not local_mode:
                 self.log.warning("bundle serial %d mode=%s from %s verified and kept, not applied: local override "
                                  "%s holds (clear it with 'mseg mode clear')", item.serial, item.mode, source,
                                  override.get("kind"))
                 self.update_status(last_error=None)
                 return "held"
-            self.log.info("bundle serial %d mode=%s policy=%s from %s applied (%s)", item.serial, item.mode,
-                          item.policy_digest[:16], source, result.get("msg"))
+            self.log.info("bundle serial %d mode=%s policy=%s from %s applied (%s)", item.serial,
+                          local_mode or item.mode, item.policy_digest[:16], source, result.get("msg"))
             self.update_status(last_error=None, last_apply={
                 "at": utcnow_text(self.clock()), "epoch": self.clock(),
                 "what": "serial %d mode=%s" % (item.serial, item.mode),
@@ -722,6 +744,12 @@ class Agent:
             self.log.warning("local override %s cleared by %s; following the controllers again",
                              previous.get("kind"), who)
             return self.apply_desired("override cleared"), "cleared the local override %s" % previous.get("kind")
+
+    def set_mode(self, mode, who):
+        """A local observe/enforce override: the host runs its policy in that mode, new bundles included."""
+        self.log.warning("local override: mode %s set by %s (bundles are applied in %s mode until 'mseg mode "
+                         "clear')", mode, who, mode)
+        return self.set_override({"kind": "mode", "mode": mode}, who)
 
     def bypass(self, who):
         self.log.warning("local override: mode bypass set by %s (the table accepts everything until "
@@ -1078,7 +1106,8 @@ def _parser(prog):
     sub.add_parser("restore", help="apply the last good bundle (or the local override) once; used at boot")
     status = sub.add_parser("status", help="mode, serial, policy hash, last poll, per-rule counters")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
-    mode = sub.add_parser("mode", help="set a local mode override: bypass; clear to follow the controllers again")
+    mode = sub.add_parser("mode", help="set a local mode override (bypass, observe, enforce); clear to follow the "
+                                       "controllers again")
     mode.add_argument("mode", choices=("bypass", "observe", "enforce", "clear"))
     sub.add_parser("rollback", help="apply the previous good bundle and hold it until 'mode clear'")
     trace = sub.add_parser("trace", help="send one real packet through this host's ruleset in scratch namespaces")
@@ -1155,14 +1184,6 @@ def _cli(args, argv):
                 result["result"], result["ruleset"], ", ".join(result["decided_by"]) or "the chain policy",
                 "; logged by %s" % ", ".join(result["logged_by"]) if result["logged_by"] else ""))
         return 0 if result["allowed"] else 3
-    if args.command == "mode" and args.mode in ("observe", "enforce"):
-        status = State(args.state_dir).read_json("status.json") or {}
-        bundle_mode = (status.get("bundle") or {}).get("mode")
-        raise AgentError(
-            "a local %s override is not possible: the host holds only the ruleset the controllers signed for it "
-            "(mode=%s), and the agent never renders policy itself. Use 'mseg mode clear' to follow the controllers "
-            "again, or change mseg_mode for this host and publish (ansible-playbook mseg.fleet.publish)"
-            % (args.mode, bundle_mode))
     _as_agent_user(args.state_dir, argv)
     who = os.environ.get("MSEG_OPERATOR") or _operator()
     log_file = args.log_file or DEFAULT_LOG_FILE
@@ -1174,6 +1195,10 @@ def _cli(args, argv):
     elif args.mode == "bypass":
         result = agent.bypass(who)
         _say("mode bypass set locally: %s; 'mseg mode clear' returns to the controllers' policy" % result.get("msg"))
+    elif args.mode in ("observe", "enforce"):
+        result = agent.set_mode(args.mode, who)
+        _say("mode %s set locally: %s; 'mseg mode clear' returns to the controllers' mode"
+             % (args.mode, result.get("msg") if result else "no bundle yet"))
     else:
         result, message = agent.clear_override(who)
         _say(message + (": %s" % result.get("msg") if result else ""))

@@ -44,10 +44,14 @@ _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")
 _PAYLOAD_KEYS = frozenset(("format", "host", "serial", "policy_digest", "mode", "created_at",
                            "valid_until", "ruleset", "ruleset_sha256"))
+# The host's ruleset rendered for the other modes (observe, enforce), so its agent can switch mode locally.
+_OPTIONAL_PAYLOAD_KEYS = frozenset(("mode_rulesets",))
+LOCAL_MODES = ("observe", "enforce")
 _ENVELOPE_KEYS = frozenset(("format", "key_id", "payload", "signature"))
 
 Bundle = collections.namedtuple("Bundle", ("format", "host", "serial", "policy_digest", "mode", "created_at",
-                                           "valid_until", "ruleset", "ruleset_sha256", "key_id"))
+                                           "valid_until", "ruleset", "ruleset_sha256", "key_id", "mode_rulesets"),
+                                defaults=(None,))
 
 
 class BundleError(Exception):
@@ -99,8 +103,16 @@ def canonical_json(data):
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def make_payload(host, serial, policy_digest, mode, ruleset, created_at, valid_until):
-    """Return the canonical payload bytes for one host. Raises ValueError on input that cannot be signed."""
+def _valid_mode_rulesets(value):
+    return isinstance(value, dict) and set(value) <= set(LOCAL_MODES) and all(
+        isinstance(text, str) and text for text in value.values())
+
+
+def make_payload(host, serial, policy_digest, mode, ruleset, created_at, valid_until, mode_rulesets=None):
+    """Return the canonical payload bytes for one host. Raises ValueError on input that cannot be signed.
+
+    ``mode_rulesets`` optionally maps observe/enforce to the host's ruleset rendered in that mode.
+    """
     if not isinstance(host, str) or not _HOST_RE.match(host):
         raise ValueError("host %r is not an inventory host name" % (host,))
     if isinstance(serial, bool) or not isinstance(serial, int) or serial < 1:
@@ -116,7 +128,9 @@ def make_payload(host, serial, policy_digest, mode, ruleset, created_at, valid_u
     if until <= created:
         raise ValueError("valid_until (%s) must be later than created_at (%s)"
                          % (_format_time(until, "valid_until"), _format_time(created, "created_at")))
-    return canonical_json({
+    if mode_rulesets and not _valid_mode_rulesets(mode_rulesets):
+        raise ValueError("mode_rulesets for %s must map observe/enforce to non-empty rulesets" % host)
+    payload = {
         "format": FORMAT,
         "host": host,
         "serial": serial,
@@ -126,7 +140,10 @@ def make_payload(host, serial, policy_digest, mode, ruleset, created_at, valid_u
         "valid_until": _format_time(until, "valid_until"),
         "ruleset": ruleset,
         "ruleset_sha256": hashlib.sha256(ruleset.encode("utf-8")).hexdigest(),
-    })
+    }
+    if mode_rulesets:
+        payload["mode_rulesets"] = dict(mode_rulesets)
+    return canonical_json(payload)
 
 
 def require_cryptography():
@@ -192,9 +209,10 @@ def envelope(payload, signature, key_id_hex):
     })
 
 
-def make_envelope(host, serial, policy_digest, mode, ruleset, created_at, valid_until, private_key_pem):
+def make_envelope(host, serial, policy_digest, mode, ruleset, created_at, valid_until, private_key_pem,
+                  mode_rulesets=None):
     """Payload, signature and envelope in one call (what the control node does for every host)."""
-    payload = make_payload(host, serial, policy_digest, mode, ruleset, created_at, valid_until)
+    payload = make_payload(host, serial, policy_digest, mode, ruleset, created_at, valid_until, mode_rulesets)
     return envelope(payload, sign(payload, private_key_pem), key_id(public_key_pem(private_key_pem)))
 
 
@@ -207,14 +225,14 @@ def _b64(text, what):
         raise BundleError("the bundle's %s is not valid base64" % what, "format")
 
 
-def _json_object(data, what, keys):
+def _json_object(data, what, keys, optional=frozenset()):
     try:
         value = json.loads(_bytes(data).decode("utf-8"))
     except (ValueError, UnicodeDecodeError, AttributeError) as exc:
         raise BundleError("the %s is not UTF-8 JSON (%s)" % (what, exc), "format")
     if not isinstance(value, dict):
         raise BundleError("the %s is not a JSON object" % what, "format")
-    if set(value) != keys:
+    if not keys <= set(value) <= keys | optional:
         raise BundleError("the %s has fields %s, expected %s" % (what, ", ".join(sorted(value)),
                                                                  ", ".join(sorted(keys))), "format")
     if value["format"] != FORMAT or isinstance(value["format"], bool):
@@ -245,7 +263,9 @@ def verify(envelope_bytes, public_key_pem_bytes, host, last_serial, now, max_ske
     except InvalidSignature:
         raise BundleError("the bundle's signature does not match its payload and the trusted key %s "
                           "(signature mismatch)" % expected_id, "signature")
-    fields = _json_object(payload, "bundle payload", _PAYLOAD_KEYS)
+    fields = _json_object(payload, "bundle payload", _PAYLOAD_KEYS, _OPTIONAL_PAYLOAD_KEYS)
+    if "mode_rulesets" in fields and not _valid_mode_rulesets(fields["mode_rulesets"]):
+        raise BundleError("the bundle payload's mode_rulesets is malformed", "format")
     try:
         created = parse_time(fields["created_at"])
         until = parse_time(fields["valid_until"])

@@ -77,13 +77,22 @@ def _read_json(path):
         raise ReleaseError("%s is not valid JSON (%s); remove it to start a new release history" % (path, exc))
 
 
-def _fingerprint(rulesets, modes):
-    return dict((host, {"mode": modes[host], "ruleset_sha256": hashlib.sha256(rulesets[host].encode("utf-8"))
-                        .hexdigest()}) for host in rulesets)
+def _sha256(text):
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _fingerprint(rulesets, modes, mode_rulesets):
+    prints = {}
+    for host in rulesets:
+        prints[host] = {"mode": modes[host], "ruleset_sha256": _sha256(rulesets[host])}
+        others = mode_rulesets.get(host)
+        if others:
+            prints[host]["mode_rulesets_sha256"] = dict((mode, _sha256(text)) for mode, text in others.items())
+    return prints
 
 
 def sign_release(state_dir, private_key_pem, rulesets, modes, policy_digest, validity, renew, now=None,
-                 keep=5, check_mode=False):
+                 keep=5, check_mode=False, mode_rulesets=None):
     """Return ``(changed, info)``; sign and record a new release when one is needed.
 
     ``info``: ``serial``, ``archive`` (path of the release archive), ``created_at``, ``valid_until``,
@@ -98,7 +107,8 @@ def sign_release(state_dir, private_key_pem, rulesets, modes, policy_digest, val
         raise ReleaseError("the renewal margin (%d s) must be shorter than the validity (%d s)" % (renew, validity))
     now = int(time.time() if now is None else now)
     kid = bundle.key_id(bundle.public_key_pem(private_key_pem))
-    fingerprint = _fingerprint(rulesets, modes)
+    mode_rulesets = mode_rulesets or {}
+    fingerprint = _fingerprint(rulesets, modes, mode_rulesets)
     state = _read_json(os.path.join(state_dir, "state.json")) or {}
     last_serial = int(state.get("serial", 0))
 
@@ -132,7 +142,8 @@ def sign_release(state_dir, private_key_pem, rulesets, modes, policy_digest, val
     for host in sorted(rulesets):
         try:
             bundles[host] = bundle.make_envelope(host, serial, policy_digest, modes[host], rulesets[host],
-                                                 created_at, valid_until, private_key_pem).decode("utf-8")
+                                                 created_at, valid_until, private_key_pem,
+                                                 mode_rulesets.get(host)).decode("utf-8")
         except ValueError as exc:
             raise ReleaseError("cannot sign the bundle for %s: %s" % (host, exc))
     meta = {"serial": serial, "policy_digest": policy_digest, "key_id": kid, "created_at": created_at,

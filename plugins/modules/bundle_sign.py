@@ -75,6 +75,13 @@ options:
     description: Release archives to keep on the control node.
     type: int
     default: 5
+  mode_rulesets:
+    description:
+      - Per host, its ruleset rendered for other modes (C(mode_rulesets) returned by C(mseg.fleet.compile) with
+        C(other_modes=[observe, enforce])). Each bundle then carries them, signed, so that C(mseg mode observe) or
+        C(mseg mode enforce) on the host can switch mode without a controller.
+    type: dict
+    default: {}
 seealso:
   - module: mseg.fleet.bundle_release
   - module: mseg.fleet.compile
@@ -152,6 +159,7 @@ def main():
             validity=dict(type="int", default=604800),
             renew=dict(type="int", default=302400),
             keep=dict(type="int", default=5),
+            mode_rulesets=dict(type="dict", default={}),
         ),
         supports_check_mode=True,
     )
@@ -172,7 +180,8 @@ def main():
     try:
         changed, info = sign_release(params["state_dir"], key, params["rulesets"], modes,
                                      params["policy_digest"], params["validity"], params["renew"],
-                                     keep=params["keep"], check_mode=module.check_mode)
+                                     keep=params["keep"], check_mode=module.check_mode,
+                                     mode_rulesets=params["mode_rulesets"])
     except (ReleaseError, ValueError) as exc:
         module.fail_json(msg="mseg.fleet.bundle_sign: %s" % exc)
     module.exit_json(changed=changed, **info)

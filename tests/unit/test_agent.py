@@ -35,9 +35,10 @@ KEY, PUB = _key()
 OTHER_KEY, _OTHER_PUB = _key()
 
 
-def envelope(serial, host="web-01", mode="enforce", key=KEY, created=NOW - 60, until=NOW + 3600, ruleset=None):
+def envelope(serial, host="web-01", mode="enforce", key=KEY, created=NOW - 60, until=NOW + 3600, ruleset=None,
+             mode_rulesets=None):
     return bundle.make_envelope(host, serial, "d" * 64, mode, ruleset or RULESET + "# serial %d\n" % serial,
-                                created, until, key)
+                                created, until, key, mode_rulesets)
 
 
 class Fetcher:
@@ -308,7 +309,41 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("mseg: ") and "the agent has not run" in err and "Traceback" not in err
     assert agent_mod.main(["--state-dir", str(tmp_path), "mode", "observe"]) == 1
-    assert "never renders policy itself" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("mseg: ") and "the agent has never started on this host" in err
+
+
+def test_local_observe_mode_runs_the_signed_observe_ruleset_until_cleared(tmp_path, log):
+    def observe(serial):
+        return RULESET + "# serial %d observe\n" % serial
+
+    agent, fetcher = make_agent(tmp_path, log, {"c1": (200, envelope(5, mode_rulesets={"observe": observe(5)}),
+                                                       None)})
+    agent.poll_once()
+    agent.set_mode("observe", "alice")
+    assert agent.applier.applied[-1] == observe(5)
+    assert agent.state.read_json("status.json")["mode"] == "observe"
+    # a new bundle is applied in the locally chosen mode
+    fetcher.answers["c1"] = (200, envelope(6, mode_rulesets={"observe": observe(6)}), None)
+    assert agent.poll_once() == "applied"
+    assert agent.applier.applied[-1] == observe(6)
+    # a restart keeps it; clearing returns to the mode the controllers signed
+    again, _f = make_agent(tmp_path, log, {"c1": (304, b"", None)})
+    again.apply_desired("start")
+    assert again.applier.applied[-1] == observe(6)
+    _result, message = again.clear_override("alice")
+    assert message == "cleared the local override mode"
+    assert again.applier.applied[-1] == RULESET + "# serial 6\n"
+    assert "mode observe set by alice" in log.stream.getvalue()
+
+
+def test_local_mode_needs_a_bundle_that_carries_it(tmp_path, log):
+    agent, _fetcher = make_agent(tmp_path, log, {"c1": (200, envelope(5), None)})
+    agent.poll_once()
+    with pytest.raises(agent_mod.AgentError, match="carries no observe ruleset"):
+        agent.set_mode("observe", "alice")
+    assert agent.state.read_json("override.json") is None
+    assert agent.applier.applied[-1] == RULESET + "# serial 5\n"
 
 
 def test_logger_writes_runtime_log(tmp_path):

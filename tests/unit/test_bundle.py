@@ -208,3 +208,23 @@ def test_keys_of_the_wrong_kind_are_refused(tmp_path):
 def test_unknown_error_kind_is_a_programming_error():
     with pytest.raises(ValueError, match="unknown BundleError kind"):
         raise bundle.BundleError("x", "other")
+
+
+def test_mode_rulesets_travel_signed():
+    key = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    others = {"observe": "table inet mseg {}\n# observe\n"}
+    raw = bundle.make_envelope("web-01", 3, "d" * 64, "enforce", "table inet mseg {}\n", 1_800_000_000,
+                               1_800_003_600, key, others)
+    item = bundle.verify(raw, bundle.public_key_pem(key), "web-01", None, 1_800_000_100)
+    assert item.mode_rulesets == others
+    # changing them breaks the signature
+    outer = json.loads(raw)
+    payload = json.loads(base64.b64decode(outer["payload"]))
+    payload["mode_rulesets"]["observe"] = "table inet mseg {}\n# forged\n"
+    outer["payload"] = base64.b64encode(bundle.canonical_json(payload)).decode()
+    with pytest.raises(bundle.BundleError) as raised:
+        bundle.verify(json.dumps(outer).encode(), bundle.public_key_pem(key), "web-01", None, 1_800_000_100)
+    assert raised.value.kind == "signature"
+    with pytest.raises(ValueError, match="must map observe/enforce"):
+        bundle.make_payload("web-01", 3, "d" * 64, "enforce", "x", 1_800_000_000, 1_800_003_600, {"bypass": "x"})

@@ -307,6 +307,13 @@ def test_bypass_works_with_every_controller_unreachable():
         assert "mode bypass set by" in runtime_log("agt-01")
         assert "cleared the local override bypass" in host("agt-01").check_output("mseg mode clear")
         assert probe("agt-02", "agt-01", "tcp/5432") == "timeout"
+        # observe locally: the signed observe ruleset lets the flow through (audited); clear drops it again
+        assert "mode observe set locally" in host("agt-01").check_output("mseg mode observe")
+        assert probe("agt-02", "agt-01", "tcp/5432") == "open"
+        assert "[MSEG-AUDIT]" in host("agt-01").check_output("nft list table inet mseg")
+        assert status("agt-01")["mode"] == "observe"
+        assert "cleared the local override mode" in host("agt-01").check_output("mseg mode clear")
+        assert probe("agt-02", "agt-01", "tcp/5432") == "timeout"
     finally:
         host("agt-01").check_output("mseg mode clear")
         services("start", "nginx", "keepalived")
