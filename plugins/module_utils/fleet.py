@@ -32,11 +32,12 @@ MANAGEMENT_KEYS = ("cidr", "ports")
 class AddressSet(object):
     """An immutable set of addresses, merged into the fewest prefixes, shared by every plan that uses it."""
 
-    __slots__ = ("key", "ipset", "v4", "v6", "full_v4", "full_v6")
+    __slots__ = ("key", "ipset", "v4", "v6", "full_v4", "full_v6", "memo")
 
     def __init__(self, key, ipset):
         self.key = key
         self.ipset = ipset
+        self.memo = {}  # for renderers: what they derive from this set once, shared by every host using it
         self.v4 = []
         self.v6 = []
         for cidr in ipset.iter_cidrs():

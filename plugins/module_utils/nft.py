@@ -29,6 +29,26 @@ def quote(text):
     return '"%s"' % text
 
 
+class Elements(object):
+    """Set elements, immutable; their text is formatted once however many tables share them."""
+
+    __slots__ = ("items", "_text")
+
+    def __init__(self, items):
+        self.items = tuple(items)
+        self._text = {}
+
+    def __len__(self):
+        return len(self.items)
+
+    def text(self, pad):
+        if pad not in self._text:
+            lines = [", ".join(self.items[i:i + ELEMENTS_PER_LINE])
+                     for i in range(0, len(self.items), ELEMENTS_PER_LINE)]
+            self._text[pad] = "%selements = { %s }" % (pad, (",\n%s\t     " % pad).join(lines))
+        return self._text[pad]
+
+
 class Set(object):
     """A named set: ``type`` such as ``ipv4_addr`` or ``ipv4_addr . inet_service``; ``flags`` such as interval."""
 
@@ -38,7 +58,7 @@ class Set(object):
         self.name = _check_ident(name)
         self.type = type_
         self.flags = tuple(flags)
-        self.elements = list(elements)
+        self.elements = elements if isinstance(elements, Elements) else Elements(elements)
 
     def render(self, out, indent):
         pad = indent + "\t"
@@ -47,9 +67,7 @@ class Set(object):
         if self.flags:
             out.append("%sflags %s" % (pad, ",".join(self.flags)))
         if self.elements:
-            lines = [", ".join(self.elements[i:i + ELEMENTS_PER_LINE])
-                     for i in range(0, len(self.elements), ELEMENTS_PER_LINE)]
-            out.append("%selements = { %s }" % (pad, (",\n%s\t     " % pad).join(lines)))
+            out.append(self.elements.text(pad))
         out.append("%s}" % indent)
 
 

@@ -15,6 +15,7 @@ an unconditional counted drop. In observe mode the same chain logs ``[MSEG-AUDIT
 
 from __future__ import annotations
 
+import functools
 import heapq
 import socket
 
@@ -41,10 +42,14 @@ _DIRECTION = {
 }
 
 
-def _set_elements(table, name, addresses, version):
+def _set_elements(table, name, address_set, version):
+    """Declare the interval set ``name`` holding one family of ``address_set``; returns ``@name``."""
     _proto, _nfproto, addr_type, _icmp = _FAMILY[version]
     if name not in table.sets:
-        table.add_set(nft.Set(name, addr_type, ("interval",), addresses))
+        elements = address_set.memo.get(("nft", version))
+        if elements is None:
+            elements = address_set.memo[("nft", version)] = nft.Elements(address_set.family(version))
+        table.add_set(nft.Set(name, addr_type, ("interval",), elements))
     return "@" + name
 
 
@@ -52,10 +57,14 @@ def _inline(addresses):
     return addresses[0] if len(addresses) == 1 else "{ %s }" % ", ".join(addresses)
 
 
+@functools.lru_cache(maxsize=4096)
 def port_matches(ports, version):
-    """The layer-4 matches for a port list: one per protocol, or [""] when every protocol matches."""
+    """The layer-4 matches for a port list: one per protocol, or ("",) when every protocol matches.
+
+    Many hosts receive the same rule: the matches of a port list are computed once (ports are hashable tuples).
+    """
     if ports is None:
-        return [""]
+        return ("",)
     matches = []
     for proto in sorted({p.proto for p in ports}):
         specs = [p for p in ports if p.proto == proto]
@@ -66,7 +75,7 @@ def port_matches(ports, version):
         else:
             items = ["%d" % p.first if p.first == p.last else "%d-%d" % (p.first, p.last) for p in specs]
             matches.append("%s dport %s" % (proto, _inline(items)))
-    return matches
+    return tuple(matches)
 
 
 def _mgmt_auto_sets(table):
@@ -119,12 +128,11 @@ def _management(table, chain, plan):
     chain.add("ip6 saddr . tcp dport @mgmt_auto_v6 " + counted, "management (controller)")
     for position, entry in enumerate(plan.management):
         for version in (4, 6):
-            addresses = entry.networks.family(version)
-            if not addresses:
+            if not entry.networks.family(version):
                 continue
             proto = _FAMILY[version][0]
-            peer = "%s saddr %s" % (proto, _set_elements(table, "mgmt_%d_v%d" % (position, version), addresses,
-                                                         version))
+            peer = "%s saddr %s" % (proto, _set_elements(table, "mgmt_%d_v%d" % (position, version),
+                                                         entry.networks, version))
             for l4 in port_matches(entry.ports, version):
                 chain.add(" ".join(p for p in (l4, peer, counted) if p), "management")
 
@@ -149,7 +157,7 @@ def _plan_rule(table, chain, item, direction, suffix, peer_field, local_field, o
             peer = "" if local else "meta nfproto %s" % nfproto
         else:
             set_name = "r%d_%s_v%d" % (rule_id, suffix, version)
-            peer = "%s %s %s" % (proto, peer_field, _set_elements(table, set_name, peers, version))
+            peer = "%s %s %s" % (proto, peer_field, _set_elements(table, set_name, item.peers, version))
         for l4 in port_matches(item.ports, version):
             match = " ".join(p for p in (l4, peer, local) if p)
             if item.action == "allow":
