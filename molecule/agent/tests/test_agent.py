@@ -274,6 +274,9 @@ def test_failover_when_the_vip_and_the_first_replica_are_down():
 
 def test_killed_agent_is_restarted_with_the_policy_intact():
     node = host("agt-03")
+    # the previous test ends by publishing again: let agt-03 apply that before the table is measured
+    serial = served("agt-ctl-02", "agt-03")[1]["serial"]
+    wait_for("agt-03 to apply serial %d" % serial, lambda: applied_serial("agt-03", serial), timeout=30)
     before = table_sha("agt-03")
     starts = runtime_log("agt-03").count("mseg-agent starting")
     pid = node.check_output("systemctl show -p MainPID --value mseg-agent")
