@@ -61,17 +61,12 @@ options:
     elements: str
     choices: [observe, enforce]
     default: []
+extends_documentation_fragment:
+  - mseg.fleet.controller_side
 attributes:
   check_mode:
     support: full
     description: Reports whether files in O(render_dir) would change without writing them.
-  diff_mode:
-    support: none
-    description: Nothing on a host changes, so there is nothing to diff.
-  platform:
-    support: full
-    platforms: posix
-    description: Runs on the controller only; it never connects to a host.
 notes:
   - Requires the Python library C(netaddr) on the controller.
 seealso:

@@ -37,17 +37,12 @@ options:
   policy:
     description: The policy document. Defaults to the C(mseg_policy) variable of the host the task runs for.
     type: raw
+extends_documentation_fragment:
+  - mseg.fleet.controller_side
 attributes:
   check_mode:
     support: full
     description: Summarises in check mode too, without writing files.
-  diff_mode:
-    support: none
-    description: Nothing on a host changes.
-  platform:
-    support: full
-    platforms: posix
-    description: Runs on the controller only.
 seealso:
   - module: mseg.fleet.trace
 """

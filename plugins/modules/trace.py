@@ -43,17 +43,12 @@ options:
     description:
       - The policy document. Defaults to the C(mseg_policy) variable of the host the task runs for.
     type: raw
+extends_documentation_fragment:
+  - mseg.fleet.controller_side
 attributes:
   check_mode:
     support: full
     description: Trace never changes anything.
-  diff_mode:
-    support: none
-    description: Nothing on a host changes, so there is nothing to diff.
-  platform:
-    support: full
-    platforms: posix
-    description: Runs on the controller only; it never connects to a host.
 seealso:
   - module: mseg.fleet.compile
 """
