@@ -15,7 +15,7 @@ from collections import namedtuple
 
 from ansible_collections.mseg.fleet.plugins.module_utils.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.policy import (
-    _as_list, _describe, _parse_cidrs, _parse_ports, _unknown_keys, parse_network, parse_policy, tag_value,
+    _as_list, _describe, _parse_cidrs, _parse_ports, _unknown_keys, parse_network, parse_policy, tag_pairs,
 )
 
 try:
@@ -133,20 +133,7 @@ def _tag_layer(problems, where, layer):
         problems.append("%s: expected a mapping of label to value, e.g. {role: web, env: prod}; got %s"
                         % (where, _describe(layer)))
         return []
-    pairs = []
-    for key in sorted(layer, key=str):
-        if not isinstance(key, str) or not key:
-            problems.append("%s: label %s is not a non-empty string" % (where, _describe(key)))
-            continue
-        values = []
-        for item in _as_list(layer[key]):
-            text = tag_value(item)
-            if text is None:
-                problems.append("%s.%s: value %s is not a string or number" % (where, key, _describe(item)))
-            else:
-                values.append(text)
-        pairs.append((key, frozenset(values)))
-    return pairs
+    return tag_pairs(problems, where, layer)
 
 
 def _parse_addresses(problems, name, raw):

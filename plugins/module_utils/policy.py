@@ -159,31 +159,36 @@ def tag_value(value):
     return None
 
 
-def _parse_tag_map(problems, where, data):
-    if not isinstance(data, dict) or not data:
-        problems.append("%s: expected a non-empty mapping of label to value or list of values, "
-                        "e.g. {role: web, env: [prod, stage]}; got %s" % (where, _describe(data)))
-        return ()
+def tag_pairs(problems, where, data):
+    """``(label, frozenset(values))`` for every label of a mapping of labels (a selector's or a host's); one
+    problem for every label or value that is not usable."""
     pairs = []
     for key in sorted(data, key=str):
         if not isinstance(key, str) or not key:
             problems.append("%s: label %s is not a non-empty string" % (where, _describe(key)))
             continue
-        raw = data[key]
         values = []
-        if isinstance(raw, list) and not raw:
-            problems.append("%s.%s: empty list of values; give at least one value" % (where, key))
-            continue
-        for item in _as_list(raw):
+        for item in _as_list(data[key]):
             text = tag_value(item)
             if text is None:
                 problems.append("%s.%s: value %s is not a string or number; write e.g. %s: web" % (
                     where, key, _describe(item), key))
             else:
                 values.append(text)
-        if values:
-            pairs.append((key, frozenset(values)))
-    return tuple(pairs)
+        pairs.append((key, frozenset(values)))
+    return pairs
+
+
+def _parse_tag_map(problems, where, data):
+    if not isinstance(data, dict) or not data:
+        problems.append("%s: expected a non-empty mapping of label to value or list of values, "
+                        "e.g. {role: web, env: [prod, stage]}; got %s" % (where, _describe(data)))
+        return ()
+    empty = sorted(k for k, v in data.items() if isinstance(k, str) and k and isinstance(v, list) and not v)
+    for key in empty:
+        problems.append("%s.%s: empty list of values; give at least one value" % (where, key))
+    rest = dict((k, v) for k, v in data.items() if k not in empty)
+    return tuple((key, values) for key, values in tag_pairs(problems, where, rest) if values)
 
 
 def _parse_names(problems, where, data, what):

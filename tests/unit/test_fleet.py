@@ -39,7 +39,7 @@ def test_bad_tag_layers_are_reported_with_their_origin():
     assert problems == [
         "host h: mseg_tags of group web: expected a mapping of label to value, e.g. {role: web, env: prod}; "
         "got a list",
-        "host h: mseg_tags.role: value a mapping is not a string or number",
+        "host h: mseg_tags.role: value a mapping is not a string or number; write e.g. role: web",
     ]
 
 
@@ -100,7 +100,7 @@ def test_bad_tags_given_directly_are_reported():
     with pytest.raises(MsegError) as raised:
         compile_fleet({"rules": []}, hosts)
     assert raised.value.messages == [
-        "host a: mseg_tags.role: value a mapping is not a string or number",
+        "host a: mseg_tags.role: value a mapping is not a string or number; write e.g. role: web",
         "host b: mseg_tags: expected a mapping of label to value, e.g. {role: web, env: prod}; got a list",
     ]
 
