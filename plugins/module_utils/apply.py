@@ -445,11 +445,12 @@ class Paths:
 
 
 def write_atomic(path, text, mode=0o600):
-    """Write ``text`` to ``path`` so that a reader (or a crash) sees the old or the new file, never a part."""
-    directory = os.path.dirname(path)
+    """Write ``text`` (str or bytes) to ``path`` so that a reader (or a crash) sees the old or the new file,
+    never a part."""
+    directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())

@@ -38,6 +38,7 @@ import tempfile
 import time
 
 from ansible_collections.mseg.fleet.plugins.module_utils import bundle
+from ansible_collections.mseg.fleet.plugins.module_utils.apply import write_atomic
 
 ARCHIVE_FORMAT = 1
 META_NAME = ".release.json"
@@ -49,22 +50,6 @@ class ReleaseError(Exception):
     def __init__(self, message, kind="release"):
         self.kind = kind
         super(ReleaseError, self).__init__(message)
-
-
-def _write_atomic(path, data, mode=0o600):
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _read_json(path):
@@ -152,9 +137,9 @@ def sign_release(state_dir, private_key_pem, rulesets, modes, policy_digest, val
     releases = os.path.join(state_dir, "releases")
     if not os.path.isdir(releases):
         os.makedirs(releases, 0o700)
-    _write_atomic(archive_of(serial), bundle.canonical_json(archive))
+    write_atomic(archive_of(serial), bundle.canonical_json(archive))
     state = dict(meta, hosts=fingerprint)
-    _write_atomic(os.path.join(state_dir, "state.json"), bundle.canonical_json(state))
+    write_atomic(os.path.join(state_dir, "state.json"), bundle.canonical_json(state))
     for name in os.listdir(releases):
         stem = name[:-5] if name.endswith(".json") else ""
         if stem.isdigit() and int(stem) <= serial - keep:

@@ -6,35 +6,24 @@ compile from the inventory."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
+from ansible_collections.mseg.fleet.plugins.module_utils.apply import write_atomic
 from ansible_collections.mseg.fleet.plugins.module_utils.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.fleet import compile_fleet
 from ansible_collections.mseg.fleet.plugins.plugin_utils.inventory import gather_fleet
 
 
 def write_if_changed(path, text):
-    """Write atomically (temp file + rename, 0600); return True if the content changed."""
+    """Write atomically (0600); return True if the content changed."""
     try:
         with open(path, "r", encoding="utf-8") as handle:
             if handle.read() == text:
                 return False
     except (IOError, OSError):
         pass
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".mseg-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o600)
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, text)
     return True
 
 
