@@ -493,8 +493,10 @@ def prepare_state_dir(paths):
         os.chmod(paths.dir, 0o700)
         if os.geteuid() == 0:
             os.chown(paths.dir, 0, 0)
-        write_atomic(os.path.join(paths.dir, ".probe"), "")
-        os.unlink(os.path.join(paths.dir, ".probe"))
+        # a name of its own: two applies may prove the directory at once, before either holds the lock
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=paths.dir)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise ApplyError("cannot write the state directory %s (%s): make it a writable local directory owned by root, "
                          "or point state_dir elsewhere; nothing was applied" % (paths.dir, exc.strerror or exc))

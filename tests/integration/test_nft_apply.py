@@ -344,7 +344,7 @@ def test_concurrent_applies_are_serialised(fleet, dirs):
         thread.start()
     for thread in threads:
         thread.join()
-    assert [result[0] for result in results] == [0, 0], results
+    assert [result[0] for result in results] == [0, 0], [result[1].get("msg") for result in results]
     assert all(result[1]["changed"] for result in results)
     last = 7001 if "tcp dport 7001" in listing(fleet) else 7002
     rc, res = play(fleet, dirs, {"content": ruleset(port=last, extra=1000)})

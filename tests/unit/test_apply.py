@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import threading
 import time
 
 import pytest
@@ -218,6 +219,27 @@ def test_write_atomic_and_state_dir(tmp_path):
     engine.write_atomic(paths.state, "{}")
     assert os.stat(paths.state).st_mode & 0o777 == 0o600
     assert [n for n in os.listdir(paths.dir) if n.startswith(".")] == []
+
+
+def test_state_dir_proved_by_many_applies_at_once(tmp_path):
+    # every apply proves the directory before it takes the lock; a shared probe name made one of two
+    # concurrent applies fail with "cannot write the state directory" (seen in CI)
+    paths = engine.Paths(str(tmp_path / "mseg"), None)
+    errors = []
+
+    def prove():
+        for _ in range(200):
+            try:
+                engine.prepare_state_dir(paths)
+            except engine.ApplyError as exc:
+                errors.append(str(exc))
+    threads = [threading.Thread(target=prove) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert os.listdir(paths.dir) == []
 
 
 def test_unwritable_state_dir(tmp_path):
