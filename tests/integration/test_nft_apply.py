@@ -502,13 +502,16 @@ def test_unconfirmed_apply_rolls_back_by_itself(fleet, dirs):
     armed = json.loads(fleet.run("a", [sys.executable, "-c", code], input=ruleset(port=9090)).stdout)
     assert armed["armed"] is True
     assert listing(fleet) == old_live  # nothing applied before the start signal
+    started = time.monotonic()
     open(armed["go"], "w").close()
     deadline = time.monotonic() + 5
     while "9090" not in (listing(fleet) or "") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "tcp dport 9090" in listing(fleet)
-    time.sleep(3)
+    while listing(fleet) != old_live and time.monotonic() < started + 15:  # 2 s, and slack for a loaded CI host
+        time.sleep(0.1)
     assert listing(fleet) == old_live
+    assert time.monotonic() - started >= 1.9, "rolled back before the 2 s confirm timeout"
     for name, text in old_files.items():
         assert open(os.path.join(dirs["state_dir"], name)).read() == text
     with pytest.raises(engine.ApplyError):
