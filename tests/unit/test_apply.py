@@ -228,12 +228,12 @@ def test_state_dir_proved_by_many_applies_at_once(tmp_path):
     errors = []
 
     def prove():
-        for _ in range(200):
+        for _attempt in range(200):
             try:
                 engine.prepare_state_dir(paths)
             except engine.ApplyError as exc:
                 errors.append(str(exc))
-    threads = [threading.Thread(target=prove) for _ in range(4)]
+    threads = [threading.Thread(target=prove) for _worker in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
