@@ -15,6 +15,7 @@ import uuid
 import sys
 
 import pytest
+import yaml
 import testinfra
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
@@ -186,3 +187,24 @@ def test_a_policy_that_cuts_the_controller_off_rolls_itself_back():
     assert proc.returncode != 0
     assert "rolled back" in proc.output
     assert host("web-01").check_output("nft -s list table inet mseg") == before
+
+
+def test_every_batch_applies_the_policy_the_canary_was_checked_with():
+    """A policy edited while a serial rollout runs must not reach the later batches: the rollout compiles once.
+
+    The edit is simulated by a rule name read from the clock each time the policy is templated, so every compile
+    gives another digest; all batches must still carry the one the rollout started with.
+    """
+    with open(os.path.join(os.path.dirname(__file__), "..", "molecule.yml"), encoding="utf-8") as handle:
+        policy = yaml.safe_load(handle)["provisioner"]["inventory"]["group_vars"]["all"]["mseg_policy"]
+    policy["rules"][0]["name"] = "web-to-app-{{ lookup('pipe', 'date +%s%N') }}"
+
+    def digests():
+        return {name: host(name).check_output("grep -o 'policy=[0-9a-f]*' /etc/mseg/ruleset.nft") for name in MANAGED}
+    before = digests()
+    proc = playbook("mseg.fleet.rollout", *ev({"mseg_hosts": "managed", "mseg_policy": policy,
+                                               "mseg_health_probes": [], "mseg_rollout_batches": [1, 1, 1]}))
+    assert proc.output.count("TASK [mseg.fleet.policy : Apply the ruleset]") == 3  # three batches
+    after = digests()
+    assert len(set(after.values())) == 1, after
+    assert set(after.values()).isdisjoint(before.values())  # the edited policy was applied
