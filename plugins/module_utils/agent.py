@@ -472,6 +472,8 @@ class Agent:
         self.clock = clock
         self.preferred = 0
         self._last_problem = None
+        self._refused = {}  # controller index -> ETag of the bundle refused from it (None: it sent none)
+        self._refusal = None  # why the last bundle was refused
 
     @classmethod
     def from_config(cls, config, log, with_tls=True):
@@ -606,6 +608,7 @@ class Agent:
             except bundles.BundleError as exc:
                 self.log.error("bundle refused from %s: %s (%s); keeping serial %s and the live policy",
                                source, _REFUSED_WORD[exc.kind], exc.reason, meta.get("serial"))
+                self._refusal = _REFUSED_WORD[exc.kind]
                 self.update_status(last_error={"at": utcnow_text(self.clock()), "kind": exc.kind,
                                                "msg": exc.reason, "source": source})
                 return "refused"
@@ -653,40 +656,60 @@ class Agent:
         return [self.controllers[(self.preferred + i) % count] for i in range(count)]
 
     def poll_once(self):
-        """One poll with failover. Returns the outcome (see ``accept``) or ``unreachable``."""
+        """One poll with failover. Returns the outcome (see ``accept``), or ``refused`` / ``unreachable`` when no
+        controller gave a bundle that could be accepted.
+
+        A controller whose bundle was refused (forged, stale after a missed publish, for another host) counts as
+        failed: the next one is asked at once, and it is not preferred, so one bad replica cannot hold the agent
+        back from the good ones. It is asked again with the refused bundle's ETag, which keeps the refusal from
+        being downloaded and logged again on every poll while it lasts.
+        """
         meta = self.meta()
         etag = meta.get("etag") if self.state.read_bytes("current.json") is not None else None
         failures = []
+        refused = False
         for controller in self.order():
             url = controller_url(controller)
+            index = self.controllers.index(controller)
+            still_refused = index in self._refused
             try:
-                status, body, new_etag = self.fetcher(controller, etag)
+                status, body, new_etag = self.fetcher(controller, self._refused[index] if still_refused else etag)
             except OSError as exc:
                 failures.append("%s: %s" % (url, exc))
                 continue
-            self.preferred = self.controllers.index(controller)
-            if failures:
-                self._problem("failover to %s after %s" % (url, "; ".join(failures)), logging.WARNING)
+            if status == 304 and still_refused and self._refused[index] is not None:
+                failures.append("%s: still serves the bundle refused before" % url)
+                refused = True
+                continue
             if status == 304:
                 outcome = "unchanged"
             elif status == 200:
                 outcome = self.accept(body, url)
-                if outcome in ("applied", "unchanged", "held", "refused") and new_etag:
+                if outcome == "refused":
+                    self._refused[index] = new_etag
+                    failures.append("%s: bundle refused (%s)" % (url, self._refusal))
+                    refused = True
+                    continue
+                if outcome in ("applied", "unchanged", "held") and new_etag:
                     with self.state.locked():
                         self.state.write_json("meta.json", dict(self.meta(), etag=new_etag))
             else:
-                self._problem("%s answered HTTP %d" % (url, status), logging.WARNING)
                 failures.append("%s: HTTP %d" % (url, status))
                 continue
-            if not failures:
+            self._refused.pop(index, None)
+            self.preferred = index
+            if failures:
+                self._problem("failover to %s after %s" % (url, "; ".join(failures)), logging.WARNING)
+            else:
                 self._problem(None)
             self.update_status(last_poll={"at": utcnow_text(self.clock()), "controller": url, "result": outcome})
             return outcome
-        self._problem("every controller is unreachable (%s); keeping the live policy" % "; ".join(failures),
-                      logging.ERROR)
-        self.update_status(last_poll={"at": utcnow_text(self.clock()), "controller": None, "result": "unreachable",
+        outcome = "refused" if refused else "unreachable"
+        what = "no controller serves a bundle this host accepts" if refused else "every controller is unreachable"
+        self._problem("%s (%s); keeping the live policy" % (what, "; ".join(failures)), logging.ERROR)
+        self.update_status(last_poll={"at": utcnow_text(self.clock()), "controller": None, "result": outcome,
                                       "detail": "; ".join(failures)})
-        return "unreachable"
+        return outcome
 
     def _problem(self, text, level=logging.WARNING):
         """Log a problem once while it lasts, and its end."""

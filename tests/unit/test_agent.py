@@ -50,7 +50,7 @@ class Fetcher:
 
     def __call__(self, controller, etag):
         self.calls.append((controller[0], etag))
-        answer = self.answers[controller[0]]
+        answer = self.answers.get(controller[0], OSError("no answer"))  # a controller not set up is unreachable
         if isinstance(answer, Exception):
             raise answer
         return answer
@@ -155,6 +155,34 @@ def test_failover_and_preferred_controller(tmp_path, log):
     fetcher.answers["c2"] = (304, b"", None)
     assert agent.poll_once() == "unchanged"
     assert fetcher.calls[-1][0] == "c2"  # the controller that answered is tried first
+
+
+def test_a_replica_serving_a_refused_bundle_does_not_hold_the_agent_back(tmp_path, log):
+    # c1 serves a forged bundle (or a stale serial after a missed publish): it counts as failed, c2 is asked at once
+    agent, fetcher = make_agent(tmp_path, log, {"c1": (200, envelope(5, key=OTHER_KEY), '"forged"'),
+                                                "c2": (200, envelope(5), '"e5"')})
+    assert agent.poll_once() == "applied"
+    assert agent.state.read_json("status.json")["serial"] == 5
+    assert "failover to https://c2:8443/v1/bundle after https://c1:8443/v1/bundle: bundle refused " \
+        "(signature mismatch)" in log.stream.getvalue()
+    fetcher.answers["c2"] = (304, b"", '"e5"')
+    assert agent.poll_once() == "unchanged"
+    assert fetcher.calls[-1] == ("c2", '"e5"')  # the good replica is preferred, with the accepted ETag
+    # the good replica goes away: the bad one is asked with the refused ETag, its 304 is still a refusal
+    fetcher.answers["c2"] = OSError("connection refused")
+    fetcher.answers["c1"] = (304, b"", '"forged"')
+    assert agent.poll_once() == "refused"
+    assert agent.poll_once() == "refused"
+    assert fetcher.calls[-1] == ("c1", '"forged"')
+    text = log.stream.getvalue()
+    assert text.count("no controller serves a bundle this host accepts (https://c2:8443/v1/bundle: connection "
+                      "refused; https://c1:8443/v1/bundle: still serves the bundle refused before)") == 1
+    assert text.count("bundle refused from") == 1  # refused once, not downloaded and refused on every poll
+    # it comes back with the next serial: applied, whatever c1 still serves
+    fetcher.answers["c2"] = (200, envelope(6), '"e6"')
+    assert agent.poll_once() == "applied"
+    assert agent.state.read_json("status.json")["serial"] == 6
+    assert agent.applier.applied[-1] == RULESET + "# serial 6\n"
 
 
 def test_every_controller_down_keeps_the_policy(tmp_path, log):
