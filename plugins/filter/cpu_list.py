@@ -37,39 +37,15 @@ _value:
 """
 
 from ansible.errors import AnsibleFilterError  # noqa: E402
-
-
-def _items(value):
-    if isinstance(value, bool):
-        raise ValueError
-    if isinstance(value, int):
-        yield value
-    elif isinstance(value, str):
-        for word in value.replace(",", " ").split():
-            first, sep, last = word.partition("-")
-            if sep:
-                low, high = int(first), int(last)
-                if high < low:
-                    raise ValueError
-                yield from range(low, high + 1)
-            else:
-                yield int(word)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _items(item)
-    else:
-        raise ValueError
+from ansible_collections.mseg.fleet.plugins.module_utils.kernel import parse_cpu_list  # noqa: E402
 
 
 def cpu_list(value):
     try:
-        cpus = sorted(set(_items(value)))
+        return parse_cpu_list(value, strict=True)
     except ValueError:
         raise AnsibleFilterError("cpu_list: %r is not a CPU list; write CPU numbers and ranges such as 1 or "
                                  "'0-3,6' or [2, 3]" % (value,))
-    if any(cpu < 0 for cpu in cpus):
-        raise AnsibleFilterError("cpu_list: %r contains a negative CPU number" % (value,))
-    return cpus
 
 
 class FilterModule(object):

@@ -79,20 +79,40 @@ def parse_version(release):
     return tuple(int(part or 0) for part in match.groups())
 
 
-def parse_cpu_list(text):
-    """Expand a kernel CPU list (``0-3,8,10-11``) into a sorted list of integers."""
-    cpus = set()
-    for chunk in (text or "").split(","):
-        chunk = chunk.strip()
-        try:
-            if "-" in chunk:
-                first, last = chunk.split("-", 1)
-                cpus.update(range(int(first), int(last) + 1))
-            elif chunk:
-                cpus.add(int(chunk))
-        except ValueError:
-            continue
-    return sorted(cpus)
+def _cpu_items(value, strict):
+    if isinstance(value, bool) or not isinstance(value, (int, str, list, tuple)) and (strict or value is not None):
+        raise ValueError(value)
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(value)
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _cpu_items(item, strict)
+    else:
+        for word in (value or "").replace(",", " ").split():
+            try:
+                first, sep, last = word.partition("-")
+                low = int(first)
+                high = int(last) if sep else low
+                if high < low:
+                    raise ValueError(word)
+            except ValueError:
+                if strict:
+                    raise
+                continue
+            yield from range(low, high + 1)
+
+
+def parse_cpu_list(value, strict=False):
+    """Expand a CPU list into sorted, distinct CPU numbers.
+
+    ``value`` is the format of ``/sys/devices/system/cpu/online`` and of systemd's ``CPUAffinity=`` (``0-3,8
+    10-11``: ranges with ``-``, items separated by commas or spaces), an integer, or a list of those. What the
+    kernel wrote is read leniently (an unreadable item is skipped); with ``strict`` (what an operator wrote) any
+    item that is not a CPU number or range raises ``ValueError``.
+    """
+    return sorted(set(_cpu_items(value, strict)))
 
 
 def _hex_flags(text):

@@ -22,7 +22,7 @@ import testinfra
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 
-from ansible_collections.mseg.fleet.plugins.module_utils import lab  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils import kernel, lab  # noqa: E402
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 AGENTS = ["agt-01", "agt-02", "agt-03"]
@@ -148,6 +148,23 @@ def test_service_is_pinned_limited_and_confined(name):
     assert set(modes.splitlines()) == {"600 mseg-agent"}
     # the process cannot write /etc (ProtectSystem=strict) and sees no devices (PrivateDevices)
     assert "mseg-agent" in node.check_output("ls -l /var/log/mseg-agent/runtime.log")
+
+
+@pytest.mark.parametrize("cpus, message", [
+    ([0, 4095], "agent_cpus 0,4095 names CPU(s) 4095 that agt-01 does not have online (online: {online}); "
+                "choose agent_cpus among them"),
+    ("0-x", "cpu_list: '0-x' is not a CPU list; write CPU numbers and ranges such as 1 or '0-3,6' or [2, 3]"),
+])
+def test_agent_cpus_the_host_cannot_honour_are_refused_before_anything_changes(cpus, message):
+    node = host("agt-01")
+    online = kernel.parse_cpu_list(node.file("/sys/devices/system/cpu/online").content_string)
+    unit = node.check_output("systemctl cat mseg-agent")
+    proc = run("ansible-playbook", "-i", INVENTORY, "mseg.fleet.agent", "--limit", "agt-01",
+               "-e", json.dumps({"agent_cpus": cpus}), check=False)
+    assert proc.returncode != 0
+    assert message.format(online=",".join(str(cpu) for cpu in online)) in " ".join(proc.stdout.split()), \
+        proc.stdout[-3000:]
+    assert node.check_output("systemctl cat mseg-agent") == unit
 
 
 @pytest.mark.parametrize("name", AGENTS)
