@@ -208,7 +208,7 @@ def test_a_forged_release_is_refused_and_logged():
     ctl = _host("ctl-01")
     before = ctl.check_output("readlink /var/lib/mseg-controller/current")
     ctl.check_output("python3 -c %s /var/lib/mseg-controller/incoming/release.json /root/forged.json", FORGE)
-    result = ctl.ansible("mseg.fleet.bundle_release", "archive=/root/forged.json public_key=/etc/mseg/bundle-signing.pub",
+    result = ctl.ansible("mseg.fleet.bundle_release", "archive=/root/forged.json public_key=/var/lib/mseg-controller/bundle-signing.pub",
                          check=False, become=True)
     assert result["kind"] == "signature" and "(signature mismatch)" in result["msg"], result
     assert ctl.check_output("readlink /var/lib/mseg-controller/current") == before
