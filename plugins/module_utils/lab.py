@@ -6,7 +6,8 @@
 Plain Python (no Ansible imports) so that unit tests and the module share it.  A lab has a short
 name; every kernel object it creates (bridge, veth pairs, machine names), its state directory and its
 subnet derive from that name.  Everything the lab creates is written to ``state.json`` *before* it is
-created, so :func:`lab_down` removes exactly that, also after a crash half-way through :func:`lab_up`.
+created, so :func:`lab_down` removes exactly that, also after a crash half-way through :func:`lab_up`; with a
+damaged state file it removes what it can tie to the state directory, and never deletes through a mount.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -208,32 +209,102 @@ def pid_cmdline(pid):
         return None
 
 
+def nspawn_command(pid):
+    """The command line of ``pid`` if it is a systemd-nspawn, else None."""
+    cmd = pid_cmdline(pid)
+    # setsid(1) execs systemd-nspawn in the same process; for a moment the command line is setsid's.
+    if cmd and os.path.basename(cmd[0]) == "setsid":
+        cmd = cmd[1:]
+    if cmd and os.path.basename(cmd[0]) == "systemd-nspawn":
+        return cmd
+    return None
+
+
+def nspawn_option(cmd, option):
+    """Value of ``--option=value`` on a command line, or None."""
+    for part in cmd:
+        if part.startswith(option + "="):
+            return part[len(option) + 1:]
+    return None
+
+
 def is_lab_process(pid, root_dir):
     """True if ``pid`` is the systemd-nspawn that boots ``root_dir`` (guards against recycled PIDs)."""
-    cmd = pid_cmdline(pid)
-    if not cmd:
-        return False
-    # setsid(1) execs systemd-nspawn in the same process; for a moment the command line is setsid's.
-    if os.path.basename(cmd[0]) == "setsid":
-        cmd = cmd[1:]
-    return bool(cmd) and os.path.basename(cmd[0]) == "systemd-nspawn" and ("--directory=" + root_dir) in cmd
+    cmd = nspawn_command(pid)
+    return bool(cmd) and ("--directory=" + root_dir) in cmd
+
+
+def nspawn_processes():
+    """Every systemd-nspawn on this machine, as {pid: command line}."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            cmd = nspawn_command(int(entry))
+            if cmd:
+                found[int(entry)] = cmd
+    return found
 
 
 def find_lab_processes(root_dir):
+    return sorted(pid for pid, cmd in nspawn_processes().items() if ("--directory=" + root_dir) in cmd)
+
+
+def root_users(root_dir):
+    """Processes whose root directory is ``root_dir`` (a guest's, seen from any mount namespace), sorted."""
+    try:
+        st = os.stat(root_dir)
+    except OSError:
+        return []
     pids = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and is_lab_process(int(entry), root_dir):
-            pids.append(int(entry))
-    return pids
+        if entry.isdigit():
+            try:
+                other = os.stat("/proc/%s/root" % entry)
+            except OSError:
+                continue
+            if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                pids.append(int(entry))
+    return sorted(pids)
+
+
+def lab_cgroup_machine(pid):
+    """Machine name of the host cgroup (``mseg-lab-<machine>``) that ``pid`` runs in, or None."""
+    try:
+        with open("/proc/%d/cgroup" % pid) as handle:
+            lines = handle.read().splitlines()
+    except (IOError, OSError):
+        return None
+    for line in lines:
+        top = line.split(":", 2)[-1].lstrip("/").split("/")[0]
+        if top.startswith("mseg-lab-"):
+            return top[len("mseg-lab-"):]
+    return None
+
+
+def mount_points():
+    """Mount points of this mount namespace (mountinfo escapes space, tab, newline and backslash in octal)."""
+    with open("/proc/self/mountinfo") as handle:
+        return [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4]) for line in handle]
 
 
 def is_mounted(path):
+    return os.path.realpath(path) in mount_points()
+
+
+def mounts_under(path):
+    """Mount points at or below ``path``, deepest first."""
     real = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as handle:
-        for line in handle:
-            if line.split()[4].replace("\\040", " ") == real:
-                return True
-    return False
+    below = set(m for m in mount_points() if m == real or m.startswith(real.rstrip("/") + "/"))
+    return sorted(below, key=len, reverse=True)
+
+
+def remove_tree(path):
+    """``rm -r path``, refused while anything is mounted below it: it would delete through the mount."""
+    mounted = mounts_under(path) if os.path.exists(path) else []
+    if mounted:
+        raise LabError("not removing %s: something is still mounted there (%s); unmount it with 'umount PATH' "
+                       "once nothing runs from it, then run 'make lab-down' again" % (path, ", ".join(mounted)))
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def cgroup_roots():
@@ -309,6 +380,31 @@ def remove_cgroup(path, timeout=10):
 
 # ---------------------------------------------------------------- state
 
+_HOST_FIELDS = {"name": str, "ipv4": str, "ipv6": str, "host_veth": str, "machine": str, "dir": str, "root": str,
+                "rootfs": str, "method": str}
+
+
+def _state_problem(data):
+    """What makes a parsed ``state.json`` unusable for teardown, or None."""
+    if not isinstance(data, dict) or not isinstance(data.get("hosts", {}), dict):
+        return "does not hold a mapping with a 'hosts' mapping"
+    if not isinstance(data.get("bridge", ""), str):
+        return "has a 'bridge' that is not a string"
+    for hname, rec in data.get("hosts", {}).items():
+        if not isinstance(rec, dict):
+            return "has a record for host %r that is not a mapping" % hname
+        wrong = [k for k, kind in _HOST_FIELDS.items() if k in rec and not isinstance(rec[k], kind)]
+        pid = rec.get("pid")
+        if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)):
+            wrong.append("pid")
+        cgroups = rec.get("cgroups", [])
+        if not isinstance(cgroups, list) or not all(isinstance(c, str) for c in cgroups):
+            wrong.append("cgroups")
+        if wrong:
+            return "has malformed fields in the record of host %r: %s" % (hname, ", ".join(sorted(wrong)))
+    return None
+
+
 class LabState:
     """``state.json`` in the lab's state directory, rewritten atomically on every change."""
 
@@ -316,14 +412,22 @@ class LabState:
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, STATE_FILE)
         self.data = {"hosts": {}}
+        # Why the file cannot be used, or None.  A crash while writing leaves the previous file in place
+        # (rename is atomic), so this is a file damaged or edited by hand: lab_up refuses it and lab_down
+        # tears down what it can tie to the state directory instead (see _derived_objects).
+        self.problem = None
         if os.path.exists(self.path):
             try:
                 with open(self.path) as handle:
-                    self.data = json.load(handle)
-            except ValueError:
-                # A crash while writing leaves the previous file in place (rename is atomic), so an
-                # unreadable file was edited by hand; teardown falls back to the names it can derive.
-                self.data = {"hosts": {}, "corrupt": True}
+                    data = json.load(handle)
+            except (IOError, OSError) as exc:
+                self.problem = "cannot be read (%s)" % (exc.strerror or exc)
+            except ValueError as exc:
+                self.problem = "is not valid JSON (%s)" % exc
+            else:
+                self.problem = _state_problem(data)
+                if self.problem is None:
+                    self.data = data
         self.data.setdefault("hosts", {})
 
     def save(self):
@@ -553,6 +657,10 @@ def lab_up(name, hosts, state_dir, cache_dir, packages=DEFAULT_PACKAGES, suite=D
     timings = {}
     started_at = time.time()
     state, alive = lab_status(state_dir)
+    if state.problem:
+        raise LabError("lab %r: the state file %s %s; nothing was started. 'make lab-down' (state=absent) removes "
+                       "what runs from %s without it; then bring the lab up again" % (name, state.path, state.problem,
+                                                                                      state_dir))
     data = state.data
     if data.get("hosts") and data.get("name") and data["name"] != name:
         raise LabError("state directory %s belongs to lab %r, not %r" % (state_dir, data["name"], name))
@@ -698,10 +806,16 @@ def _cleanup_host_objects(rec):
     if ifname and link_exists(ifname):
         run(["ip", "link", "del", ifname], timeout=10, check=False)
     root = rec.get("root")
-    if root and rec.get("mounted") and os.path.isdir(root) and is_mounted(root):
-        run(["umount", root], timeout=30)
+    if root and os.path.isdir(root):
+        users = root_users(root)
+        if users:
+            raise LabError("the root file system %s is still in use by processes %s, which are in no cgroup the lab "
+                           "knows; nothing of it was removed: stop them (kill PID) and run 'make lab-down' again"
+                           % (root, ", ".join(str(pid) for pid in users)))
+        if rec.get("mounted") and is_mounted(root):
+            run(["umount", root], timeout=30)
     if rec.get("dir"):
-        shutil.rmtree(rec["dir"], ignore_errors=True)
+        remove_tree(rec["dir"])
 
 
 def _host_pids(rec):
@@ -723,23 +837,96 @@ def _remove_host(state, hname, timeout):
     return killed
 
 
-def lab_down(state_dir, timeout=30):
-    """Remove exactly what the lab recorded; a lab that is not up is a no-op."""
+def _bridge_ports(bridge):
+    try:
+        return sorted(os.listdir("/sys/class/net/%s/brif" % bridge))
+    except OSError:
+        return []
+
+
+def _derived_objects(state_dir, name):
+    """What belongs to the lab of ``state_dir`` when its state file is unusable: (host records, bridges, cgroups).
+
+    Only what can be tied to ``state_dir`` is taken.  Each directory under ``<state_dir>/hosts/`` is a host
+    with a root to unmount.  A systemd-nspawn that boots one of those roots names its machine (so its veth
+    and cgroups) and its bridge; a guest process whose root is one of them, left after its systemd-nspawn
+    died, names its machine by its cgroup.  With the lab's ``name``: its bridge (lab_down removes a derived
+    bridge only once nothing is attached to it) and the empty cgroups of its machines that no other lab runs.
+    """
+    hosts_dir = os.path.join(os.path.abspath(state_dir), "hosts")
+    hosts = {}
+    if os.path.isdir(hosts_dir):
+        for hname in sorted(os.listdir(hosts_dir)):
+            hdir = os.path.join(hosts_dir, hname)
+            if os.path.isdir(hdir):
+                hosts[hname] = {"dir": hdir, "root": os.path.join(hdir, "root"), "mounted": True}
+
+    def machine_objects(machine):
+        return {"machine": machine, "host_veth": "vb-" + machine,
+                "cgroups": [os.path.join(r, "mseg-lab-" + machine) for r in cgroup_roots()]}
+
+    bridges = set()
+    foreign = set()
+    for cmd in nspawn_processes().values():
+        root = nspawn_option(cmd, "--directory") or ""
+        hdir = os.path.dirname(os.path.abspath(root))
+        if os.path.basename(root) != "root" or os.path.dirname(hdir) != hosts_dir:
+            foreign.add(nspawn_option(cmd, "--machine"))
+            continue
+        rec = hosts.setdefault(os.path.basename(hdir), {"dir": hdir, "mounted": True})
+        rec["root"] = root  # as systemd-nspawn got it, which is what is_lab_process compares
+        if nspawn_option(cmd, "--machine"):
+            rec.update(machine_objects(nspawn_option(cmd, "--machine")))
+        if nspawn_option(cmd, "--network-bridge"):
+            bridges.add(nspawn_option(cmd, "--network-bridge"))
+    for rec in hosts.values():
+        if "machine" not in rec:
+            machines = set(lab_cgroup_machine(pid) for pid in root_users(rec["root"])) - set([None])
+            if len(machines) == 1:
+                rec.update(machine_objects(machines.pop()))
+    cgroups = []
+    if name:
+        bridges.add(bridge_name(name))
+        # machine_name() is the tag and exactly two digits, so another lab's machines never match.
+        ours = re.compile("^mseg-lab-%s[0-9]{2}$" % re.escape(lab_tag(name)))
+        taken = foreign | set(rec.get("machine") for rec in hosts.values())
+        for croot in cgroup_roots():
+            for entry in sorted(os.listdir(croot)):
+                path = os.path.join(croot, entry)
+                if ours.match(entry) and entry[len("mseg-lab-"):] not in taken and not cgroup_pids(path):
+                    cgroups.append(path)
+    return hosts, sorted(bridges), cgroups
+
+
+def lab_down(state_dir, timeout=30, name=None):
+    """Remove exactly what the lab recorded; a lab that is not up is a no-op.
+
+    With an unusable state file (damaged or edited by hand), remove what can be tied to the state directory
+    instead (see _derived_objects).  Nothing is deleted while something is still mounted below it.
+    """
     if not os.path.exists(os.path.join(state_dir, STATE_FILE)):
         return {"changed": False, "removed_hosts": [], "killed": [], "state_dir": state_dir}
     state = LabState(state_dir)
-    data = state.data
+    if state.problem is None:
+        hosts = state.data["hosts"]
+        bridges = [state.data["bridge"]] if state.data.get("bridge") else []
+        cgroups = []
+    else:
+        hosts, bridges, cgroups = _derived_objects(state_dir, name)
     targets = {}
-    for hname, rec in data["hosts"].items():
+    for hname, rec in hosts.items():
         for pid in _host_pids(rec):
             targets["%s#%d" % (hname, pid)] = (pid, rec["root"])
     killed = _terminate(targets, timeout)
-    removed = sorted(data["hosts"])
+    removed = sorted(hosts)
     for hname in removed:
-        _cleanup_host_objects(data["hosts"][hname])
-    bridge = data.get("bridge")
-    if bridge and link_exists(bridge):
-        run(["ip", "link", "del", bridge], timeout=10)
+        _cleanup_host_objects(hosts[hname])
+    for path in cgroups:
+        remove_cgroup(path)
+    for bridge in bridges:
+        # A recorded bridge is the lab's; a derived one is left alone while something else is attached to it.
+        if link_exists(bridge) and (state.problem is None or not _bridge_ports(bridge)):
+            run(["ip", "link", "del", bridge], timeout=10)
     # The key and state go last: a failure above leaves the record for the next attempt.
-    shutil.rmtree(state_dir, ignore_errors=True)
+    remove_tree(state_dir)
     return {"changed": True, "removed_hosts": removed, "killed": killed, "state_dir": state_dir}

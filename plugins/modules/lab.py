@@ -21,6 +21,12 @@ description:
   - Every object the lab creates (processes, mounts, bridge, veth names) is recorded in C(state.json) under
     O(state_dir) before it is created; O(state=absent) removes exactly those objects, also after a crash, and is a
     no-op when nothing is recorded.
+  - When C(state.json) is damaged (not readable, not JSON, or malformed), O(state=present) fails without starting
+    anything, and O(state=absent) removes what it can tie to O(state_dir) instead - every systemd-nspawn booting
+    a root under it with its veth, cgroups and bridge, the overlays mounted there, and the bridge, cgroups and
+    veths named after O(name) that no other lab's host uses; a bridge that still has other ports is kept.
+  - O(state=absent) never deletes O(state_dir) while anything is still mounted below it; it fails naming the
+    mount instead.
   - Without fixed addresses the lab takes the first free /24 of C(10.213.0.0/16) starting at an index derived from
     O(name); C(10.213.0.0/24) is left for inventories with fixed addresses.
 author:
@@ -283,12 +289,13 @@ def main():
         if module.check_mode:
             state, alive = lab_status(p["state_dir"])
             if p["state"] == "absent":
-                module.exit_json(changed=bool(state.data["hosts"]) or bool(state.data.get("bridge")))
+                module.exit_json(changed=bool(state.data["hosts"]) or bool(state.data.get("bridge"))
+                                 or state.problem is not None)
             wanted = set(h["name"] for h in p["hosts"])
             running = set(h for h, up in alive.items() if up)
             module.exit_json(changed=wanted != running or len(alive) != len(running))
         if p["state"] == "absent":
-            module.exit_json(**lab_down(p["state_dir"], timeout=p["stop_timeout"]))
+            module.exit_json(**lab_down(p["state_dir"], timeout=p["stop_timeout"], name=p["name"]))
         result = lab_up(
             p["name"], p["hosts"], p["state_dir"], p["cache_dir"],
             packages=tuple(DEFAULT_PACKAGES) + tuple(p["extra_packages"]), suite=p["suite"], mirror=p["mirror"],

@@ -106,6 +106,38 @@ def test_hosts_boot_answer_ssh_and_teardown_leaves_nothing(scratch):
     assert lab.lab_down(state_dir)["changed"] is False
 
 
+def test_teardown_with_a_damaged_state_file(scratch):
+    name, state_dir = scratch("itbad")
+    state_file = os.path.join(state_dir, "state.json")
+
+    # The host runs: its systemd-nspawn names the root, the machine (veth, cgroups) and the bridge.
+    lab.lab_up(name, [{"name": "a"}], state_dir, CACHE)
+    with open(state_file, "w") as handle:
+        handle.write('{"name": "itbad", "hosts": {"a": {"pid": ')  # cut short
+    with pytest.raises(lab.LabError, match=r"state file .*/state.json is not valid JSON .*nothing was started"):
+        lab.lab_up(name, [{"name": "a"}], state_dir, CACHE)
+    assert any(f.startswith("process ") for f in leftovers(name, state_dir)), "a refused lab up changes nothing"
+    with open(state_file) as handle:
+        assert handle.read().endswith('"pid": '), "a refused lab up keeps the damaged file"
+    down = lab.lab_down(state_dir)
+    assert down["removed_hosts"] == ["a"] and down["killed"] == []
+    assert leftovers(name, state_dir) == []
+
+    # Its systemd-nspawn was killed: the guest's processes are tied to the state directory by their root, the
+    # bridge by the lab's name.
+    lab.lab_up(name, [{"name": "a"}], state_dir, CACHE)
+    rec = lab.LabState(state_dir).data["hosts"]["a"]
+    os.kill(rec["pid"], signal.SIGKILL)
+    deadline = time.time() + 10
+    while lab.is_lab_process(rec["pid"], rec["root"]) and time.time() < deadline:
+        time.sleep(0.1)
+    assert lab.root_users(rec["root"]), "the guest outlives its systemd-nspawn"
+    with open(state_file, "w") as handle:
+        handle.write("[]\n")
+    lab.lab_down(state_dir, name=name)
+    assert leftovers(name, state_dir) == []
+
+
 def test_a_host_whose_process_died_is_rebooted(scratch):
     name, state_dir = scratch("itdied")
     up = lab.lab_up(name, [{"name": "a"}], state_dir, CACHE)
