@@ -41,8 +41,42 @@ def ssh(result, host, command):
                           capture_output=True, text=True, timeout=60, check=False)
 
 
-def leftovers(name, state_dir):
-    """Everything of lab ``name`` still present on this machine."""
+def _lab_cgroup_pids(name=None):
+    """PIDs in the host cgroups of lab ``name`` (of every lab when None)."""
+    prefix = "mseg-lab-" + (lab.lab_tag(name) if name else "")
+    pids = set()
+    for root in lab.cgroup_roots():
+        for entry in os.listdir(root):
+            if entry.startswith(prefix) and entry[len(prefix):][-2:].isdigit():
+                pids |= lab.cgroup_pids(os.path.join(root, entry))
+    return pids
+
+
+def net_namespaces(own=None):
+    """Network namespaces held on this machine: {'net:[inode]': what holds it}.
+
+    Every process's /proc/PID/ns/net counts, and every nsfs mount (how 'ip netns add' keeps one). Processes in
+    the host cgroups of labs other than ``own`` are left out: other labs' guests start and stop services with
+    a private network at any time, and the kernel gives a freed namespace's number to the next one at once.
+    """
+    others = _lab_cgroup_pids() - (_lab_cgroup_pids(own) if own else set())
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) not in others:
+            try:
+                found.setdefault(os.readlink("/proc/%s/ns/net" % entry), "process %s" % entry)
+            except OSError:
+                continue
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            parts = line.split()
+            if parts[parts.index("-") + 1] == "nsfs" and parts[3].startswith("net:"):
+                found.setdefault(parts[3], "mount " + parts[4])
+    return found
+
+
+def leftovers(name, state_dir, namespaces=()):
+    """Everything of lab ``name`` still present on this machine; ``namespaces`` are its hosts' network namespaces."""
     tag = lab.lab_tag(name)
     found = []
     for entry in os.listdir("/proc"):
@@ -57,9 +91,16 @@ def leftovers(name, state_dir):
         found += ["mount " + line.split()[4] for line in handle if state_dir in line.split()[4]]
     for root in lab.cgroup_roots():
         found += ["cgroup " + os.path.join(root, d) for d in os.listdir(root) if d.startswith("mseg-lab-" + tag)]
+    held = net_namespaces(own=name)
+    found += ["namespace %s (%s)" % (ns, held[ns]) for ns in sorted(namespaces) if ns in held]
     if os.path.exists(state_dir):
         found.append("state " + state_dir)
     return found
+
+
+def host_namespaces(name, before):
+    """The network namespaces the hosts of lab ``name`` run in (not in ``before``, the machine without the lab)."""
+    return set(net_namespaces(own=name)) - set(before)
 
 
 @pytest.fixture
@@ -106,12 +147,44 @@ def test_hosts_boot_answer_ssh_and_teardown_leaves_nothing(scratch):
     assert lab.lab_down(state_dir)["changed"] is False
 
 
+def test_up_and_down_twice_leaves_no_process_namespace_bridge_veth_or_mount(scratch, tmp_path):
+    """make lab-up && make lab-down twice in a row, with a one-host lab."""
+    name, state_dir = scratch("ittwice")
+    before = net_namespaces()
+    pin = tmp_path / "pinned-netns"
+    for cycle in (1, 2):
+        lab.lab_up(name, [{"name": "a"}], state_dir, CACHE)
+        mine = host_namespaces(name, before)
+        assert mine, "cycle %d: the host runs in a network namespace of its own" % cycle
+        up = leftovers(name, state_dir, mine)
+        assert [f for f in up if f.startswith("namespace ")] and [f for f in up if f.startswith("process ")], up
+        if cycle == 1:
+            # A namespace kept open after its processes end (what 'ip netns add' does) is found as a leftover.
+            guest = lab.root_users(lab.LabState(state_dir).data["hosts"]["a"]["root"])[0]
+            pinned = os.readlink("/proc/%d/ns/net" % guest)
+            pin.touch()
+            subprocess.run(["mount", "--bind", "/proc/%d/ns/net" % guest, str(pin)], check=True)
+            try:
+                lab.lab_down(state_dir)
+                assert leftovers(name, state_dir, mine) == ["namespace %s (mount %s)" % (pinned, pin)]
+            finally:
+                subprocess.run(["umount", str(pin)], check=True)
+        else:
+            down = lab.lab_down(state_dir)
+            assert down["removed_hosts"] == ["a"] and down["killed"] == []
+        assert leftovers(name, state_dir, mine) == [], cycle
+        new = dict((ns, holder) for ns, holder in net_namespaces().items() if ns not in before)
+        assert new == {}, "cycle %d left network namespaces behind" % cycle
+
+
 def test_teardown_with_a_damaged_state_file(scratch):
     name, state_dir = scratch("itbad")
     state_file = os.path.join(state_dir, "state.json")
+    before = net_namespaces()
 
     # The host runs: its systemd-nspawn names the root, the machine (veth, cgroups) and the bridge.
     lab.lab_up(name, [{"name": "a"}], state_dir, CACHE)
+    mine = host_namespaces(name, before)
     with open(state_file, "w") as handle:
         handle.write('{"name": "itbad", "hosts": {"a": {"pid": ')  # cut short
     with pytest.raises(lab.LabError, match=r"state file .*/state.json is not valid JSON .*nothing was started"):
@@ -121,11 +194,12 @@ def test_teardown_with_a_damaged_state_file(scratch):
         assert handle.read().endswith('"pid": '), "a refused lab up keeps the damaged file"
     down = lab.lab_down(state_dir)
     assert down["removed_hosts"] == ["a"] and down["killed"] == []
-    assert leftovers(name, state_dir) == []
+    assert leftovers(name, state_dir, mine) == []
 
     # Its systemd-nspawn was killed: the guest's processes are tied to the state directory by their root, the
     # bridge by the lab's name.
     lab.lab_up(name, [{"name": "a"}], state_dir, CACHE)
+    mine = host_namespaces(name, before)
     rec = lab.LabState(state_dir).data["hosts"]["a"]
     os.kill(rec["pid"], signal.SIGKILL)
     deadline = time.time() + 10
@@ -135,7 +209,7 @@ def test_teardown_with_a_damaged_state_file(scratch):
     with open(state_file, "w") as handle:
         handle.write("[]\n")
     lab.lab_down(state_dir, name=name)
-    assert leftovers(name, state_dir) == []
+    assert leftovers(name, state_dir, mine) == []
 
 
 def test_a_host_whose_process_died_is_rebooted(scratch):
