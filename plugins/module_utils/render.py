@@ -31,7 +31,11 @@ TABLE_FAMILY = "inet"
 TABLE_NAME = "mseg"
 LOG_LIMIT = "limit rate 10/second burst 20 packets"
 ND_TYPES = "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert"
+# Every bypass table counts into BYPASS_MARKER. The emergency table (bypass_ruleset: mseg.fleet.bypass, the agent's
+# local override) also counts into EMERGENCY_MARKER, which tells it apart from an inventory's mseg_mode: bypass:
+# the policy role keeps an emergency bypass until the operator lifts it, but follows the inventory otherwise.
 BYPASS_MARKER = "mode_bypass"
+EMERGENCY_MARKER = "emergency_bypass"
 # Protocols by number: nft resolves names through /etc/protocols, which minimal hosts do not have.
 _FAMILY = {4: ("ip", "ipv4", "ipv4_addr", 1), 6: ("ip6", "ipv6", "ipv6_addr", 58)}
 _L4PROTO = {"tcp": 6, "udp": 17}
@@ -176,24 +180,30 @@ def _plan_rule(table, chain, item, direction, suffix, peer_field, local_field, o
                 chain.add("%s jump %s" % (match, target), comment)
 
 
-def _bypass_table():
+def _bypass_table(markers=(BYPASS_MARKER,), comment="mode=bypass"):
+    """A table that accepts everything in both directions and counts it into each of ``markers``."""
     table = nft.Table(TABLE_FAMILY, TABLE_NAME)
     _mgmt_auto_sets(table)
-    table.counter(BYPASS_MARKER)
+    for marker in markers:
+        table.counter(marker)
+    counted = " ".join("counter name %s" % nft.quote(marker) for marker in markers)
     for direction in ("ingress", "egress"):
         chain_name, hook = _DIRECTION[direction][0], _DIRECTION[direction][1]
-        table.chain(chain_name, type_="filter", hook=hook).add(
-            "counter name %s accept" % nft.quote(BYPASS_MARKER), "mode=bypass")
+        table.chain(chain_name, type_="filter", hook=hook).add(counted + " accept", comment)
     return table
 
 
 def bypass_ruleset(host):
-    """The bypass table for a host, without any policy: accept everything, count it, and carry the marker."""
+    """The emergency bypass table for a host, without any policy: accept everything, count it, carry both markers.
+
+    ``mode_bypass`` says the table is a bypass table; ``emergency_bypass`` says an operator put it there outside
+    the inventory, so the policy role does not replace it until the operator lifts it (``mseg.fleet.mode``).
+    """
     header = [
         "mseg.fleet ruleset for %s: mode=bypass (emergency, no policy)" % host,
-        "Accepts everything; the counter mode_bypass marks it so that nothing re-applies the policy unasked.",
+        "Accepts everything; the counter %s marks it so that nothing re-applies the policy unasked." % EMERGENCY_MARKER,
     ]
-    return nft.replace_script(_bypass_table(), header)
+    return nft.replace_script(_bypass_table((BYPASS_MARKER, EMERGENCY_MARKER), "mode=bypass (emergency)"), header)
 
 
 def _mergeable(item):

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from ansible_collections.mseg.fleet.plugins.module_utils.fleet import compile_fleet
-from ansible_collections.mseg.fleet.plugins.module_utils.render import render_plan
+from ansible_collections.mseg.fleet.plugins.module_utils.render import bypass_ruleset, render_plan
 from test_fleet import load_fixture
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "golden")
@@ -72,6 +72,18 @@ def test_bypass_accepts_everything_and_is_marked(rendered):
     body = text[text.index("chain input {"):]
     rules = [line.strip() for line in body.splitlines() if line.startswith("\t\t") and " hook " not in line]
     assert rules == ['counter name "mode_bypass" accept comment "mode=bypass"'] * 2
+    assert "emergency_bypass" not in text  # an inventory bypass is lifted by changing the inventory
+
+
+def test_the_emergency_bypass_carries_its_own_marker_too():
+    text = bypass_ruleset("web-01")
+    assert text.startswith("# mseg.fleet ruleset for web-01: mode=bypass (emergency, no policy)\n")
+    assert "counter emergency_bypass {" in text and "counter mode_bypass {" in text
+    assert "set mgmt_auto_v4 {" in text and "set mgmt_auto_v6 {" in text
+    body = text[text.index("chain input {"):]
+    rules = [line.strip() for line in body.splitlines() if line.startswith("\t\t") and " hook " not in line]
+    assert rules == ['counter name "mode_bypass" counter name "emergency_bypass" accept '
+                     'comment "mode=bypass (emergency)"'] * 2
 
 
 def test_enforce_evaluation_order(rendered):
