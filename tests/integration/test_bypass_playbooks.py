@@ -1,4 +1,4 @@
-"""Bypass and mode through real ansible-playbook, against real nftables in a network namespace.
+"""Bypass, mode and site through real ansible-playbook, against real nftables in a network namespace.
 
 The playbooks run inside host "h" with a local connection, so every nft call acts on that namespace only, and in a
 private mount namespace whose /etc is an overlay kept in the test's temporary directory: the playbooks keep their
@@ -124,3 +124,14 @@ def test_bypass_from_the_mode_playbook_is_an_emergency_bypass(host):
     assert rc != 0 and "h is in bypass" in out
     assert "counter emergency_bypass" in host.table()
 
+
+def test_site_compiles_before_any_host_is_prepared(host):
+    broken = policy(host.fleet.addr("p"))
+    broken["rules"][0]["ports"] = ["tcp/80800"]
+    host.inventory(mode="enforce", mseg_policy=broken)
+    # --check: should the order ever regress, the kernel preparation that would then run changes nothing here
+    rc, out = host.playbook("mseg.fleet.site", "--check")
+    assert rc != 0
+    assert "rule 10 (peer-to-h): ports[0]: 'tcp/80800' has a port outside 1-65535" in out
+    assert "PLAY [Prepare the kernels" not in out and "kernel_prereqs" not in out
+    assert host.table() == ""
