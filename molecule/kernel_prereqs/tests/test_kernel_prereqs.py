@@ -21,6 +21,10 @@ SYSCTLS = {
 }
 
 
+# The interface of the IPv4 default route, as a shell command substitution (host0 on the lab, eth0 under docker).
+DEFAULT_NIC = "$(ip -o -4 route show default | awk '{for (i = 1; i < NF; i++) if ($i == \"dev\") print $(i + 1)}')"
+
+
 def _name(host):
     return host.backend.get_hostname()
 
@@ -30,20 +34,19 @@ def _facts(host):
     return result["ansible_facts"]["mseg_kernel"]
 
 
-def _playbook(limit, extra, *args):
-    """Run playbooks/prereqs.yml on lab hosts over SSH; return (rc, json callback result)."""
+def _playbook(limit, extra, *args, playbook=os.path.join(ROOT, "playbooks", "prereqs.yml")):
+    """Run a playbook (playbooks/prereqs.yml) on the scenario's hosts; return (rc, json callback result)."""
     env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
     argv = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", INVENTORY,
-            "-l", limit, "-e", json.dumps(dict(extra, mseg_hosts=limit)),
-            os.path.join(ROOT, "playbooks", "prereqs.yml")] + list(args)
+            "-l", limit, "-e", json.dumps(dict(extra, mseg_hosts=limit)), playbook] + list(args)
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
     return proc.returncode, json.loads(proc.stdout)
 
 
 @pytest.fixture(scope="module")
 def check_mode_run():
-    """One check-mode run over every host, with the converge's variables."""
-    return _playbook("kernel_nodes", {"kernel_prereqs_sriov_numvfs": {"host0": 4}}, "--check")
+    """One check-mode run of the converge itself over every host, so with the converge's variables."""
+    return _playbook("kernel_nodes", {}, "--check", playbook=os.path.join(os.path.dirname(__file__), "..", "converge.yml"))
 
 
 def _lines(host, *commands):
@@ -71,15 +74,17 @@ def test_sysctls_persist_through_the_boot_path(host):
 
 
 def test_br_netfilter_active_listed_for_the_boot_and_no_sriov_rule(host):
-    bridge, modules_load, sriov_capable, udev_rule = _lines(
+    bridge, modules_load, nic, sriov_capable, udev_rule = _lines(
         host, "test -d /proc/sys/net/bridge && echo yes",
         "tail -n 1 /etc/modules-load.d/mseg-kernel-prereqs.conf",
-        "test -e /sys/class/net/host0/device/sriov_totalvfs && echo yes",
+        "echo " + DEFAULT_NIC,
+        "test -e /sys/class/net/%s/device/sriov_totalvfs && echo yes" % DEFAULT_NIC,
         "test -e /etc/udev/rules.d/81-mseg-sriov.rules && echo yes")
     assert bridge == "yes"
     assert modules_load == "br_netfilter"
-    # host0 is a veth without SR-IOV: the requested VFs were skipped and no boot rule was written.
-    assert sriov_capable == "" and udev_rule == ""
+    # The converge asked for VFs on the default-route NIC, a veth (or a container's eth0) without SR-IOV: the
+    # request was skipped and no boot rule was written.
+    assert nic and sriov_capable == "" and udev_rule == ""
 
 
 def test_facts_describe_the_running_kernel(host):
@@ -98,7 +103,7 @@ def test_facts_describe_the_running_kernel(host):
     assert sorted(facts["interfaces"]) == sorted(link["ifname"].split("@")[0] for link in links)
     for link in links:
         assert facts["interfaces"][link["ifname"].split("@")[0]]["mtu"] == link["mtu"]
-    assert facts["default_route_interfaces"]["ipv4"] == json.loads(route)[0]["dev"] == "host0"
+    assert facts["default_route_interfaces"]["ipv4"] == json.loads(route)[0]["dev"]
     assert facts["cpus"]["count"] == int(cpus)
     # A container has its own network namespace: the JIT sysctls of the initial one are not visible.
     assert facts["bpf"]["jit"] == "unknown"
