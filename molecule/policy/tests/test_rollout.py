@@ -21,6 +21,7 @@ import testinfra
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 
+from ansible_collections.mseg.fleet.plugins.module_utils import lab  # noqa: E402
 from ansible_collections.mseg.fleet.plugins.module_utils.audit import parse_line  # noqa: E402
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
@@ -147,7 +148,7 @@ def test_observe_passes_everything_and_audits_exactly_what_enforce_would_drop(en
 def test_bypass_passes_everything_and_is_not_lifted_behind_the_operators_back():
     playbook("mseg.fleet.bypass", *ev({"mseg_hosts": "managed"}))
     for name in MANAGED:
-        assert "counter mode_bypass" in host(name).check_output("nft list table inet mseg")
+        assert "counter emergency_bypass" in host(name).check_output("nft list table inet mseg")
     measured = {}
     with tempfile.NamedTemporaryFile(suffix=".json") as output:
         playbook(os.path.join(ROOT, "playbooks", "lab", "reachability.yml"),
@@ -161,7 +162,7 @@ def test_bypass_passes_everything_and_is_not_lifted_behind_the_operators_back():
     again = playbook("mseg.fleet.rollout", *ev({"mseg_hosts": "managed", "mseg_health_probes": []}), check=False)
     assert again.returncode != 0
     assert "is in bypass" in again.output and "mseg.fleet.mode" in again.output
-    assert "counter mode_bypass" in host("web-01").check_output("nft list table inet mseg")
+    assert "counter emergency_bypass" in host("web-01").check_output("nft list table inet mseg")
 
 
 def test_enforce_again():
@@ -189,18 +190,87 @@ def test_a_policy_that_cuts_the_controller_off_rolls_itself_back():
     assert host("web-01").check_output("nft -s list table inet mseg") == before
 
 
+def _policy():
+    with open(os.path.join(os.path.dirname(__file__), "..", "molecule.yml"), encoding="utf-8") as handle:
+        return yaml.safe_load(handle)["provisioner"]["inventory"]["group_vars"]["all"]["mseg_policy"]
+
+
+def test_a_health_probe_that_cannot_run_fails_before_any_host_changes():
+    before = listings()
+    proc = playbook("mseg.fleet.rollout", *ev({"mseg_hosts": "managed",
+                                               "mseg_health_probes": [{"dst": "db-1", "port": "tcp/5432"}]}),
+                    check=False)
+    assert proc.returncode != 0
+    found = re.search(r"mseg_health_probes: probe 1: dst db-1 is not a host of the inventory \(([^)]*)\)\. Write each "
+                      r"probe as \{dst: <inventory host>, port: tcp/<1-65535> \| udp/<1-65535> \| icmp\}",
+                      " ".join(proc.output.split()))
+    assert found and sorted(found.group(1).split(", ")) == sorted(MANAGED), proc.output[-3000:]
+    assert listings() == before
+
+
+def test_an_unhealthy_batch_is_rolled_back_and_the_rollout_stops():
+    """A deny between app and db breaks app-01's probe of db-01 in the first batch: the batch is rolled back from its
+    backup, the rollout stops naming the host, the probe and the rule, and db-01's batch never comes."""
+    start_db_listener()
+    before = listings()
+    policy = _policy()
+    policy["rules"].append({"id": 25, "name": "no-app-to-db", "from": {"tags": {"role": "app"}},
+                            "to": {"tags": {"role": "db"}}, "action": "deny"})
+    proc = playbook("mseg.fleet.rollout", *ev({"mseg_hosts": "app:db", "mseg_policy": policy}), check=False)
+    text = " ".join(proc.output.split())
+    assert proc.returncode != 0
+    assert re.search(r"Health check failed on app-01: db-01 tcp/5432 is timeout \([^)]*\b25\b[^)]*\)", text), text[-3000:]
+    assert "The batch (app-01) was rolled back to its previous ruleset." in text
+    after = listings()
+    assert after["app-01"] == before["app-01"]      # restored from its backup
+    assert after["db-01"] == before["db-01"]        # its batch never came
+    playbook("mseg.fleet.rollout", *ev({"mseg_hosts": "managed"}))
+    assert listings() == before
+
+
+def _digest(name):
+    """The policy digest in the header of the ruleset the host persisted."""
+    return host(name).check_output("grep -o 'policy=[0-9a-f]*' /etc/mseg/ruleset.nft")
+
+
+def _console(name, command):
+    """Run a command in a lab host's network namespace without SSH, as an operator at its console would."""
+    state_dir = os.path.join(os.environ.get("MSEG_LAB_STATE_DIR", os.path.join(ROOT, ".build", "lab")), "mol-policy")
+    state, _alive = lab.lab_status(state_dir)
+    init = subprocess.run(["pgrep", "-P", str(state.data["hosts"][name]["pid"])], capture_output=True, text=True,
+                          check=True).stdout.split()[0]
+    subprocess.run(["nsenter", "-t", init, "-n"] + command, check=True)
+
+
+def test_a_lockout_without_commit_confirmed_is_caught_by_a_fresh_connection():
+    """With commit-confirmed off, the apply returns over the connection it already had; the health check's fresh
+    connection must fail and stop the rollout (it used to be ignored as unreachable)."""
+    before = listings()["web-01"]
+    lockout = {"defaults": {"ingress": "deny", "egress": "allow"}, "rules": []}
+    proc = playbook("mseg.fleet.rollout", "--limit", "web-01",
+                    *ev({"mseg_hosts": "managed", "mseg_policy": lockout, "mseg_management_auto": False,
+                         "policy_confirm_timeout": 0, "mseg_health_probes": [], "mseg_health_connect_timeout": 5}),
+                    check=False)
+    text = " ".join(proc.output.split())
+    assert proc.returncode != 0
+    assert "Health check failed on web-01: the management connection failed" in text, text[-3000:]
+    assert "except web-01, which cannot be reached to do it" in text
+    _console("web-01", ["nft", "delete", "table", "inet", "mseg"])
+    playbook("mseg.fleet.rollout", "--limit", "web-01", *ev({"mseg_hosts": "managed"}))
+    assert listings()["web-01"] == before
+
+
 def test_every_batch_applies_the_policy_the_canary_was_checked_with():
     """A policy edited while a serial rollout runs must not reach the later batches: the rollout compiles once.
 
     The edit is simulated by a rule name read from the clock each time the policy is templated, so every compile
     gives another digest; all batches must still carry the one the rollout started with.
     """
-    with open(os.path.join(os.path.dirname(__file__), "..", "molecule.yml"), encoding="utf-8") as handle:
-        policy = yaml.safe_load(handle)["provisioner"]["inventory"]["group_vars"]["all"]["mseg_policy"]
+    policy = _policy()
     policy["rules"][0]["name"] = "web-to-app-{{ lookup('pipe', 'date +%s%N') }}"
 
     def digests():
-        return {name: host(name).check_output("grep -o 'policy=[0-9a-f]*' /etc/mseg/ruleset.nft") for name in MANAGED}
+        return {name: _digest(name) for name in MANAGED}
     before = digests()
     proc = playbook("mseg.fleet.rollout", *ev({"mseg_hosts": "managed", "mseg_policy": policy,
                                                "mseg_health_probes": [], "mseg_rollout_batches": [1, 1, 1]}))
