@@ -96,7 +96,7 @@ def _publish(*args):
 
 
 def _serial(name):
-    run = _host(name).run("%s https://%s/v1/release" % (CURL, name))
+    run = _host(name).run("%s %s https://%s/v1/release" % (CURL, AGENT_CERT, name))
     assert run.rc == 0, "%s does not answer on 443: %s\n%s" % (name, run.stderr, _diagnostics())
     return json.loads(run.stdout)["serial"]
 
@@ -142,19 +142,24 @@ def test_no_client_certificate_is_refused(host):
     assert reply.status == 400 and "payload" not in reply.body
 
 
-def test_certificate_from_another_ca_is_refused(host):
-    """A certificate for the right name (CN=agent-01) issued by a CA the controllers do not trust."""
-    host.check_output(
+def _other_ca_certificate(client, name):
+    """curl options for a client certificate CN=<name> (clientAuth) from a CA the controllers do not trust."""
+    where = "/tmp/other-ca-%s" % name
+    client.check_output(
         "set -e; d=$(mktemp -d /tmp/other-ca.XXXXXX); cd $d; "
         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=other-ca "
         "-keyout ca.key -out ca.crt 2>/dev/null; "
-        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=agent-01 "
-        "-keyout agent.key -out agent.csr 2>/dev/null; "
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=%s "
+        "-keyout client.key -out client.csr 2>/dev/null; "
         "printf 'extendedKeyUsage=clientAuth\\n' > ext; "
-        "openssl x509 -req -in agent.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile ext "
-        "-out agent.crt 2>/dev/null; rm -rf /tmp/other-ca; mv $d /tmp/other-ca")
-    reply = _get(host, "https://ctl-01:8443/v1/bundle",
-                 options="--cert /tmp/other-ca/agent.crt --key /tmp/other-ca/agent.key")
+        "openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile ext "
+        "-out client.crt 2>/dev/null; rm -rf %s; mv $d %s" % (name, where, where))
+    return "--cert %s/client.crt --key %s/client.key" % (where, where)
+
+
+def test_certificate_from_another_ca_is_refused(host):
+    """A certificate for the right name (CN=agent-01) issued by a CA the controllers do not trust."""
+    reply = _get(host, "https://ctl-01:8443/v1/bundle", options=_other_ca_certificate(host, AGENT))
     assert reply.status == 400 and "payload" not in reply.body
 
 
@@ -174,21 +179,78 @@ def test_tls_1_2_is_refused(host, port):
     old = _get(host, "https://ctl-01:%d/healthz" % port, options=AGENT_CERT + " --tlsv1.2 --tls-max 1.2")
     assert old.rc == 35 and old.status == 0  # handshake failure: no HTTP at all
     new = _get(host, "https://ctl-01:%d/healthz" % port, options=AGENT_CERT + " --tlsv1.3")
-    assert new.rc == 0 and new.status in (200, 404)
+    # the handshake succeeds; 8443 has no /healthz (404) and 443 does not serve agent-01, which is not listed (403)
+    assert new.rc == 0 and new.status == {8443: 404, 443: 403}[port]
 
 
 def test_only_get(host):
     assert _get(host, "https://ctl-01:8443/v1/bundle", options=AGENT_CERT + " -X POST").status == 403
 
 
-def test_operator_listener_is_read_only(host):
-    reply = _get(host, "https://ctl-01/healthz", options="")
-    assert reply.status == 200
+@pytest.mark.parametrize("target", ["ctl-01", VIP])
+def test_operator_listener_serves_a_listed_certificate_read_only(target):
+    """ctl-02's own client certificate (CN=ctl-02, listed in controller_operator_clients by default)."""
+    operator = _host("ctl-02")
+    reply = _get(operator, "https://%s/healthz" % target)
+    assert reply.status == 200, reply
     release = json.loads(reply.body)
     assert release["serial"] >= 1 and release["hosts"] == 4
-    assert _get(host, "https://ctl-01/healthz", options="-X PUT").status == 403
-    assert _get(host, "https://ctl-01/v1/bundle", options="").status == 404
-    assert "Active connections" in _get(host, "https://ctl-01/v1/nginx_status", options="").body
+    assert json.loads(_get(operator, "https://%s/v1/release" % target).body) == release
+    assert "Active connections" in _get(operator, "https://%s/v1/nginx_status" % target).body
+    assert _get(operator, "https://%s/healthz" % target, options=AGENT_CERT + " -X PUT").status == 403
+    assert _get(operator, "https://%s/v1/bundle" % target).status == 404
+
+
+@pytest.mark.parametrize("client", [AGENT, "ctl-02"])
+def test_operator_listener_refuses_no_client_certificate(client):
+    """Neither an agent nor a replica gets anything from 443 without a certificate: the TLS layer refuses (400)."""
+    for path in ("/healthz", "/v1/release", "/v1/nginx_status"):
+        reply = _get(_host(client), "https://ctl-01" + path, options="")
+        assert reply.status == 400, reply
+        assert "serial" not in reply.body and "Active connections" not in reply.body
+
+
+def test_operator_listener_refuses_another_ca(host):
+    """A certificate claiming a listed name (CN=ctl-02) from a CA the controllers do not trust."""
+    reply = _get(host, "https://ctl-01/healthz", options=_other_ca_certificate(host, "ctl-02"))
+    assert reply.status == 400 and "serial" not in reply.body, reply
+
+
+def test_operator_listener_refuses_a_revoked_certificate():
+    """agent-02 is listed in controller_operator_clients (molecule.yml): only the CRL keeps it out."""
+    reply = _get(_host(REVOKED), "https://ctl-01/healthz")
+    assert reply.status == 400 and "serial" not in reply.body, reply
+    log = _host("ctl-01").check_output("cat /var/log/mseg-controller/operators.access.log")
+    assert re.search(r'"CN=agent-02" FAILED:certificate revoked .*"GET /healthz', log), log[-2000:]
+
+
+def test_operator_listener_refuses_a_valid_certificate_not_listed(host):
+    """agent-01's certificate is valid (it gets its bundle on 8443) but agent-01 is not an operator: 403."""
+    assert _get(host, "https://ctl-01:8443/v1/bundle").status == 200
+    for path in ("/healthz", "/v1/release", "/v1/nginx_status"):
+        reply = _get(host, "https://ctl-01" + path)
+        assert reply.status == 403, reply
+        assert "serial" not in reply.body and "Active connections" not in reply.body
+
+
+def test_nginx_listens_only_on_the_two_mutual_tls_ports():
+    """No other listener (no default site on 80, no plain-HTTP health port): every port nginx opens asks for a
+    client certificate."""
+    for name in CONTROLLERS:
+        ctl = _host(name)
+        ports = set(re.findall(r":(\d+)\s.*nginx", ctl.check_output("ss -Hltnp")))
+        assert ports == {"443", "8443"}, ports
+        config = ctl.check_output("nginx -T 2>/dev/null")
+        assert config.count("ssl_verify_client on;") == 2 and "ssl_verify_client optional" not in config
+
+
+def test_health_check_authenticates_with_the_replicas_certificate():
+    """keepalived's check passes on each replica, and only because it presents the replica's certificate."""
+    for name in CONTROLLERS:
+        ctl = _host(name)
+        assert ctl.run("/usr/local/sbin/mseg-controller-health").rc == 0, _diagnostics()
+        without = ctl.run("sed '/--cert /d' /usr/local/sbin/mseg-controller-health | sh")
+        assert without.rc != 0
 
 
 FORGE = """
