@@ -52,7 +52,7 @@ setup: $(BUILD)/debs.stamp $(VENV)/.stamp $(COLLECTION_LINK) ## install Debian p
 # ---------------------------------------------------------------- the two commands
 
 .PHONY: demo
-demo: setup ## boot the lab fleet, roll the policy out, and show measured reachability beside trace's prediction
+demo: setup ## boot the lab fleet, prepare the kernels, roll the policy out, and show measured reachability beside trace's prediction
 	@$(MAKE) --no-print-directory lab-up
 	@timeout --kill-after=30 1200 ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/demo.yml
 	@echo ">>> The lab fleet is still up: ssh in with the key in $(MSEG_LAB_STATE_DIR)/$(LAB_NAME)/, remove it with make lab-down"
