@@ -150,6 +150,19 @@ def test_service_is_pinned_limited_and_confined(name):
     assert "mseg-agent" in node.check_output("ls -l /var/log/mseg-agent/runtime.log")
 
 
+def test_the_runtime_log_is_rotated_once_it_outgrows_its_size():
+    """The timer checks the size every 15 min (the distribution's logrotate runs daily); later tests see the agent
+    go on logging into the new file (they read it after publishing)."""
+    node = host("agt-03")
+    assert node.check_output("systemctl is-enabled mseg-agent-logrotate.timer") == "enabled"
+    assert node.check_output("systemctl is-active mseg-agent-logrotate.timer") == "active"
+    node.check_output("truncate -s 11M /var/log/mseg-agent/runtime.log")
+    node.check_output("systemctl start mseg-agent-logrotate.service")
+    rotated, fresh = node.file("/var/log/mseg-agent/runtime.log.1"), node.file("/var/log/mseg-agent/runtime.log")
+    assert rotated.exists and rotated.size >= 11 * 1024 * 1024
+    assert fresh.size < 1024 * 1024 and (fresh.mode, fresh.user) == (0o600, "mseg-agent")
+
+
 @pytest.mark.parametrize("cpus, message", [
     ([0, 4095], "agent_cpus 0,4095 names CPU(s) 4095 that agt-01 does not have online (online: {online}); "
                 "choose agent_cpus among them"),
@@ -162,8 +175,8 @@ def test_agent_cpus_the_host_cannot_honour_are_refused_before_anything_changes(c
     proc = run("ansible-playbook", "-i", INVENTORY, "mseg.fleet.agent", "--limit", "agt-01",
                "-e", json.dumps({"agent_cpus": cpus}), check=False)
     assert proc.returncode != 0
-    assert message.format(online=",".join(str(cpu) for cpu in online)) in " ".join(proc.stdout.split()), \
-        proc.stdout[-3000:]
+    output = " ".join((proc.stdout + proc.stderr).split())  # ansible-core 2.19 prints failures on stderr
+    assert message.format(online=",".join(str(cpu) for cpu in online)) in output, output[-3000:]
     assert node.check_output("systemctl cat mseg-agent") == unit
 
 
