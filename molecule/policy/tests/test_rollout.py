@@ -143,6 +143,21 @@ def test_observe_passes_everything_and_audits_exactly_what_enforce_would_drop(en
             audited.add((addresses[event.src], addresses[event.dst], family, event.port))
     would_drop = {key for key, allowed in predicted_enforce.items() if not allowed}
     assert would_drop and audited == would_drop
+    # the report an operator reads: every would-be drop is in it, per rule and per pair of labels (the control
+    # node's kernel log may also hold earlier runs' lines, so it can hold more)
+    with tempfile.TemporaryDirectory() as report_dir:
+        playbook("mseg.fleet.observe_report", *ev({"mseg_hosts": "managed", "mseg_observe_log_source": "controller",
+                                                   "mseg_observe_report_dir": report_dir}))
+        with open(os.path.join(report_dir, "observe-report.json"), encoding="utf-8") as handle:
+            report = json.load(handle)
+        with open(os.path.join(report_dir, "observe-report.csv"), encoding="utf-8") as handle:
+            rows = handle.read().splitlines()
+    reported = {tuple(flow.split(" -> ")) + (pair["port"],) for pair in report["pairs"] for flow in pair["hosts"]}
+    assert {(src, dst, port) for src, dst, _family, port in would_drop} <= reported
+    names = {rule["rule"]: rule["name"] for rule in report["rules"]}
+    assert names[30] == "no-web-to-db" and names[0] == "default"
+    assert rows[0] == "src,dst,port,rule,direction,packets,hosts"
+    assert any(row.startswith("role=web,role=db,tcp/5432,30,") for row in rows), rows
 
 
 def test_bypass_passes_everything_and_is_not_lifted_behind_the_operators_back():
@@ -168,6 +183,16 @@ def test_bypass_passes_everything_and_is_not_lifted_behind_the_operators_back():
 def test_enforce_again():
     playbook("mseg.fleet.mode", *ev({"mseg_mode": "enforce", "mseg_hosts": "managed"}))
     agreement()
+
+
+def test_trace_live_shows_the_counters_of_the_deciding_rule_move_on_both_ends():
+    start_db_listener()
+    proc = playbook("mseg.fleet.trace", *ev({"mseg_trace_hosts": "managed", "mseg_trace_src": "app-01",
+                                             "mseg_trace_dst": "db-01", "mseg_trace_port": "tcp/5432",
+                                             "mseg_trace_live": True}))
+    text = " ".join(proc.output.split())
+    assert re.search(r"app-01: [^\"]*\brule_20_out \+\d+", text), text[-3000:]
+    assert re.search(r"db-01: [^\"]*\brule_20_in \+\d+", text), text[-3000:]
 
 
 def test_a_broken_policy_fails_before_any_host_changes():
