@@ -253,6 +253,25 @@ def test_an_unhealthy_batch_is_rolled_back_and_the_rollout_stops():
     assert listings() == before
 
 
+def test_a_batch_that_breaks_a_services_ingress_is_caught_from_its_clients():
+    """Without rule 20, db-01 drops app-01 once db-01's own batch applies. Only app-01 probes db-01, and app-01 is not
+    in that batch: the probe must run from app-01 after db-01's batch, and roll db-01 back."""
+    start_db_listener()
+    before = listings()
+    policy = _policy()
+    policy["rules"] = [rule for rule in policy["rules"] if rule["id"] != 20]
+    proc = playbook("mseg.fleet.rollout", *ev({"mseg_hosts": "app:db", "mseg_policy": policy}), check=False)
+    text = " ".join(proc.output.split())
+    assert proc.returncode != 0
+    assert re.search(r"Health check failed on db-01: tcp/5432 from app-01 is timeout \(", text), text[-3000:]
+    assert "The batch (db-01) was rolled back to its previous ruleset." in text
+    after = listings()
+    assert after["db-01"] == before["db-01"]        # restored from its backup
+    assert after["app-01"] != before["app-01"]      # the first batch passed and keeps the new policy
+    playbook("mseg.fleet.rollout", *ev({"mseg_hosts": "managed"}))
+    assert listings() == before
+
+
 def _digest(name):
     """The policy digest in the header of the ruleset the host persisted."""
     return host(name).check_output("grep -o 'policy=[0-9a-f]*' /etc/mseg/ruleset.nft")
