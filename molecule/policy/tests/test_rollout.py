@@ -233,6 +233,13 @@ def test_a_health_probe_that_cannot_run_fails_before_any_host_changes():
     assert listings() == before
 
 
+def _stopped_rollout(policy):
+    """Roll ``policy`` out to app then db (app-01 is the first batch) and return its output; it must stop."""
+    proc = playbook("mseg.fleet.rollout", *ev({"mseg_hosts": "app:db", "mseg_policy": policy}), check=False)
+    assert proc.returncode != 0
+    return " ".join(proc.output.split())
+
+
 def test_an_unhealthy_batch_is_rolled_back_and_the_rollout_stops():
     """A deny between app and db breaks app-01's probe of db-01 in the first batch: the batch is rolled back from its
     backup, the rollout stops naming the host, the probe and the rule, and db-01's batch never comes."""
@@ -241,9 +248,7 @@ def test_an_unhealthy_batch_is_rolled_back_and_the_rollout_stops():
     policy = _policy()
     policy["rules"].append({"id": 25, "name": "no-app-to-db", "from": {"tags": {"role": "app"}},
                             "to": {"tags": {"role": "db"}}, "action": "deny"})
-    proc = playbook("mseg.fleet.rollout", *ev({"mseg_hosts": "app:db", "mseg_policy": policy}), check=False)
-    text = " ".join(proc.output.split())
-    assert proc.returncode != 0
+    text = _stopped_rollout(policy)
     assert re.search(r"Health check failed on app-01: db-01 tcp/5432 is timeout \([^)]*\b25\b[^)]*\)", text), text[-3000:]
     assert "The batch (app-01) was rolled back to its previous ruleset." in text
     after = listings()
@@ -260,9 +265,7 @@ def test_a_batch_that_breaks_a_services_ingress_is_caught_from_its_clients():
     before = listings()
     policy = _policy()
     policy["rules"] = [rule for rule in policy["rules"] if rule["id"] != 20]
-    proc = playbook("mseg.fleet.rollout", *ev({"mseg_hosts": "app:db", "mseg_policy": policy}), check=False)
-    text = " ".join(proc.output.split())
-    assert proc.returncode != 0
+    text = _stopped_rollout(policy)
     assert re.search(r"Health check failed on db-01: tcp/5432 from app-01 is timeout \(", text), text[-3000:]
     assert "The batch (db-01) was rolled back to its previous ruleset." in text
     after = listings()
