@@ -4,7 +4,7 @@
 
 Runs as root in two throw-away network namespaces (nothing outside them is touched):
 
-* nft_apply: the engine the module runs on the host (``plugins/module_utils/apply.py``) applying a
+* nft_apply: the engine the module runs on the host (``plugins/module_utils/apply/``) applying a
   contract-shaped ruleset whose peer set holds N elements: scope check, ``nft -c``, the transaction,
   recording the listing, persisting. Then re-runs: unchanged (the usual case: the kernel's ruleset
   generation id is unchanged, so nothing is listed), unchanged after another table changed (the
@@ -32,9 +32,10 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "plugins", "module_utils"))
+sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 
-import apply as engine  # noqa: E402  (plain Python, no Ansible needed)
+from ansible_collections.mseg.fleet.plugins.module_utils.apply import engine, peers  # noqa: E402  (plain Python)
+from ansible_collections.mseg.fleet.plugins.module_utils.apply.persist import restore_templates  # noqa: E402
 
 
 def addresses(count):
@@ -100,10 +101,12 @@ def worker_nft(count, repeat):
     text = ruleset(elements)
     changed = ruleset(elements[:-1] + ["192.0.2.1"])
     work = tempfile.mkdtemp(prefix="mseg-bench-")
-    nft = engine.find_nft()
+    nft = engine.Nft().path
+    templates = restore_templates()
 
     def request(content):
-        return engine.Request(content, state_dir=os.path.join(work, "etc-mseg"), unit_dir=os.path.join(work, "units"))
+        return engine.Request(content, state_dir=os.path.join(work, "etc-mseg"), unit_dir=os.path.join(work, "units"),
+                              templates=templates)
 
     out = {}
     try:
@@ -128,7 +131,7 @@ def worker_nft(count, repeat):
         out["replace"], res = timed(lambda: engine.apply(request(next(alternate))), repeat)
         assert res["changed"] is True
 
-        full = engine.PREAMBLE + text
+        full = peers.PREAMBLE + text
         out["nft_check"] = timed(lambda: subprocess.run([nft, "-c", "-f", "-"], input=full, text=True,
                                                         check=True), repeat)[0]
         out["nft_load"] = timed(lambda: subprocess.run([nft, "-f", "-"], input=full, text=True, check=True),

@@ -26,6 +26,8 @@ import time
 from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
+from ansible_collections.mseg.fleet.plugins.module_utils.apply.persist import restore_templates
+from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 
 display = Display()
 
@@ -44,6 +46,11 @@ class ActionModule(ActionBase):
         result = super(ActionModule, self).run(tmp, task_vars)
         del tmp
         args = dict(self._task.args)
+        # the boot restore script and its unit are files of the collection, and AnsiballZ carries only Python
+        try:
+            args["_templates"] = restore_templates()
+        except MsegError as exc:
+            raise AnsibleActionFail(str(exc))
         timeout = args.get("confirm_timeout")
         if self._task.async_val:
             raise AnsibleActionFail("nft_apply does not run under async: commit-confirmed (confirm_timeout) "

@@ -9,8 +9,8 @@ import json
 import os
 
 from ansible.errors import AnsibleActionFail
-from ansible_collections.mseg.fleet.plugins.module_utils.audit import format_summary, summarise, to_csv
-from ansible_collections.mseg.fleet.plugins.module_utils.errors import MsegError
+from ansible_collections.mseg.fleet.plugins.module_utils.compile.observe import format_summary, summarise, to_csv
+from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.plugin_utils.action import FleetAction, write_if_changed
 
 ARGUMENT_SPEC = {

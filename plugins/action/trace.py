@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
-from ansible_collections.mseg.fleet.plugins.module_utils.errors import MsegError
-from ansible_collections.mseg.fleet.plugins.module_utils.trace import format_matrix, format_table, trace
+from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
+from ansible_collections.mseg.fleet.plugins.module_utils.compile.trace import format_matrix, format_table, trace
 from ansible_collections.mseg.fleet.plugins.plugin_utils.action import FleetAction
 
 ARGUMENT_SPEC = {

@@ -38,7 +38,7 @@ _value:
 """
 
 from ansible.errors import AnsibleFilterError  # noqa: E402
-from ansible_collections.mseg.fleet.plugins.module_utils.render import bypass_ruleset  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.nft.bypass import bypass_ruleset  # noqa: E402
 
 
 def _bypass_ruleset(host):

@@ -37,7 +37,7 @@ _value:
 """
 
 from ansible.errors import AnsibleFilterError  # noqa: E402
-from ansible_collections.mseg.fleet.plugins.module_utils.kernel import parse_cpu_list  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.host.kernel import parse_cpu_list  # noqa: E402
 
 
 def cpu_list(value):

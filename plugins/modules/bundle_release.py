@@ -106,7 +106,8 @@ import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.mseg.fleet.plugins.module_utils import bundle, bundle_release
+from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope as bundle
+from ansible_collections.mseg.fleet.plugins.module_utils.bundle import release as bundle_release
 
 
 def _log(path, line):

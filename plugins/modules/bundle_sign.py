@@ -144,8 +144,8 @@ reason:
 import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.mseg.fleet.plugins.module_utils import bundle
-from ansible_collections.mseg.fleet.plugins.module_utils.bundle_release import ReleaseError, sign_release
+from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope as bundle
+from ansible_collections.mseg.fleet.plugins.module_utils.bundle.release import ReleaseError, sign_release
 
 
 def main():

@@ -290,7 +290,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.mseg.fleet.plugins.module_utils.kernel import gather
+from ansible_collections.mseg.fleet.plugins.module_utils.host.kernel import gather
 
 
 def _find(module, name):

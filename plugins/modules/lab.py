@@ -250,7 +250,7 @@ killed:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.mseg.fleet.plugins.module_utils.lab import (
+from ansible_collections.mseg.fleet.plugins.module_utils._lab.lab import (
     DEFAULT_PACKAGES,
     LabError,
     lab_down,

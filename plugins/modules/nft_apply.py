@@ -232,7 +232,12 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.mseg.fleet.plugins.module_utils import apply as engine
+from ansible_collections.mseg.fleet.plugins.module_utils.apply.confirmed import arm, confirm
+from ansible_collections.mseg.fleet.plugins.module_utils.apply.engine import Request, apply
+from ansible_collections.mseg.fleet.plugins.module_utils.apply.peers import detect_ssh_peer, ssh_connection_started
+from ansible_collections.mseg.fleet.plugins.module_utils.apply.persist import Paths
+from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
+from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 
 
 def main():
@@ -243,11 +248,12 @@ def main():
             persist=dict(type="bool", default=True),
             confirm_timeout=dict(type="int"),
             management_auto=dict(type="bool", default=True),
-            state_dir=dict(type="path", default=engine.DEFAULT_STATE_DIR),
-            unit_dir=dict(type="path", default=engine.DEFAULT_UNIT_DIR),
+            state_dir=dict(type="path", default=contract.STATE_DIR),
+            unit_dir=dict(type="path", default=contract.UNIT_DIR),
             lock_timeout=dict(type="int", default=300),
             _phase=dict(type="str", choices=["arm", "confirm"]),
             _txn=dict(type="str"),
+            _templates=dict(type="dict"),
         ),
         supports_check_mode=True,
     )
@@ -255,8 +261,8 @@ def main():
     phase = params["_phase"]
     try:
         if phase == "confirm":
-            result = engine.confirm(engine.Paths(params["state_dir"], params["unit_dir"]), params["_txn"],
-                                    engine.ssh_connection_started())
+            result = confirm(Paths(params["state_dir"], params["unit_dir"]), params["_txn"],
+                             ssh_connection_started())
             if result.get("rolled_back"):
                 module.fail_json(changed=False, **result)
             module.exit_json(**result)
@@ -266,17 +272,17 @@ def main():
             module.fail_json(msg="content is required with state=present: pass the rendered ruleset text")
         peers = []
         if params["management_auto"] and params["state"] == "present":
-            peer = engine.detect_ssh_peer()
+            peer = detect_ssh_peer()
             if peer:
                 peers.append(peer)
-        request = engine.Request(params["content"], params["state"], params["persist"], peers,
-                                 params["state_dir"], params["unit_dir"], params["lock_timeout"],
-                                 module.check_mode, module._diff)
+        request = Request(params["content"], params["state"], params["persist"], peers,
+                          params["state_dir"], params["unit_dir"], params["lock_timeout"],
+                          module.check_mode, module._diff, params["_templates"])
         if phase == "arm" and not module.check_mode:
-            result = engine.arm(request, params["_txn"], params["confirm_timeout"])
+            result = arm(request, params["_txn"], params["confirm_timeout"])
         else:
-            result = engine.apply(request)
-    except engine.ApplyError as exc:
+            result = apply(request)
+    except MsegError as exc:
         module.fail_json(msg=str(exc), rolled_back=False)
     module.exit_json(**result)
 

@@ -114,7 +114,7 @@ reachable:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.mseg.fleet.plugins.module_utils.probe import ProbeError, parse_port, probe
+from ansible_collections.mseg.fleet.plugins.module_utils.host.probe import ProbeError, parse_port, probe
 
 
 def main():

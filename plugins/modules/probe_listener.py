@@ -86,7 +86,7 @@ busy:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.mseg.fleet.plugins.module_utils.probe import (
+from ansible_collections.mseg.fleet.plugins.module_utils.host.probe import (
     ProbeError,
     parse_port,
     running_listener,

@@ -9,9 +9,9 @@ from __future__ import annotations
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
-from ansible_collections.mseg.fleet.plugins.module_utils.apply import write_atomic
-from ansible_collections.mseg.fleet.plugins.module_utils.errors import MsegError
-from ansible_collections.mseg.fleet.plugins.module_utils.fleet import compile_fleet
+from ansible_collections.mseg.fleet.plugins.module_utils.common.files import write_atomic
+from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
+from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import compile_fleet
 from ansible_collections.mseg.fleet.plugins.plugin_utils.inventory import gather_fleet
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ansible.inventory.helpers import sort_groups
 from ansible.vars.plugins import get_vars_from_inventory_sources, get_vars_from_path
-from ansible_collections.mseg.fleet.plugins.module_utils.fleet import merge_tags
+from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import merge_tags
 
 HOST_VARIABLES = {
     "addresses": "mseg_addresses",

@@ -26,7 +26,7 @@ COLLECTIONS = os.path.join(ROOT, ".build", "collections")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, COLLECTIONS)
 
-from ansible_collections.mseg.fleet.plugins.module_utils import bundle  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope as bundle  # noqa: E402
 from netns import CONNECTED, TIMEOUT, Fleet, available  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs root and network namespaces")

@@ -15,7 +15,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 
-from ansible_collections.mseg.fleet.plugins.module_utils import lab  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils._lab import lab  # noqa: E402
 
 CACHE = os.environ.get("MSEG_LAB_CACHE", "/var/cache/mseg-lab")
 SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
@@ -233,7 +233,7 @@ def test_a_host_whose_process_died_is_rebooted(scratch):
 def test_teardown_after_a_crash_during_boot(scratch):
     name, state_dir = scratch("itcrash")
     code = ("import sys; sys.path.insert(0, %r)\n"
-            "from ansible_collections.mseg.fleet.plugins.module_utils import lab\n"
+            "from ansible_collections.mseg.fleet.plugins.module_utils._lab import lab\n"
             "lab.lab_up(%r, [{'name': 'h%%d' %% i} for i in range(4)], %r, %r)\n"
             % (os.path.join(ROOT, ".build", "collections"), name, state_dir, CACHE))
     proc = subprocess.Popen([sys.executable, "-c", code])

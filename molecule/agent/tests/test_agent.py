@@ -22,7 +22,8 @@ import testinfra
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 
-from ansible_collections.mseg.fleet.plugins.module_utils import kernel, lab  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils._lab import lab  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.host import kernel  # noqa: E402
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 AGENTS = ["agt-01", "agt-02", "agt-03"]

@@ -19,7 +19,7 @@ import testinfra.utils.ansible_runner
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / ".build" / "collections"))
-from ansible_collections.mseg.fleet.plugins.module_utils import bundle  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope as bundle  # noqa: E402  pylint: disable=wrong-import-position
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY)

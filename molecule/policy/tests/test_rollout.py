@@ -21,8 +21,8 @@ import testinfra
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 
-from ansible_collections.mseg.fleet.plugins.module_utils import lab  # noqa: E402
-from ansible_collections.mseg.fleet.plugins.module_utils.audit import parse_line  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils._lab import lab  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.common.logline import parse_line  # noqa: E402
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 MANAGED = ["app-01", "db-01", "web-01"]

@@ -1,0 +1,81 @@
+# -*- coding: utf-8 -*-
+# Copyright: mseg.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The agent's state directory: its own files, written atomically, under one lock shared with the CLI.
+
+::
+
+    current.json    the last good envelope (verified, applied unless an override holds it back)
+    previous.json   the good envelope before it (``mseg rollback``)
+    meta.json       serial (the highest ever accepted: replay and rollback protection), etag, bundle fields
+    override.json   a local override (``mseg mode bypass``, ``mseg rollback``) that survives restarts
+    status.json     what ``mseg status`` shows: mode, serial, policy digest, last poll, last apply, last error
+    identity.json   host name, management peers and the public key, so the CLI works without the credentials
+    nft/            the apply engine's state directory (recorded listing, backup, lock)
+    agent.lock      serialises the agent and the CLI
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+
+from ansible_collections.mseg.fleet.plugins.module_utils.agent.errors import AgentError
+from ansible_collections.mseg.fleet.plugins.module_utils.common.files import FileLock, unlink, write_atomic
+
+
+class State:
+    """The agent's own files (see the module docstring). Every write is atomic (``common.files.write_atomic``)."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        self.nft_dir = os.path.join(directory, "nft")
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def ensure(self):
+        try:
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            os.makedirs(self.nft_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise AgentError("cannot create the agent state directory %s (%s): it must be writable by the agent "
+                             "user (StateDirectory= in mseg-agent.service)" % (self.dir, exc.strerror or exc))
+
+    def read_bytes(self, name):
+        try:
+            with open(self.path(name), "rb") as handle:
+                return handle.read()
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise AgentError("cannot read %s (%s)" % (self.path(name), exc.strerror or exc))
+
+    def read_json(self, name, default=None):
+        raw = self.read_bytes(name)
+        if raw is None:
+            return default
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except ValueError:
+            return default
+
+    def write(self, name, data):
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        write_atomic(self.path(name), text)
+
+    def write_json(self, name, data):
+        self.write(name, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+    def remove(self, name):
+        return unlink(self.path(name))
+
+    @contextlib.contextmanager
+    def locked(self, timeout=60):
+        """Exclusive lock shared by the agent and the CLI, so an override and a bundle never interleave."""
+        held = FileLock(self.path("agent.lock"), timeout, lambda _holder: AgentError(
+            "the agent state %s is locked by another mseg process for more than %ss; try again" % (self.dir, timeout)))
+        with held:
+            yield

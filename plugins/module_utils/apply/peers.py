@@ -1,0 +1,145 @@
+# -*- coding: utf-8 -*-
+# Copyright: mseg.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Management peers: the controller's SSH address as this host sees it, and the transaction that keeps it reachable.
+
+Every apply adds the address Ansible connects from (or the agent's configured peers) to the table's management
+sets, so no policy can lock the operator out (DESIGN section 3, ``mseg_management_auto``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import time
+
+from ansible_collections.mseg.fleet.plugins.module_utils.apply.errors import ApplyError
+from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
+
+PREAMBLE = "table %s {}\ndelete table %s\n" % (contract.TABLE, contract.TABLE)
+
+
+def parse_ssh_connection(value):
+    """``"client cport server sport"`` (SSH_CONNECTION) or ``"client cport sport"`` (SSH_CLIENT) -> (ip, port)."""
+    words = (value or "").split()
+    if len(words) not in (3, 4):
+        return None
+    try:
+        address = ipaddress.ip_address(words[0].split("%")[0])
+        port = int(words[-1])
+    except ValueError:
+        return None
+    if getattr(address, "ipv4_mapped", None):
+        address = address.ipv4_mapped
+    if not 0 < port < 65536:
+        return None
+    return str(address), port
+
+
+def _environ_of(pid):
+    try:
+        with open("/proc/%d/environ" % pid, "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return {}
+    env = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+    return env
+
+
+def _parent_of(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            stat = handle.read()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def detect_ssh_peer(environ=None, pid=None):
+    """The controller's (address, sshd port) as this host sees them, or None for a non-SSH connection.
+
+    ``SSH_CONNECTION``/``SSH_CLIENT`` of this process first; ``become`` (sudo, su) strips them, so
+    then the environment of each ancestor process up to the sshd session.
+    """
+    environ = os.environ if environ is None else environ
+    for key in ("SSH_CONNECTION", "SSH_CLIENT"):
+        peer = parse_ssh_connection(environ.get(key))
+        if peer:
+            return peer
+    pid = os.getppid() if pid is None else pid
+    seen = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        env = _environ_of(pid)
+        for key in ("SSH_CONNECTION", "SSH_CLIENT"):
+            peer = parse_ssh_connection(env.get(key))
+            if peer:
+                return peer
+        pid = _parent_of(pid)
+    return None
+
+
+def _comm(pid):
+    try:
+        with open("/proc/%d/comm" % pid) as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def boottime():
+    return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
+
+
+def ssh_connection_started(pid=None):
+    """Boot-clock second at which sshd accepted the connection this process runs over, or None (not SSH).
+
+    The per-connection sshd process is the ``sshd`` ancestor whose parent is the listening sshd; it is
+    forked right after ``accept()``, so a connection whose process started after the new ruleset went
+    live was opened through that ruleset.
+    """
+    pid = os.getpid() if pid is None else pid
+    chain = []
+    seen = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        chain.append(pid)
+        pid = _parent_of(pid)
+    sshd = [p for p in chain if _comm(p) == "sshd"]
+    if len(sshd) < 2:
+        return None
+    try:
+        with open("/proc/%d/stat" % sshd[-2]) as handle:
+            ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+    return ticks / float(os.sysconf("SC_CLK_TCK"))
+
+
+def management_elements(peers):
+    """``add element`` lines for the auto-management sets, one per (address, port)."""
+    lines = []
+    for address, port in sorted(set(peers)):
+        version = ipaddress.ip_address(address).version
+        lines.append("add element %s %s { %s . %d }"
+                     % (contract.TABLE, contract.MGMT_AUTO_SET[version], address, port))
+    return lines
+
+
+def build_transaction(content, peers):
+    """The complete, atomic ``nft -f`` text: preamble, the content, then the management elements."""
+    for address, _port in peers:
+        name = contract.MGMT_AUTO_SET[ipaddress.ip_address(address).version]
+        if not re.search(r"\bset\s+%s\b" % name, content):
+            raise ApplyError(
+                "content does not declare set %s, so the controller's SSH address %s cannot be added as a management "
+                "entry: render the ruleset with mseg.fleet (every mode declares it) or set management_auto: false"
+                % (name, address))
+    body = content if content.endswith("\n") else content + "\n"
+    extra = "".join(line + "\n" for line in management_elements(peers))
+    return PREAMBLE + body + extra

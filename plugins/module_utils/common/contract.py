@@ -1,0 +1,168 @@
+# -*- coding: utf-8 -*-
+# Copyright: mseg.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The wire contract: every name that crosses a boundary between a writer and a reader, defined once.
+
+Writers (the renderer, the bypass table, the apply engine, the restore script) and readers (the observe report, the
+agent's drop log, the counter readers, the policy role, the host CLI) import these names; none of them spells one
+out. The contract also reserves what later features use, so that they cannot collide:
+
+* the packet mark: its low 16 bits carry a sender's identity on the overlay (VXLAN-GBP carries exactly 16 bits;
+  any other bit would travel as a GBP flag), the high 16 bits are reserved;
+* the conntrack mark: its low 16 bits hold the id of the rule that decided a connection (rule ids are 1..65535,
+  0 is the default or a system rule), the high 16 bits are reserved;
+* the NFLOG groups for machine-read drop, audit and log records, beside the kernel log lines people read;
+* the table's chain, set, map and counter names.
+
+A rendered ruleset may write only marks and log channels assigned here (``tests/unit/common/test_contract.py``).
+"""
+
+from __future__ import annotations
+
+import re
+
+# --- the table -------------------------------------------------------------------------------------------------
+TABLE_FAMILY = "inet"
+TABLE_NAME = "mseg"
+TABLE = "%s %s" % (TABLE_FAMILY, TABLE_NAME)
+
+DIRECTIONS = ("ingress", "egress")
+SUFFIX = {"ingress": "in", "egress": "out"}
+BASE_CHAIN = {"ingress": "input", "egress": "output"}
+HOOK = {"ingress": "input", "egress": "output"}
+# Reserved base chains: workloads' traffic on the forward path, and the mangle-priority chain that marks overlay
+# traffic with the sender's identity before any accept.
+FORWARD_CHAIN = "forward"
+IDENTITY_CHAIN = "identity"
+
+# --- marks -----------------------------------------------------------------------------------------------------
+PACKET_MARK_IDENTITY_MASK = 0x0000FFFF
+PACKET_MARK_RESERVED_MASK = 0xFFFF0000
+CT_MARK_RULE_MASK = 0x0000FFFF
+CT_MARK_RESERVED_MASK = 0xFFFF0000
+# What a rendered ruleset may do with marks: (selector, mask) pairs it may set. Nothing sets a mark yet.
+ASSIGNED_MARKS = (("meta mark", PACKET_MARK_IDENTITY_MASK), ("ct mark", CT_MARK_RULE_MASK))
+
+# --- log channels ----------------------------------------------------------------------------------------------
+# Kernel log lines for people: "[MSEG-DROP] ID=1024 " then the kernel's IN= OUT= SRC= ... fields.
+LOG_KINDS = ("DROP", "AUDIT", "LOG")
+LOG_LIMIT = "limit rate 10/second burst 20 packets"
+# NFLOG groups for machine-read records of the same events (reserved: no ruleset writes them yet).
+NFLOG_GROUP = {"DROP": 2710, "AUDIT": 2711, "LOG": 2712}
+
+
+def log_tag(kind):
+    """``[MSEG-DROP]``, ``[MSEG-AUDIT]`` or ``[MSEG-LOG]``."""
+    if kind not in LOG_KINDS:
+        raise ValueError("unknown log kind %r" % (kind,))
+    return "[MSEG-%s]" % kind
+
+
+def log_prefix(kind, rule_id):
+    """The kernel log prefix of a rule: ``[MSEG-DROP] ID=1024 `` (0 is the direction's default)."""
+    return "%s ID=%d " % (log_tag(kind), rule_id)
+
+
+# A kernel log line carrying one of the prefixes above, as the kernel prints it (``readers``: observe, drop log).
+LOG_LINE_RE = re.compile(
+    r"\[MSEG-(?P<kind>%s)\] ID=(?P<id>\d+) IN=(?P<iif>\S*) OUT=(?P<oif>\S*)"
+    r".*? SRC=(?P<src>\S+) DST=(?P<dst>\S+)"
+    r".*? PROTO=(?P<proto>\S+)(?:.*? DPT=(?P<dport>\d+))?" % "|".join(LOG_KINDS))
+LOG_PREFIX_RE = re.compile(r"^\[MSEG-(?:%s)\] ID=(?:0|[1-9][0-9]{0,4}) $" % "|".join(LOG_KINDS))
+
+# --- counters --------------------------------------------------------------------------------------------------
+MGMT_COUNTER = "mgmt_in"
+# Every bypass table counts into BYPASS_MARKER. The emergency table (mseg.fleet.bypass, the agent's local override)
+# also counts into EMERGENCY_MARKER, which tells it apart from an inventory's mseg_mode: bypass: the policy role
+# keeps an emergency bypass until the operator lifts it, but follows the inventory otherwise.
+BYPASS_MARKER = "mode_bypass"
+EMERGENCY_MARKER = "emergency_bypass"
+# The table the boot restore loads when the persisted ruleset is rejected.
+FAILSAFE_MARKER = "mode_failsafe"
+
+
+def rule_counter(rule_id, direction):
+    """``rule_1024_in``: the packets rule 1024 matched on ``direction``."""
+    return "rule_%d_%s" % (rule_id, SUFFIX[direction])
+
+
+def default_counter(direction):
+    return "default_%s" % SUFFIX[direction]
+
+
+def invalid_counter(direction):
+    return "invalid_%s" % SUFFIX[direction]
+
+
+_RULE_COUNTER_RE = re.compile(r"^rule_(?P<id>[1-9][0-9]{0,4})_(?P<suffix>in|out)$")
+_DIRECTION_OF = {suffix: direction for direction, suffix in SUFFIX.items()}
+
+
+def parse_rule_counter(name):
+    """``(rule_id, direction)`` for a rule counter name, else None."""
+    found = _RULE_COUNTER_RE.match(name or "")
+    if not found:
+        return None
+    return int(found.group("id")), _DIRECTION_OF[found.group("suffix")]
+
+
+def counter_direction(name):
+    """``ingress``/``egress`` for a counter that belongs to one direction (``rule_5_in``, ``default_out`` …)."""
+    for direction, suffix in SUFFIX.items():
+        if name.endswith("_" + suffix):
+            return direction
+    return None
+
+
+# --- sets, maps and regular chains -----------------------------------------------------------------------------
+MGMT_AUTO_SET = {4: "mgmt_auto_v4", 6: "mgmt_auto_v6"}
+
+
+def mgmt_set(position, version):
+    return "mgmt_%d_v%d" % (position, version)
+
+
+def rule_set(rule_id, direction, version):
+    return "r%d_%s_v%d" % (rule_id, SUFFIX[direction], version)
+
+
+def allow_map(head_id, direction, version):
+    return "allow_%d_%s_v%d" % (head_id, SUFFIX[direction], version)
+
+
+def deny_chain(rule_id, direction):
+    return "deny_%d_%s" % (rule_id, SUFFIX[direction])
+
+
+def allow_chain(rule_id, direction):
+    return "allow_%d_%s" % (rule_id, SUFFIX[direction])
+
+
+_ID = "(?:0|[1-9][0-9]{0,4})"
+_DIR = "(?:in|out)"
+NAMES = {
+    "chain": re.compile(r"^(?:input|output|%s|%s|(?:deny|allow)_%s_%s)$" % (FORWARD_CHAIN, IDENTITY_CHAIN, _ID, _DIR)),
+    "set": re.compile(r"^(?:mgmt_auto_v[46]|mgmt_[0-9]+_v[46]|r%s_%s_v[46]|allow_%s_%s_v[46])$" % (_ID, _DIR, _ID, _DIR)),
+    "counter": re.compile(r"^(?:rule_%s_%s|(?:default|invalid)_%s|%s|%s|%s|%s)$" % (
+        _ID, _DIR, _DIR, MGMT_COUNTER, BYPASS_MARKER, EMERGENCY_MARKER, FAILSAFE_MARKER)),
+}
+
+# --- files on the host -----------------------------------------------------------------------------------------
+STATE_DIR = "/etc/mseg"
+UNIT_DIR = "/etc/systemd/system"
+RULESET_FILE = "ruleset.nft"          # the persisted ruleset (sha256 header + transaction), loaded at boot
+PREVIOUS_FILE = "ruleset.prev.nft"    # the table that was live before the last apply, as a loadable transaction
+LIVE_FILE = "live.nft"                # the live table as listed right after the last apply (drift detection)
+STATE_FILE = "state.json"             # hashes, generation id and counts recorded by the last apply
+RESTORE_SCRIPT_FILE = "restore.sh"    # run by RESTORE_UNIT at boot
+LOCK_FILE = "lock"                    # serialises applies on one host
+TXN_DIR = "txn"                       # commit-confirmed transactions
+RESTORE_UNIT = "mseg-restore.service"
+HASH_HEADER = "# mseg-sha256: "
+
+# --- the host CLI ----------------------------------------------------------------------------------------------
+HOST_CLI = "mseg"                     # the operator's command on an agent host
+AGENT_COMMAND = "mseg-agent"          # the service's command (run, restore)
+HOST_CLI_DIR = "/usr/sbin"
+AGENT_COMMANDS = ("run", "restore")
+HOST_CLI_COMMANDS = ("status", "mode", "rollback", "trace")

@@ -1,0 +1,180 @@
+# -*- coding: utf-8 -*-
+# Copyright: mseg.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The one ``nft`` runner: check, load and list table ``inet mseg``, list its counters, read the generation id.
+
+Everything that runs ``nft`` on a host goes through ``Nft`` (the apply engine, the agent, its trace, the counter
+readers); ``runner`` is replaceable, and ``tests/unit/nft/fake.py`` is the fake the unit tests use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+
+from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
+from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
+
+
+class NftError(MsegError):
+    """nft is missing, the kernel cannot run it, or it refused a ruleset; the message says what to do."""
+
+
+def find_nft():
+    """Path of the nft binary, or NftError."""
+    path = shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin:/usr/local/sbin")
+    if not path:
+        raise NftError("nft is not installed on this host: install the nftables package "
+                       "(the mseg.fleet.kernel_prereqs role does); nothing was changed")
+    return path
+
+
+_KERNEL_HINTS = ("Operation not supported", "Protocol not supported", "Address family not supported",
+                 "cache initialization failed")
+
+
+class Nft:
+    """Thin wrapper around the nft binary.
+
+    ``runner`` (``subprocess.run``'s signature) is replaceable: unit tests pass the fake of ``tests/unit/nft``.
+    ``netns`` runs every command inside that named network namespace (``ip netns exec``), as the agent's trace does.
+    """
+
+    def __init__(self, path=None, runner=None, netns=None):
+        self.path = path or find_nft()
+        self.runner = runner or subprocess.run
+        self.prefix = ["ip", "netns", "exec", netns] if netns else []
+
+    def _run(self, args, text=None):
+        proc = self.runner(self.prefix + [self.path] + args, input=text, capture_output=True, text=True,
+                           check=False)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def probe(self):
+        """Fail clearly when the kernel has no nf_tables (the netlink query is cheap; nft explains failures)."""
+        if not self.prefix and ruleset_genid() is not None:
+            return
+        rc, _out, err = self._run(["list", "tables"])
+        if rc != 0:
+            if any(hint in err for hint in _KERNEL_HINTS):
+                raise NftError("the kernel has no usable nf_tables support (%s): use a kernel with "
+                               "CONFIG_NF_TABLES and CONFIG_NF_TABLES_INET (>= 4.18); nothing was changed"
+                               % err.strip().splitlines()[-1])
+            raise NftError("nft cannot read the ruleset: %s; nothing was changed" % err.strip())
+
+    def check(self, text, what="ruleset"):
+        rc, _out, err = self._run(["-c", "-f", "-"], text)
+        if rc != 0:
+            raise NftError("nft rejected the %s (nft -c -f): %s; nothing was changed"
+                           % (what, _clip(err.strip().replace("/dev/stdin", "content"))))
+
+    def load(self, text):
+        rc, _out, err = self._run(["-f", "-"], text)
+        if rc != 0:
+            raise NftError("nft failed to load the ruleset (the kernel kept the previous one): %s"
+                           % _clip(err.strip().replace("/dev/stdin", "content")))
+
+    def listing(self):
+        """Table inet mseg listed without counters, or None when it does not exist."""
+        rc, out, err = self._run(["-s", "list", "table", contract.TABLE_FAMILY, contract.TABLE_NAME])
+        if rc != 0:
+            if "No such file or directory" in err:
+                return None
+            raise NftError("nft cannot list table %s: %s" % (contract.TABLE, err.strip()))
+        return out
+
+    def counters(self):
+        """The named counters of table inet mseg, sorted: ``[(name, packets, bytes)]``; ``None`` when the table
+        does not exist. Raises NftError when nft cannot list them (e.g. without CAP_NET_ADMIN)."""
+        rc, out, err = self._run(["-j", "list", "counters", "table", contract.TABLE_FAMILY, contract.TABLE_NAME])
+        if rc != 0:
+            if "No such file or directory" in err:
+                return None
+            raise NftError("nft cannot list the counters of table %s: %s" % (contract.TABLE,
+                                                                             (err or out).strip()))
+        try:
+            items = json.loads(out or "{}").get("nftables", [])
+        except (ValueError, AttributeError):
+            raise NftError("nft listed the counters of table %s in a form it does not document" % contract.TABLE)
+        found = []
+        for item in items:
+            counter = item.get("counter") if isinstance(item, dict) else None
+            if isinstance(counter, dict) and isinstance(counter.get("name"), str):
+                found.append((counter["name"], int(counter.get("packets", 0)), int(counter.get("bytes", 0))))
+        return sorted(found)
+
+
+def _clip(text, limit=1500):
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def ruleset_genid():
+    """The kernel's nf_tables generation id of this network namespace (bumps on every commit), or None."""
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
+    except (OSError, AttributeError):
+        return None
+    try:
+        sock.settimeout(2)
+        payload = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
+        # nlmsghdr: NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN, NLM_F_REQUEST
+        sock.send(struct.pack("=IHHII", 16 + len(payload), (10 << 8) | 16, 1, 1, 0) + payload)
+        data = sock.recv(65536)
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    length, mtype = struct.unpack_from("=IH", data)
+    offset = 20
+    while mtype != 2 and offset + 4 <= min(length, len(data)):
+        alen, atype = struct.unpack_from("=HH", data, offset)
+        if atype & 0x3FFF == 1 and alen >= 8:  # NFTA_GEN_ID
+            return struct.unpack_from(">I", data, offset + 4)[0]
+        offset += max(4, (alen + 3) & ~3)
+    return None
+
+
+def namespace_identity():
+    """Boot and network namespace identity: a recorded generation id is only meaningful within them."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            boot = handle.read().strip()
+    except OSError:
+        boot = ""
+    try:
+        netns = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        netns = 0
+    return "%s/%s" % (boot, netns)
+
+
+def count_listing(listing):
+    """Counts of rules, sets and set elements in an ``nft -s list table`` listing."""
+    rules = sets = elements = 0
+    in_chain = in_elements = False
+    for raw in (listing or "").splitlines():
+        line = raw.strip()
+        if in_elements:
+            elements += line.count(",") + (0 if line.endswith(",") else 1)
+            if line.endswith("}"):
+                in_elements = False
+            continue
+        if line.startswith(("set ", "map ")) and line.endswith("{"):
+            sets += 1
+            in_chain = False
+        elif line.startswith("chain ") and line.endswith("{"):
+            in_chain = True
+        elif line.startswith("elements = {"):
+            rest = line[len("elements = {"):].strip()
+            if rest:
+                elements += rest.count(",") + (0 if rest.endswith(",") else 1)
+            in_elements = not line.endswith("}")
+        elif line == "}":
+            in_chain = False
+        elif in_chain and line and not line.startswith(("type ", "policy ", "comment ")):
+            rules += 1
+    return {"rules": rules, "sets": sets, "elements": elements}

@@ -1,0 +1,164 @@
+"""The lab engine's naming, addressing and bookkeeping (the booting itself runs in `molecule test -s lab`)."""
+
+import ipaddress
+import json
+import os
+
+import pytest
+
+from ansible_collections.mseg.fleet.plugins.module_utils._lab import lab
+
+
+def test_short_names_are_used_as_they_are():
+    assert lab.lab_tag("demo") == "demo"
+    assert lab.bridge_name("demo") == "mslb-demo"
+    assert lab.machine_name("demo", 3) == "demo03"
+    assert lab.host_veth_name("demo", 3) == "vb-demo03"
+
+
+def test_long_names_are_hashed_and_fit_interface_names():
+    names = ["mol-kernel_prereqs", "mol-pki", "mol-lab", "a-very-long-lab-name-of-32-chars"]
+    tags = [lab.lab_tag(n) for n in names]
+    assert len(set(tags)) == len(tags)
+    for name in names:
+        assert len(lab.bridge_name(name)) <= 15
+        assert len(lab.host_veth_name(name, 99)) <= 15
+    assert lab.lab_tag("mol-kernel_prereqs") == lab.lab_tag("mol-kernel_prereqs")
+
+
+@pytest.mark.parametrize("name", ["", "Demo", "1lab", "lab name", "x" * 33, None])
+def test_bad_lab_names_are_refused(name):
+    with pytest.raises(lab.LabError, match="lab name"):
+        lab.validate_name(name)
+
+
+def test_host_index_is_bounded():
+    with pytest.raises(lab.LabError, match="at most 100 hosts"):
+        lab.machine_name("demo", 100)
+
+
+def test_subnet_is_deterministic_and_never_the_reserved_one():
+    for name in ("demo", "mol-lab", "mol-pki", "x"):
+        index = lab.default_subnet_index(name)
+        assert 1 <= index <= 254
+        assert index == lab.default_subnet_index(name)
+    v4, v6 = lab.subnets_for_index(5)
+    assert str(v4) == "10.213.5.0/24"
+    assert str(v6) == "fd6d:7365:6700:5::/64"
+
+
+def test_a_subnet_in_use_is_skipped():
+    first = lab.choose_subnets("mol-lab", [])[0]
+    second = lab.choose_subnets("mol-lab", [first])[0]
+    assert second != first
+    assert second.overlaps(ipaddress.ip_network("10.213.0.0/16"))
+
+
+def test_no_free_subnet_is_a_clear_error():
+    with pytest.raises(lab.LabError, match="no free /24"):
+        lab.choose_subnets("mol-lab", [ipaddress.ip_network("10.213.0.0/16")])
+
+
+def test_plan_assigns_addresses_in_order_and_keeps_fixed_ones():
+    v4, v6 = lab.subnets_for_index(7)
+    plan = lab.plan_hosts("t", [{"name": "a"}, {"name": "b", "ipv4": "10.213.7.99", "ipv6": "fd6d:7365:6700:7::99"}],
+                          v4, v6)
+    assert [(h["name"], h["ipv4"], h["ipv6"], h["host_veth"]) for h in plan] == [
+        ("a", "10.213.7.10", "fd6d:7365:6700:7::a", "vb-t00"),
+        ("b", "10.213.7.99", "fd6d:7365:6700:7::99", "vb-t01"),
+    ]
+
+
+@pytest.mark.parametrize("hosts, message", [
+    ([], "host list is empty"),
+    ([{"name": "Web_01"}], "host name 'Web_01' is invalid"),
+    ([{"name": "a"}, {"name": "a"}], "listed twice"),
+    ([{"name": "a", "ipv4": "10.213.8.5"}], "must be a host address in 10.213.7.0/24"),
+    ([{"name": "a", "ipv4": "10.213.7.1"}], "other than .1"),
+    ([{"name": "a", "ipv4": "10.213.7.300"}], "invalid address"),
+    ([{"name": "a", "ipv4": "10.213.7.20"}, {"name": "b", "ipv4": "10.213.7.20"}], "more than one host"),
+])
+def test_bad_host_lists_are_refused(hosts, message):
+    v4, v6 = lab.subnets_for_index(7)
+    with pytest.raises(lab.LabError, match=message):
+        lab.plan_hosts("t", hosts, v4, v6)
+
+
+def test_fixed_addresses_imply_the_subnets():
+    hosts = [{"name": "a", "ipv4": "10.213.0.21", "ipv6": "fd6d:7365:6700::21"},
+             {"name": "b", "ipv4": "10.213.0.22", "ipv6": "fd6d:7365:6700::22"}]
+    assert lab.subnets_from_hosts(hosts) == (ipaddress.ip_network("10.213.0.0/24"),
+                                             ipaddress.ip_network("fd6d:7365:6700::/64"))
+    assert lab.subnets_from_hosts([{"name": "a"}]) is None
+
+
+def test_fixed_addresses_in_two_subnets_are_refused():
+    hosts = [{"name": "a", "ipv4": "10.213.0.21", "ipv6": "fd6d:7365:6700::21"},
+             {"name": "b", "ipv4": "10.213.1.22", "ipv6": "fd6d:7365:6700::22"}]
+    with pytest.raises(lab.LabError, match="one IPv4 /24"):
+        lab.subnets_from_hosts(hosts)
+
+
+def test_package_key_follows_the_package_set_only():
+    key = lab.package_key(["b", "a"], "bookworm", "http://m")
+    assert key == lab.package_key(["a", "b", "a"], "bookworm", "http://m")
+    assert key != lab.package_key(["a", "b", "c"], "bookworm", "http://m")
+    assert key != lab.package_key(["a", "b"], "trixie", "http://m")
+
+
+def test_default_packages_carry_what_the_roles_need():
+    for package in ("systemd", "openssh-server", "python3", "nftables", "iproute2", "nginx-light", "keepalived",
+                    "python3-cryptography", "python3-cffi-backend"):
+        assert package in lab.DEFAULT_PACKAGES
+
+
+def test_state_is_written_atomically_and_read_back(tmp_path):
+    state = lab.LabState(str(tmp_path / "s"))
+    state.host("web-01")["pid"] = 12345
+    state.save()
+    assert json.loads((tmp_path / "s" / "state.json").read_text())["hosts"]["web-01"]["pid"] == 12345
+    assert not (tmp_path / "s" / "state.json.tmp").exists()
+    assert lab.LabState(str(tmp_path / "s")).data["hosts"]["web-01"]["pid"] == 12345
+
+
+def test_down_without_state_is_a_no_op(tmp_path):
+    result = lab.lab_down(str(tmp_path / "nothing"))
+    assert result["changed"] is False
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_down_ignores_recorded_pids_that_are_not_lab_hosts(tmp_path):
+    # A recycled PID (here: this very test process) is never signalled.
+    state = lab.LabState(str(tmp_path / "s"))
+    state.data.update({"name": "t", "bridge": "mslb-doesnotexist"})
+    state.host("a").update({"pid": os.getpid(), "root": str(tmp_path / "root"), "dir": str(tmp_path / "hostdir")})
+    state.save()
+    (tmp_path / "hostdir").mkdir()
+    result = lab.lab_down(str(tmp_path / "s"))
+    assert result == {"changed": True, "removed_hosts": ["a"], "killed": [], "state_dir": str(tmp_path / "s")}
+    assert not (tmp_path / "hostdir").exists()
+    assert not (tmp_path / "s").exists()
+
+
+def test_is_lab_process_checks_the_command_line():
+    assert lab.is_lab_process(os.getpid(), "/some/root") is False
+    assert lab.is_lab_process(2 ** 22 + 1, "/some/root") is False
+
+
+def test_state_of_another_lab_is_not_taken_over(tmp_path):
+    state = lab.LabState(str(tmp_path))
+    state.data["name"] = "other"
+    state.host("x")["pid"] = 1
+    state.save()
+    with pytest.raises(lab.LabError, match="belongs to lab 'other'"):
+        lab.lab_up("mine", [{"name": "a"}], str(tmp_path), str(tmp_path / "cache"))
+
+
+def test_inotify_limits_are_raised_never_lowered(tmp_path):
+    (tmp_path / "fs" / "inotify").mkdir(parents=True)
+    (tmp_path / "fs" / "inotify" / "max_user_instances").write_text("128\n")
+    (tmp_path / "fs" / "inotify" / "max_user_watches").write_text("1048576\n")
+    assert lab.raise_inotify_limits(str(tmp_path)) == {"fs.inotify.max_user_instances": [128, 8192]}
+    assert (tmp_path / "fs" / "inotify" / "max_user_instances").read_text() == "8192\n"
+    assert (tmp_path / "fs" / "inotify" / "max_user_watches").read_text() == "1048576\n"
+    assert lab.raise_inotify_limits(str(tmp_path)) == {}

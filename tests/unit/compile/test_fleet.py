@@ -1,0 +1,130 @@
+"""Fleet compile: tags, selectors, addresses and the per-host plans."""
+
+import os
+
+import pytest
+import yaml
+
+from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
+from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import compile_fleet, merge_tags
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_fixture():
+    with open(os.path.join(HERE, "fixtures", "fleet.yml"), encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+@pytest.fixture(name="fleet")
+def fixture_fleet():
+    data = load_fixture()
+    return compile_fleet(data["policy"], data["hosts"])
+
+
+def rules_of(plan, direction):
+    return [(r.rule.id, r.action) for r in plan.rules(direction)]
+
+
+def test_group_tags_are_united_and_host_tags_win_per_label():
+    tags, problems = merge_tags(
+        [("web", {"role": "web", "zone": "corp"}), ("db", {"role": "db"}), ("prod", {"env": "prod"})],
+        {"zone": "dmz"}, "host h")
+    assert problems == []
+    assert tags == {"role": frozenset({"web", "db"}), "env": frozenset({"prod"}), "zone": frozenset({"dmz"})}
+
+
+def test_bad_tag_layers_are_reported_with_their_origin():
+    _tags, problems = merge_tags([("web", ["role=web"])], {"role": {"x": 1}}, "host h")
+    assert problems == [
+        "host h: mseg_tags of group web: expected a mapping of label to value, e.g. {role: web, env: prod}; "
+        "got a list",
+        "host h: mseg_tags.role: value a mapping is not a string or number; write e.g. role: web",
+    ]
+
+
+def test_plans_per_host_follow_the_rules(fleet):
+    plans = fleet.plans
+    # ingress: log first, then deny, then allow; each sorted by id
+    assert rules_of(plans["db-01"], "ingress") == [(40, "log"), (30, "deny"), (20, "allow")]
+    assert rules_of(plans["app-01"], "ingress") == [(30, "deny"), (10, "allow")]
+    # a rule governs the sender's egress too; `from: any` includes every managed host
+    assert rules_of(plans["web-02"], "egress") == [(40, "log"), (30, "deny"), (10, "allow")]
+    assert rules_of(plans["app-01"], "egress") == [(40, "log"), (20, "allow")]
+    # cidr selects a managed host's address: legacy-01 only for 192.168.50.9, restricted to that address
+    legacy = [r for r in plans["legacy-01"].ingress if r.rule.id == 50]
+    assert len(legacy) == 1 and legacy[0].local.v4 == ["192.168.50.9"]
+    assert plans["legacy-01"].mode == "bypass"
+
+
+def test_address_sets_are_merged_and_shared(fleet):
+    db_rule = [r for r in fleet.plans["db-01"].ingress if r.rule.id == 20][0]
+    legacy_rule = [r for r in fleet.plans["legacy-01"].ingress if r.rule.id == 20][0]
+    assert db_rule.peers is legacy_rule.peers
+    assert db_rule.peers.v4 == ["10.0.2.1"] and db_rule.peers.v6 == ["fd00:2::1"]
+    web_in = [r for r in fleet.plans["app-01"].ingress if r.rule.id == 10][0]
+    assert web_in.peers.v4 == ["10.0.1.1", "10.0.1.2"] and web_in.peers.v6 == ["fd00:1::1"]
+
+
+def test_selector_that_matches_nothing_is_a_warning(fleet):
+    assert fleet.warnings == ["rule 60 (ghost): from: selects no host in the inventory (tags={'role': ['nothing']})"]
+
+
+def test_default_address_is_ansible_host(fleet):
+    assert [str(a) for a in fleet.hosts["web-02"].addresses] == ["10.0.1.2/32"]
+
+
+def test_every_host_problem_is_reported_at_once():
+    data = load_fixture()
+    data["hosts"]["web-01"]["addresses"] = None
+    data["hosts"]["web-01"]["ansible_host"] = "web-01.example.com"
+    data["hosts"]["web-02"]["mode"] = "enforcing"
+    data["hosts"]["db-01"]["management"] = [{"cidr": "10.0.0.0/33"}, {"ports": ["tcp/22"]}]
+    data["policy"]["rules"].append({"id": 10, "from": {"any": True}, "to": {"any": True}})
+    with pytest.raises(MsegError) as raised:
+        compile_fleet(data["policy"], data["hosts"])
+    assert raised.value.messages == [
+        "rule 10: id: used by rules[0] and rules[6]; rule ids must be unique",
+        "host db-01: mseg_management[0].cidr[0]: '10.0.0.0/33' is not a valid IPv4 or IPv6 address or prefix; "
+        "write e.g. 10.20.0.0/16 or 2001:db8::/32",
+        "host db-01: mseg_management[1]: cidr: missing; give the prefix the operators connect from",
+        "host web-01: no address: set mseg_addresses (a list of its IPv4/IPv6 addresses) or make ansible_host an "
+        "IP address (it is 'web-01.example.com')",
+        "host web-02: mseg_mode: 'enforcing' is not one of observe, enforce, bypass",
+    ]
+
+
+def test_bad_tags_given_directly_are_reported():
+    hosts = {"a": {"tags": {"role": {"nested": 1}}, "addresses": ["10.1.0.1"]},
+             "b": {"tags": ["role=web"], "addresses": ["10.1.0.2"]}}
+    with pytest.raises(MsegError) as raised:
+        compile_fleet({"rules": []}, hosts)
+    assert raised.value.messages == [
+        "host a: mseg_tags.role: value a mapping is not a string or number; write e.g. role: web",
+        "host b: mseg_tags: expected a mapping of label to value, e.g. {role: web, env: prod}; got a list",
+    ]
+
+
+def test_group_selector_and_not_tags():
+    hosts = {
+        "a": {"tags": {"role": "web"}, "groups": ["web", "dmz"], "addresses": ["10.1.0.1"]},
+        "b": {"tags": {"role": "web", "legacy": "yes"}, "groups": ["web"], "addresses": ["10.1.0.2"]},
+        "c": {"tags": {}, "groups": ["dmz"], "addresses": ["10.1.0.3"]},
+    }
+    policy = {"rules": [
+        {"id": 1, "from": {"group": "dmz"}, "to": {"tags": {"role": "web"}, "not_tags": {"legacy": ["yes", "true"]}}},
+        {"id": 2, "from": {"hosts": ["c", "zz"]}, "to": {"has": ["legacy"]}},
+    ]}
+    fleet = compile_fleet(policy, hosts)
+    assert rules_of(fleet.plans["a"], "ingress") == [(1, "allow")]
+    assert rules_of(fleet.plans["b"], "ingress") == [(2, "allow")]
+    assert [r.peers.v4 for r in fleet.plans["a"].ingress] == [["10.1.0.1", "10.1.0.3"]]
+    assert fleet.warnings == ["rule 2: from: hosts zz are not in the inventory"]
+
+
+def test_plan_data_lists_each_address_set_once(fleet):
+    data = fleet.to_data()
+    assert data["policy"]["digest"] == fleet.policy.digest
+    assert data["address_sets"]["r20.from"] == ["10.0.2.1", "fd00:2::1"]
+    assert data["hosts"]["db-01"]["ingress"][2] == {
+        "rule": 20, "action": "allow", "peers": "r20.from", "local": None, "ports": ["tcp/5432"]}
