@@ -35,7 +35,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 
 from ansible_collections.mseg.fleet.plugins.module_utils.apply import engine, peers  # noqa: E402  (plain Python)
-from ansible_collections.mseg.fleet.plugins.module_utils.apply.persist import restore_templates  # noqa: E402
 
 
 def addresses(count):
@@ -102,11 +101,9 @@ def worker_nft(count, repeat):
     changed = ruleset(elements[:-1] + ["192.0.2.1"])
     work = tempfile.mkdtemp(prefix="mseg-bench-")
     nft = engine.Nft().path
-    templates = restore_templates()
 
     def request(content):
-        return engine.Request(content, state_dir=os.path.join(work, "etc-mseg"), unit_dir=os.path.join(work, "units"),
-                              templates=templates)
+        return engine.Request(content, state_dir=os.path.join(work, "etc-mseg"), unit_dir=os.path.join(work, "units"))
 
     out = {}
     try:

@@ -27,8 +27,11 @@ pytestmark = pytest.mark.skipif(not OK, reason=WHY)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COLLECTIONS = os.path.join(ROOT, ".build", "collections")
 VENV_BIN = os.path.dirname(sys.executable)
-sys.path.insert(0, os.path.join(ROOT, "plugins", "module_utils"))
-import apply as engine  # noqa: E402  (plain Python, importable without Ansible)
+sys.path.insert(0, COLLECTIONS)
+from ansible_collections.mseg.fleet.plugins.module_utils.apply import confirmed  # noqa: E402  (plain Python)
+from ansible_collections.mseg.fleet.plugins.module_utils.apply.errors import ApplyError  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.apply.peers import PREAMBLE  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.apply.persist import Paths  # noqa: E402
 
 DOCKER_LIKE = """
 table ip nat {
@@ -443,11 +446,12 @@ def test_kill_9_at_random_moments_never_leaves_a_mixture(fleet, dirs):
     contents = [ruleset(port=7001, extra=1500, label="A"), ruleset(port=7002, extra=1500, label="B")]
     listings = []
     for content in contents:  # the exact listing of each, from a scratch host
-        fleet.run("b", ["nft", "-f", "-"], input=engine.PREAMBLE + content)
+        fleet.run("b", ["nft", "-f", "-"], input=PREAMBLE + content)
         listings.append(listing(fleet, "b"))
-    code = ("import sys; sys.path.insert(0, %r); import apply as e; "
+    code = ("import sys; sys.path.insert(0, %r); "
+            "from ansible_collections.mseg.fleet.plugins.module_utils.apply import engine as e; "
             "e.apply(e.Request(sys.stdin.read(), state_dir=%r, unit_dir=%r))"
-            % (os.path.join(ROOT, "plugins", "module_utils"), dirs["state_dir"], dirs["unit_dir"]))
+            % (COLLECTIONS, dirs["state_dir"], dirs["unit_dir"]))
     rng = random.Random(1234)
     started = time.monotonic()
     proc = fleet.popen("a", [sys.executable, "-c", code], stdin=subprocess.PIPE)
@@ -496,9 +500,11 @@ def test_unconfirmed_apply_rolls_back_by_itself(fleet, dirs):
     play(fleet, dirs, {"content": ruleset()})
     old_live = listing(fleet)
     old_files = {n: open(os.path.join(dirs["state_dir"], n)).read() for n in ("ruleset.nft", "state.json")}
-    code = ("import sys, json; sys.path.insert(0, %r); import apply as e; "
-            "r = e.arm(e.Request(sys.stdin.read(), state_dir=%r, unit_dir=%r), 'ab12cd34ef56', 2); "
-            "print(json.dumps(r))" % (os.path.join(ROOT, "plugins", "module_utils"), dirs["state_dir"], dirs["unit_dir"]))
+    code = ("import sys, json; sys.path.insert(0, %r); "
+            "from ansible_collections.mseg.fleet.plugins.module_utils.apply import engine as e; "
+            "from ansible_collections.mseg.fleet.plugins.module_utils.apply.confirmed import arm; "
+            "r = arm(e.Request(sys.stdin.read(), state_dir=%r, unit_dir=%r), 'ab12cd34ef56', 2); "
+            "print(json.dumps(r))" % (COLLECTIONS, dirs["state_dir"], dirs["unit_dir"]))
     armed = json.loads(fleet.run("a", [sys.executable, "-c", code], input=ruleset(port=9090)).stdout)
     assert armed["armed"] is True
     assert listing(fleet) == old_live  # nothing applied before the start signal
@@ -514,9 +520,9 @@ def test_unconfirmed_apply_rolls_back_by_itself(fleet, dirs):
     assert time.monotonic() - started >= 1.9, "rolled back before the 2 s confirm timeout"
     for name, text in old_files.items():
         assert open(os.path.join(dirs["state_dir"], name)).read() == text
-    with pytest.raises(engine.ApplyError):
-        engine.confirm(engine.Paths(dirs["state_dir"], dirs["unit_dir"]), "0000000000")
-    final = engine.confirm(engine.Paths(dirs["state_dir"], dirs["unit_dir"]), "ab12cd34ef56")
+    with pytest.raises(ApplyError):
+        confirmed.confirm(Paths(dirs["state_dir"], dirs["unit_dir"]), "0000000000")
+    final = confirmed.confirm(Paths(dirs["state_dir"], dirs["unit_dir"]), "ab12cd34ef56")
     assert final["rolled_back"] is True and "no confirmation" in final["msg"]
     rc, res = play(fleet, dirs, {"content": ruleset()})
     assert rc == 0 and res["changed"] is False
@@ -543,10 +549,11 @@ def test_rulesets_rendered_by_the_engine_apply_idempotently(fleet, dirs):
             rc, res = play(fleet, dirs, {"content": content}, env={"SSH_CONNECTION": peer})
             assert rc == 0 and res["changed"] is False, (name, res)
         else:
-            runner = ("import json, sys; sys.path.insert(0, %r); import apply as e; text = sys.stdin.read(); "
+            runner = ("import json, sys; sys.path.insert(0, %r); "
+                      "from ansible_collections.mseg.fleet.plugins.module_utils.apply import engine as e; text = sys.stdin.read(); "
                       "req = lambda: e.Request(text, peers=[(%r, 22)], state_dir=%r, unit_dir=%r); "
                       "print(json.dumps([e.apply(req())['changed'], e.apply(req())['changed']]))"
-                      % (os.path.join(ROOT, "plugins", "module_utils"), fleet.addr("b"), dirs["state_dir"],
+                      % (COLLECTIONS, fleet.addr("b"), dirs["state_dir"],
                          dirs["unit_dir"]))
             out = fleet.run("a", [sys.executable, "-c", runner], input=content).stdout
             assert json.loads(out) == [True, False], name

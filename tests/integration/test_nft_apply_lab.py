@@ -6,6 +6,7 @@ the lock-out rollback of commit-confirmed, the automatic management entry, and t
 with its fail-closed journal message.
 """
 
+import base64
 import json
 import os
 import secrets
@@ -18,8 +19,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COLLECTIONS = os.path.join(ROOT, ".build", "collections")
-sys.path.insert(0, os.path.join(ROOT, "plugins", "module_utils"))
-import lab as labutil  # noqa: E402  (plain Python, importable without Ansible)
+sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
+from ansible_collections.mseg.fleet.plugins.module_utils._lab import lab as labutil  # noqa: E402  (plain Python)
 
 from test_nft_apply import ruleset  # noqa: E402
 
@@ -122,10 +123,21 @@ def _probe(address, port, timeout=1.0):
         sock.close()
 
 
+def closure_tar():
+    """The host packages of the collection the engine needs, as base64 text of a tar stream."""
+    names = ["ansible_collections/mseg/fleet/plugins/module_utils/%s" % p for p in ("common", "apply", "nft")]
+    tar = subprocess.run(["tar", "-c", "-h", "--exclude=__pycache__", "-C", os.path.join(ROOT, ".build", "collections")]
+                         + names, capture_output=True, check=True).stdout
+    return base64.b64encode(tar).decode("ascii")
+
+
 def test_the_host_knows_when_this_ssh_connection_was_opened(host):
     """confirm() refuses a connection older than the apply; that needs the sshd connection's start time."""
-    with open(os.path.join(ROOT, "plugins", "module_utils", "apply.py")) as handle:
-        code = handle.read() + "\nprint(ssh_connection_started(), _boottime())\n"
+    code = ("import sys; sys.path.insert(0, '/tmp/mseg-closure')\n"
+            "from ansible_collections.mseg.fleet.plugins.module_utils.apply.peers import boottime, "
+            "ssh_connection_started\nprint(ssh_connection_started(), boottime())\n")
+    host.ssh("rm -rf /tmp/mseg-closure && mkdir -p /tmp/mseg-closure && base64 -d | tar -x -C /tmp/mseg-closure",
+             stdin=closure_tar())
     before = time.monotonic()
     started, now = (float(v) for v in host.ssh("python3 -", stdin=code).stdout.split())
     elapsed = time.monotonic() - before

@@ -38,7 +38,7 @@ import time
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.errors import ApplyError
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.peers import PREAMBLE, build_transaction
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.persist import (
-    Paths, load_state, persist, persisted_ok, prepare_state_dir, unpersist,
+    Paths, load_state, persist, persisted_ok, prepare_state_dir, restore_templates, unpersist,
 )
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.files import FileLock, read_text, sha256_text, unlink, write_atomic
@@ -161,10 +161,8 @@ class Engine:
 
     def finish_persist(self):
         if self.req.state == "present" and self.req.persist:
-            if self.req.templates is None:
-                raise ApplyError("persist needs the boot restore templates (the nft_apply action plugin passes them); "
-                                 "nothing was persisted")
-            return persist(self.paths, self.transaction, self.req.peers, self.nft.path, self.req.templates)
+            templates = self.req.templates or restore_templates()  # the module gets them from its action plugin
+            return persist(self.paths, self.transaction, self.req.peers, self.nft.path, templates)
         return unpersist(self.paths)
 
     def persist_in_sync(self):
