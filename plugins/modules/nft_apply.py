@@ -128,6 +128,12 @@ options:
     description:
       - Internal, set by the action plugin for commit-confirmed; do not set it in a task.
     type: str
+  _templates:
+    description:
+      - Internal, set by the action plugin; do not set it in a task.
+      - The boot restore script and its systemd unit (C(script), C(unit)), read on the controller from the
+        collection's C(plugins/module_utils/apply/templates/), because the module carries only Python to the host.
+    type: dict
 notes:
   - Needs root (C(become)) and the C(nft) binary on the host; Python 3.8 or later.
   - The module always prepends C(table inet mseg {}) and C(delete table inet mseg) to O(content), so the

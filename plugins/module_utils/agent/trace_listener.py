@@ -21,7 +21,8 @@ def main(argv):
     sock.bind(("0.0.0.0" if family == 4 else "::", port))
     if proto == "tcp":
         sock.listen(8)
-    print("ready", flush=True)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
     while True:
         if proto == "tcp":
             conn, _peer = sock.accept()

@@ -18,7 +18,7 @@ def main(argv):
     if proto == "icmp":
         ok = subprocess.run(["ping", "-%d" % family, "-c", "1", "-W", str(max(1, int(timeout))), address],
                             capture_output=True, check=False).returncode == 0
-        print("open" if ok else "timeout")
+        sys.stdout.write("open\n" if ok else "timeout\n")
         return
     sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6,
                          socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
@@ -29,11 +29,11 @@ def main(argv):
         else:
             sock.sendto(b"mseg-trace", (address, port))
             sock.recvfrom(64)
-        print("open")
+        sys.stdout.write("open\n")
     except ConnectionRefusedError:
-        print("refused")
+        sys.stdout.write("refused\n")
     except OSError:
-        print("timeout")
+        sys.stdout.write("timeout\n")
 
 
 if __name__ == "__main__":
