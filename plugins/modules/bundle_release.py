@@ -29,17 +29,13 @@ author:
 requirements:
   - cryptography (Debian package python3-cryptography) on the controller
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
+  - mseg.fleet.attributes
+  - mseg.fleet.attributes.diff
 attributes:
   check_mode:
-    support: full
     description: Verifies the archive and reports whether C(current) would change, without writing.
   diff_mode:
-    support: full
     description: The diff is the serial C(current) points to before and after.
-  platform:
-    support: full
-    platforms: posix
 options:
   archive:
     description: Path of the release archive on the controller.

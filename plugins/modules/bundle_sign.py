@@ -26,17 +26,13 @@ author:
 requirements:
   - cryptography on the control node
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
+  - mseg.fleet.attributes
+  - mseg.fleet.attributes.no_diff
 attributes:
   check_mode:
-    support: full
     description: Reports whether a new release would be signed and its serial, without writing.
   diff_mode:
-    support: none
     description: A release is a set of signed files; RV(serial) and RV(reason) say what changed.
-  platform:
-    support: full
-    platforms: posix
 options:
   signing_key:
     description:
