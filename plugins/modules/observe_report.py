@@ -38,7 +38,8 @@ extends_documentation_fragment:
   - mseg.fleet.controller_side
 attributes:
   check_mode:
-    description: Summarises in check mode too, without writing files.
+    description: Summarises in check mode too, and reports whether the files in O(dest) would change without
+      writing them.
 seealso:
   - module: mseg.fleet.trace
 """
