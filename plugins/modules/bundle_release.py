@@ -101,7 +101,7 @@ import grp
 import os
 import time
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope as bundle
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle import release as bundle_release
 
@@ -127,9 +127,8 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    if bundle.CRYPTOGRAPHY_IMPORT_ERROR is not None:
-        module.fail_json(msg=missing_required_lib("cryptography", reason="to sign and verify bundles"),
-                         exception=str(bundle.CRYPTOGRAPHY_IMPORT_ERROR))
+    if bundle.missing_cryptography():
+        module.fail_json(msg="mseg.fleet.bundle_release: %s" % bundle.missing_cryptography())
     try:
         gid = grp.getgrnam(params["group"]).gr_gid
     except KeyError:
