@@ -200,9 +200,10 @@ def parse_network(text):
     return net.cidr, None
 
 
-def _parse_cidrs(problems, where, data):
+def _parse_cidrs(problems, where, data, fix_empty="give at least one prefix such as 10.0.0.0/8"):
+    """A list of addresses or prefixes (or one): a sorted tuple of distinct IPNetworks, a problem per bad item."""
     if isinstance(data, list) and not data:
-        problems.append("%s: empty list; give at least one prefix such as 10.0.0.0/8" % where)
+        problems.append("%s: empty list; %s" % (where, fix_empty))
         return ()
     nets = []
     for index, item in enumerate(_as_list(data)):
