@@ -1,42 +1,24 @@
 # -*- coding: utf-8 -*-
 # Copyright: mseg.fleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Compile the fleet policy once on the controller; see the documentation stub in plugins/modules/compile.py."""
+"""Compile the fleet policy once on the controller; the options are documented in plugins/modules/compile.py."""
 
 from __future__ import annotations
 
 import json
-import os
 
-from ansible.errors import AnsibleActionFail
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.policy import tag_value
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.render import render_plan
-from ansible_collections.mseg.fleet.plugins.plugin_utils.action import FleetAction, write_if_changed
-
-ARGUMENT_SPEC = {
-    "policy": {"type": "raw"},
-    "hosts": {"type": "list", "elements": "str"},
-    "tags": {"type": "dict", "default": {}},
-    "render_dir": {"type": "path"},
-    "return_rulesets": {"type": "bool", "default": False},
-    "other_modes": {"type": "list", "elements": "str", "default": [], "choices": ["observe", "enforce"]},
-}
+from ansible_collections.mseg.fleet.plugins.plugin_utils.action import FleetAction
 
 
 class ActionModule(FleetAction):
     NAME = "compile"
-    ARGUMENT_SPEC = ARGUMENT_SPEC
+    INVALID = "mseg.fleet: the policy or inventory is invalid; nothing was rendered and no host was touched."
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        args = self.validated_args()
-        try:
-            fleet = self.compile_fleet(task_vars, args["policy"])
-            names = self._targets(fleet, args["hosts"], args["tags"])
-        except MsegError as exc:
-            return self.failed(result, "mseg.fleet: the policy or inventory is invalid; nothing was rendered and "
-                               "no host was touched.", exc)
+    def act(self, fleet, args):
+        names = self._targets(fleet, args["hosts"], args["tags"])
         for warning in fleet.warnings:
             self._display.warning("mseg.fleet: %s" % warning)
         rulesets = {}
@@ -50,8 +32,11 @@ class ActionModule(FleetAction):
         changed = False
         files = []
         if args["render_dir"]:
-            changed = self._write(args["render_dir"], rulesets, fleet.to_data(names), files)
-        result.update(changed=changed, policy_digest=fleet.policy.digest, hosts=len(names), summary=summary,
+            texts = {"%s.nft" % name: body for name, body in rulesets.items()}
+            texts["plan.json"] = json.dumps(fleet.to_data(names), indent=1, sort_keys=True) + "\n"
+            changed, files = self.write_files(args["render_dir"], texts, "render_dir",
+                                              "choose a writable directory with -e mseg_render_dir=DIR")
+        result = dict(changed=changed, policy_digest=fleet.policy.digest, hosts=len(names), summary=summary,
                       warnings_list=fleet.warnings, files=files)
         if args["return_rulesets"]:
             result["rulesets"] = rulesets
@@ -74,22 +59,3 @@ class ActionModule(FleetAction):
                 raise MsegError("tags.%s: %r is not a string or number, or a list of them" % (key, value))
             wanted_tags[key] = values
         return [n for n in names if all(fleet.hosts[n].tags.get(k, frozenset()) & v for k, v in wanted_tags.items())]
-
-    def _write(self, directory, rulesets, plan_data, files):
-        text = {"%s.nft" % name: body for name, body in rulesets.items()}
-        text["plan.json"] = json.dumps(plan_data, indent=1, sort_keys=True) + "\n"
-        if self._task.check_mode:
-            return any(not os.path.exists(os.path.join(directory, f)) or
-                       open(os.path.join(directory, f), encoding="utf-8").read() != body
-                       for f, body in text.items())
-        try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            changed = False
-            for filename in sorted(text):
-                path = os.path.join(directory, filename)
-                changed = write_if_changed(path, text[filename]) or changed
-                files.append(path)
-        except (IOError, OSError) as exc:
-            raise AnsibleActionFail("mseg.fleet.compile: cannot write to render_dir %s: %s; choose a writable "
-                                    "directory with -e mseg_render_dir=DIR" % (directory, exc.strerror or exc))
-        return changed

@@ -6,10 +6,20 @@ from __future__ import annotations
 
 
 class ModuleDocFragment(object):
-    """Attributes shared by the modules that compile the fleet on the controller and never touch a host."""
+    """The modules that compile the fleet on the controller and never touch a host (their action plugins are
+    ``plugin_utils.action.FleetAction``s): the policy they compile and the attributes they share."""
 
     DOCUMENTATION = r"""
+options:
+  policy:
+    description:
+      - The policy document (see C(docs/policy.md)). Defaults to the C(mseg_policy) variable of the host the task
+        runs for.
+    type: raw
 attributes:
+  check_mode:
+    support: full
+    description: Reports what would be written, without writing it.
   diff_mode:
     support: none
     description: Nothing on a host changes, so there is nothing to diff.

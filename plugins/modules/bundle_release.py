@@ -29,17 +29,13 @@ author:
 requirements:
   - cryptography (Debian package python3-cryptography) on the controller
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
+  - mseg.fleet.attributes
+  - mseg.fleet.attributes.diff
 attributes:
   check_mode:
-    support: full
     description: Verifies the archive and reports whether C(current) would change, without writing.
   diff_mode:
-    support: full
     description: The diff is the serial C(current) points to before and after.
-  platform:
-    support: full
-    platforms: posix
 options:
   archive:
     description: Path of the release archive on the controller.
@@ -105,7 +101,7 @@ import grp
 import os
 import time
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope as bundle
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle import release as bundle_release
 
@@ -131,9 +127,8 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    if bundle.CRYPTOGRAPHY_IMPORT_ERROR is not None:
-        module.fail_json(msg=missing_required_lib("cryptography", reason="to sign and verify bundles"),
-                         exception=str(bundle.CRYPTOGRAPHY_IMPORT_ERROR))
+    if bundle.missing_cryptography():
+        module.fail_json(msg="mseg.fleet.bundle_release: %s" % bundle.missing_cryptography())
     try:
         gid = grp.getgrnam(params["group"]).gr_gid
     except KeyError:

@@ -26,17 +26,13 @@ author:
 requirements:
   - cryptography on the control node
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
+  - mseg.fleet.attributes
+  - mseg.fleet.attributes.no_diff
 attributes:
   check_mode:
-    support: full
     description: Reports whether a new release would be signed and its serial, without writing.
   diff_mode:
-    support: none
     description: A release is a set of signed files; RV(serial) and RV(reason) say what changed.
-  platform:
-    support: full
-    platforms: posix
 options:
   signing_key:
     description:
@@ -143,7 +139,7 @@ reason:
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope as bundle
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle.release import ReleaseError, sign_release
 
@@ -164,9 +160,8 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    if bundle.CRYPTOGRAPHY_IMPORT_ERROR is not None:
-        module.fail_json(msg=missing_required_lib("cryptography", reason="to sign and verify bundles"),
-                         exception=str(bundle.CRYPTOGRAPHY_IMPORT_ERROR))
+    if bundle.missing_cryptography():
+        module.fail_json(msg="mseg.fleet.bundle_sign: %s" % bundle.missing_cryptography())
     try:
         with open(params["signing_key"], "rb") as handle:
             key = handle.read()

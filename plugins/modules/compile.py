@@ -24,10 +24,6 @@ description:
 author:
   - mseg.fleet contributors (@mseg-fleet)
 options:
-  policy:
-    description:
-      - The policy document (DESIGN section 4). Defaults to the C(mseg_policy) variable of the host the task runs for.
-    type: raw
   hosts:
     description:
       - Inventory hostnames to render. The whole inventory is always compiled, since rules refer to hosts outside
@@ -65,7 +61,6 @@ extends_documentation_fragment:
   - mseg.fleet.controller_side
 attributes:
   check_mode:
-    support: full
     description: Reports whether files in O(render_dir) would change without writing them.
 notes:
   - Requires the Python library C(netaddr) on the controller.

@@ -46,17 +46,9 @@ options:
     type: str
     default: nft
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.facts
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  facts:
-    support: full
-  platform:
-    platforms: posix
+  - mseg.fleet.attributes
+  - mseg.fleet.attributes.no_diff
+  - mseg.fleet.attributes.facts
 notes:
   - The nf_tables probe needs C(CAP_NET_ADMIN) (root, or a container that has it); without it
     C(nftables.works) is false and C(nftables.error) says why.

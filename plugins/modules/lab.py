@@ -34,16 +34,15 @@ author:
 requirements:
   - systemd-nspawn (Debian package systemd-container), debootstrap, iproute2, openssh-client on the control node
   - root on the control node
+extends_documentation_fragment:
+  - mseg.fleet.attributes
+  - mseg.fleet.attributes.no_diff
 attributes:
   check_mode:
-    support: full
     description: Reports whether hosts would be started or removed without touching anything.
   diff_mode:
-    support: none
     description: The lab has no textual state to compare.
   platform:
-    support: full
-    platforms: posix
     description: A Debian 12 (or similar) Linux control node, as root.
 options:
   name:

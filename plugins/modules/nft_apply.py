@@ -52,16 +52,10 @@ description:
 author:
   - mseg.fleet developers (@mseg-fleet)
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
+  - mseg.fleet.attributes
+  - mseg.fleet.attributes.diff
   - ansible.builtin.action_common_attributes.flow
 attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    support: full
-    platforms: posix
   action:
     support: full
     details: The action plugin orchestrates commit-confirmed (reconnect and confirm).

@@ -17,17 +17,14 @@ description:
 author:
   - mseg.fleet contributors (@mseg-fleet)
 options: {}
+extends_documentation_fragment:
+  - mseg.fleet.attributes
+  - mseg.fleet.attributes.no_diff
 attributes:
   check_mode:
-    support: full
     description: Reads in check mode too.
-  diff_mode:
-    support: none
-    description: Nothing changes.
   platform:
-    support: full
-    platforms: posix
-    description: Needs C(nft) and root (C(become)).
+    description: Linux hosts; needs C(nft) and root (C(become)).
 seealso:
   - module: mseg.fleet.nft_apply
 """

@@ -34,15 +34,12 @@ options:
   dest:
     description: Directory on the controller to write C(observe-report.json) and C(observe-report.csv) into.
     type: path
-  policy:
-    description: The policy document. Defaults to the C(mseg_policy) variable of the host the task runs for.
-    type: raw
 extends_documentation_fragment:
   - mseg.fleet.controller_side
 attributes:
   check_mode:
-    support: full
-    description: Summarises in check mode too, without writing files.
+    description: Summarises in check mode too, and reports whether the files in O(dest) would change without
+      writing them.
 seealso:
   - module: mseg.fleet.trace
 """

@@ -21,17 +21,12 @@ description:
   - The module never changes the host.
 author:
   - mseg.fleet contributors (@mseg-fleet)
+extends_documentation_fragment:
+  - mseg.fleet.attributes
+  - mseg.fleet.attributes.no_diff
 attributes:
   check_mode:
-    support: full
     description: Probes are sent in check mode too; they change nothing.
-  diff_mode:
-    support: none
-    description: Nothing to compare.
-  platform:
-    support: full
-    platforms: posix
-    description: Linux hosts.
 options:
   targets:
     description: What to probe.

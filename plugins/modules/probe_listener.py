@@ -21,17 +21,12 @@ description:
   - Meant for test and lab hosts (the listener accepts anything); stop it when done.
 author:
   - mseg.fleet contributors (@mseg-fleet)
+extends_documentation_fragment:
+  - mseg.fleet.attributes
+  - mseg.fleet.attributes.no_diff
 attributes:
   check_mode:
-    support: full
     description: Reports whether a listener would be started or stopped.
-  diff_mode:
-    support: none
-    description: Nothing to compare.
-  platform:
-    support: full
-    platforms: posix
-    description: Linux hosts.
 options:
   state:
     description: V(started) starts a listener (replacing a running one), V(stopped) stops it.

@@ -39,15 +39,10 @@ options:
       - One protocol and destination port such as C(tcp/5432) or C(udp/53), or C(icmp).
     type: str
     required: true
-  policy:
-    description:
-      - The policy document. Defaults to the C(mseg_policy) variable of the host the task runs for.
-    type: raw
 extends_documentation_fragment:
   - mseg.fleet.controller_side
 attributes:
   check_mode:
-    support: full
     description: Trace never changes anything.
 seealso:
   - module: mseg.fleet.compile

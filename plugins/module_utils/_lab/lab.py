@@ -15,7 +15,6 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
-import fcntl
 import hashlib
 import ipaddress
 import json
@@ -29,6 +28,7 @@ import time
 import uuid
 
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
+from ansible_collections.mseg.fleet.plugins.module_utils.common.files import FileLock, write_atomic
 
 LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -48,6 +48,8 @@ MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer
                 "man-db.timer", "logrotate.timer", "systemd-journald-audit.socket")
 DEFAULT_SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+# Beyond debootstrap's own timeout, what preparing an image may take (three chrooted systemctl calls of 60 s).
+BUILD_MARGIN = 300
 IMAGE_FORMAT = 1  # bump when the image preparation below changes, so cached images are rebuilt
 
 V4_POOL = ipaddress.ip_network("10.213.0.0/16")
@@ -435,12 +437,7 @@ class LabState:
     def save(self):
         if not os.path.isdir(self.state_dir):
             os.makedirs(self.state_dir, 0o700)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as handle:
-            json.dump(self.data, handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(tmp, self.path)
+        write_atomic(self.path, json.dumps(self.data, indent=2, sort_keys=True))
 
     def host(self, hname):
         return self.data["hosts"].setdefault(hname, {})
@@ -455,12 +452,11 @@ def package_key(packages, suite, mirror):
 
 
 def _write(path, text, mode=0o644):
+    """Write a file of a host's root (its directory created 0755 when missing)."""
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
         os.makedirs(parent, 0o755)
-    with open(path, "w") as handle:
-        handle.write(text)
-    os.chmod(path, mode)
+    write_atomic(path, text, mode)
 
 
 def _prepare_image(root, packages, key):
@@ -493,7 +489,9 @@ def _prepare_image(root, packages, key):
 def ensure_rootfs(cache_dir, packages, suite=DEFAULT_SUITE, mirror=DEFAULT_MIRROR, timeout=1200):
     """Return (path, built) of the cached root file system for ``packages``; build it if missing.
 
-    Concurrent labs wait on a lock file, so the image is built once.  A failed build leaves nothing behind.
+    Concurrent labs wait on a lock file, so the image is built once.  A failed build leaves nothing behind.  A lab
+    waits for another one's build as long as a build may take (``timeout`` for debootstrap, and the image
+    preparation), then fails naming the process that holds the lock.
     """
     key = package_key(packages, suite, mirror)
     final = os.path.join(cache_dir, "rootfs-" + key)
@@ -501,8 +499,10 @@ def ensure_rootfs(cache_dir, packages, suite=DEFAULT_SUITE, mirror=DEFAULT_MIRRO
         return final, False
     if not os.path.isdir(cache_dir):
         os.makedirs(cache_dir, 0o755)
-    with open(os.path.join(cache_dir, "rootfs-%s.lock" % key), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock_path = os.path.join(cache_dir, "rootfs-%s.lock" % key)
+    with FileLock(lock_path, timeout + BUILD_MARGIN, lambda holder: LabError(
+            "the root file system %s is still being built by %s (lock %s) after %d s; wait for that lab, or stop it "
+            "and run again" % (final, holder, lock_path, timeout + BUILD_MARGIN))):
         if os.path.exists(os.path.join(final, "etc/mseg-lab-image")):
             return final, False
         work = final + ".build"

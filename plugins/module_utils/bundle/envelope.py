@@ -24,6 +24,7 @@ import datetime
 import hashlib
 import json
 import re
+import sys
 
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 
@@ -148,32 +149,36 @@ def make_payload(host, serial, policy_digest, mode, ruleset, created_at, valid_u
     return canonical_json(payload)
 
 
+def missing_cryptography():
+    """Why this Python cannot sign or verify bundles (the library ``cryptography`` is missing) and how to fix it, or
+    None when it can. The one check of the library: the modules and ``require_cryptography`` ask it."""
+    if CRYPTOGRAPHY_IMPORT_ERROR is None:
+        return None
+    return ("signed bundles need the Python library cryptography in %s (Debian: apt install python3-cryptography): %s"
+            % (sys.executable or "this Python", CRYPTOGRAPHY_IMPORT_ERROR))
+
+
 def require_cryptography():
     """Raise ImportError with the fix when the Python ``cryptography`` library is missing."""
-    if CRYPTOGRAPHY_IMPORT_ERROR is not None:
-        raise ImportError("signed bundles need the Python library cryptography (Debian: apt install "
-                          "python3-cryptography): %s" % CRYPTOGRAPHY_IMPORT_ERROR)
+    problem = missing_cryptography()
+    if problem:
+        raise ImportError(problem)
 
 
-def _load_private(private_key_pem):
+def _load_key(pem, private):
+    """The Ed25519 key in ``pem``: the signing (private) key or the verification (public) key."""
     require_cryptography()
+    if private:
+        what, form, expected = "signing key", "an unencrypted PEM private key", ed25519.Ed25519PrivateKey
+    else:
+        what, form, expected = "verification key", "a PEM public key", ed25519.Ed25519PublicKey
     try:
-        key = serialization.load_pem_private_key(_bytes(private_key_pem), password=None)
+        key = (serialization.load_pem_private_key(_bytes(pem), password=None) if private
+               else serialization.load_pem_public_key(_bytes(pem)))
     except (ValueError, TypeError) as exc:
-        raise ValueError("the signing key is not an unencrypted PEM private key (%s)" % exc)
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise ValueError("the signing key is not an Ed25519 key")
-    return key
-
-
-def _load_public(public_key_pem):
-    require_cryptography()
-    try:
-        key = serialization.load_pem_public_key(_bytes(public_key_pem))
-    except (ValueError, TypeError) as exc:
-        raise ValueError("the verification key is not a PEM public key (%s)" % exc)
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise ValueError("the verification key is not an Ed25519 key")
+        raise ValueError("the %s is not %s (%s)" % (what, form, exc))
+    if not isinstance(key, expected):
+        raise ValueError("the %s is not an Ed25519 key" % what)
     return key
 
 
@@ -187,18 +192,18 @@ def _raw_public(key):
 
 def public_key_pem(private_key_pem):
     """Return the PEM (SubjectPublicKeyInfo) public key of an Ed25519 private key."""
-    return _load_private(private_key_pem).public_key().public_bytes(
+    return _load_key(private_key_pem, private=True).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def key_id(public_key_pem_bytes):
     """First 16 hex digits of the sha256 of the raw 32-byte Ed25519 public key."""
-    return hashlib.sha256(_raw_public(_load_public(public_key_pem_bytes))).hexdigest()[:16]
+    return hashlib.sha256(_raw_public(_load_key(public_key_pem_bytes, private=False))).hexdigest()[:16]
 
 
 def sign(payload, private_key_pem):
     """Raw 64-byte Ed25519 signature of ``payload`` (bytes)."""
-    return _load_private(private_key_pem).sign(_bytes(payload))
+    return _load_key(private_key_pem, private=True).sign(_bytes(payload))
 
 
 def envelope(payload, signature, key_id_hex):
@@ -252,7 +257,7 @@ def verify(envelope_bytes, public_key_pem_bytes, host, last_serial, now, max_ske
     ``now`` is at or after ``valid_until``. The order of checks means a forged bundle always reports
     ``signature``, whatever else is wrong with it.
     """
-    public_key = _load_public(public_key_pem_bytes)
+    public_key = _load_key(public_key_pem_bytes, private=False)
     outer = _json_object(envelope_bytes, "bundle envelope", _ENVELOPE_KEYS)
     expected_id = hashlib.sha256(_raw_public(public_key)).hexdigest()[:16]
     if outer["key_id"] != expected_id:

@@ -15,7 +15,7 @@ from collections import namedtuple
 
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.policy import (
-    _as_list, _describe, _parse_cidrs, _parse_ports, _unknown_keys, parse_network, parse_policy, tag_pairs,
+    _describe, _parse_cidrs, _parse_ports, _unknown_keys, parse_network, parse_policy, tag_pairs,
 )
 
 try:
@@ -148,17 +148,7 @@ def _parse_addresses(problems, name, raw):
                             "ansible_host an IP address (it is %s)" % (where, _describe(ansible_host)))
             return ()
         return (net,)
-    if isinstance(given, list) and not given:
-        problems.append("%s: mseg_addresses: empty list; list the host's addresses, e.g. [10.0.1.5]" % where)
-        return ()
-    nets = []
-    for index, item in enumerate(_as_list(given)):
-        net, reason = parse_network(item)
-        if net is None:
-            problems.append("%s: mseg_addresses[%d]: %s %s" % (where, index, _describe(item), reason))
-        else:
-            nets.append(net)
-    return tuple(sorted(set(nets), key=lambda n: (n.version, n.first, n.prefixlen)))
+    return _parse_cidrs(problems, where + ": mseg_addresses", given, "list the host's addresses, e.g. [10.0.1.5]")
 
 
 class _ManagementCache(object):

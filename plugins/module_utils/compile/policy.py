@@ -200,17 +200,25 @@ def parse_network(text):
     return net.cidr, None
 
 
-def _parse_cidrs(problems, where, data):
+def _parse_items(problems, where, data, parse, fix_empty):
+    """Parse a list (or one item) with ``parse`` (item -> (value, None) or (None, reason)): the values, a problem
+    per bad item; None for an empty list, which is a problem that says ``fix_empty``."""
     if isinstance(data, list) and not data:
-        problems.append("%s: empty list; give at least one prefix such as 10.0.0.0/8" % where)
-        return ()
-    nets = []
+        problems.append("%s: empty list; %s" % (where, fix_empty))
+        return None
+    values = []
     for index, item in enumerate(_as_list(data)):
-        net, reason = parse_network(item)
-        if net is None:
+        value, reason = parse(item)
+        if value is None:
             problems.append("%s[%d]: %s %s" % (where, index, _describe(item), reason))
         else:
-            nets.append(net)
+            values.append(value)
+    return values
+
+
+def _parse_cidrs(problems, where, data, fix_empty="give at least one prefix such as 10.0.0.0/8"):
+    """A list of addresses or prefixes (or one): a sorted tuple of distinct IPNetworks, a problem per bad item."""
+    nets = _parse_items(problems, where, data, parse_network, fix_empty) or ()
     return tuple(sorted(set(nets), key=lambda n: (n.version, n.first, n.prefixlen)))
 
 
@@ -260,17 +268,8 @@ def _parse_selector(problems, where, data):
 
 
 def _parse_ports(problems, where, data):
-    if isinstance(data, list) and not data:
-        problems.append("%s: empty list; omit ports to match every protocol and port" % where)
-        return None
-    specs = []
-    for index, item in enumerate(_as_list(data)):
-        spec, reason = parse_port(item)
-        if spec is None:
-            problems.append("%s[%d]: %s %s" % (where, index, _describe(item), reason))
-        else:
-            specs.append(spec)
-    return normalise_ports(specs)
+    specs = _parse_items(problems, where, data, parse_port, "omit ports to match every protocol and port")
+    return None if specs is None else normalise_ports(specs)
 
 
 def _rule_where(index, raw):

@@ -3,10 +3,14 @@
 import ipaddress
 import json
 import os
+import stat
+import threading
+import time
 
 import pytest
 
 from ansible_collections.mseg.fleet.plugins.module_utils._lab import lab
+from ansible_collections.mseg.fleet.plugins.module_utils.common.files import FileLock
 
 
 def test_short_names_are_used_as_they_are():
@@ -117,8 +121,60 @@ def test_state_is_written_atomically_and_read_back(tmp_path):
     state.host("web-01")["pid"] = 12345
     state.save()
     assert json.loads((tmp_path / "s" / "state.json").read_text())["hosts"]["web-01"]["pid"] == 12345
-    assert not (tmp_path / "s" / "state.json.tmp").exists()
+    assert os.listdir(str(tmp_path / "s")) == ["state.json"]
+    assert stat.S_IMODE(os.stat(str(tmp_path / "s" / "state.json")).st_mode) == 0o600
     assert lab.LabState(str(tmp_path / "s")).data["hosts"]["web-01"]["pid"] == 12345
+
+
+def test_files_of_a_host_root_get_their_directory_and_mode(tmp_path):
+    path = str(tmp_path / "etc" / "ssh" / "sshd_config.d" / "mseg-lab.conf")
+    lab._write(path, "UseDNS no\n")
+    lab._write(str(tmp_path / "etc" / "machine-id"), "0123\n", 0o444)
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(str(tmp_path / "etc" / "machine-id")).st_mode) == 0o444
+    lab._write(path, "UseDNS yes\n")
+    with open(path) as handle:
+        assert handle.read() == "UseDNS yes\n"
+    assert sorted(os.listdir(os.path.dirname(path))) == ["mseg-lab.conf"]
+
+
+def _hold_the_build_lock(cache_dir, packages, seconds, built):
+    """Another lab building the image: hold its lock for ``seconds``, then finish the image when ``built``."""
+    key = lab.package_key(packages, lab.DEFAULT_SUITE, lab.DEFAULT_MIRROR)
+    os.makedirs(cache_dir, exist_ok=True)
+    lock = FileLock(os.path.join(cache_dir, "rootfs-%s.lock" % key), 1, RuntimeError).acquire()
+
+    def finish():
+        time.sleep(seconds)
+        if built:
+            os.makedirs(os.path.join(cache_dir, "rootfs-" + key, "etc"))
+            with open(os.path.join(cache_dir, "rootfs-" + key, "etc", "mseg-lab-image"), "w") as handle:
+                handle.write("key=%s\n" % key)
+        lock.release()
+    thread = threading.Thread(target=finish)
+    thread.start()
+    return key, thread
+
+
+def test_a_lab_waits_for_the_image_another_lab_is_building(tmp_path, monkeypatch):
+    monkeypatch.setattr(lab, "run", lambda *args, **kwargs: pytest.fail("built the image a second time"))
+    cache = str(tmp_path / "cache")
+    key, thread = _hold_the_build_lock(cache, ["a"], 0.3, built=True)
+    assert lab.ensure_rootfs(cache, ["a"], timeout=5) == (os.path.join(cache, "rootfs-" + key), False)
+    thread.join()
+
+
+def test_a_build_that_never_ends_fails_naming_the_lock_and_its_holder(tmp_path, monkeypatch):
+    monkeypatch.setattr(lab, "BUILD_MARGIN", 0)
+    cache = str(tmp_path / "cache")
+    key, thread = _hold_the_build_lock(cache, ["a"], 1.0, built=False)
+    with pytest.raises(lab.LabError) as err:
+        lab.ensure_rootfs(cache, ["a"], timeout=0.2)
+    thread.join()
+    assert str(err.value) == (
+        "the root file system %s/rootfs-%s is still being built by pid %d (lock %s/rootfs-%s.lock) after 0 s; wait "
+        "for that lab, or stop it and run again" % (cache, key, os.getpid(), cache, key))
 
 
 def test_down_without_state_is_a_no_op(tmp_path):

@@ -201,8 +201,25 @@ def test_keys_of_the_wrong_kind_are_refused(tmp_path):
         bundle.sign(b"x", path.read_bytes())
     with pytest.raises(ValueError, match="not an unencrypted PEM"):
         bundle.sign(b"x", b"garbage")
-    with pytest.raises(ValueError, match="not a PEM public key"):
+    with pytest.raises(ValueError, match="the verification key is not a PEM public key"):
         bundle.key_id(b"garbage")
+    ec_public = subprocess.run(["openssl", "pkey", "-in", str(path), "-pubout"], check=True,
+                               stdout=subprocess.PIPE).stdout
+    with pytest.raises(ValueError, match="the verification key is not an Ed25519 key"):
+        bundle.key_id(ec_public)
+
+
+def test_without_cryptography_every_signing_and_verifying_path_says_how_to_install_it(monkeypatch, keys):
+    assert bundle.missing_cryptography() is None
+    monkeypatch.setattr(bundle, "CRYPTOGRAPHY_IMPORT_ERROR", ImportError("No module named 'cryptography'"))
+    message = bundle.missing_cryptography()
+    assert message.startswith("signed bundles need the Python library cryptography in ")
+    assert message.endswith("(Debian: apt install python3-cryptography): No module named 'cryptography'")
+    for call in (lambda: bundle.sign(b"x", keys[0]), lambda: bundle.key_id(keys[1]),
+                 lambda: bundle.public_key_pem(keys[0])):
+        with pytest.raises(ImportError) as err:
+            call()
+        assert str(err.value) == message
 
 
 def test_unknown_error_kind_is_a_programming_error():

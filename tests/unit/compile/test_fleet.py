@@ -94,6 +94,25 @@ def test_every_host_problem_is_reported_at_once():
     ]
 
 
+def test_mseg_addresses_are_parsed_like_policy_prefixes_with_their_own_messages():
+    data = load_fixture()
+    data["hosts"]["web-01"]["addresses"] = []
+    data["hosts"]["web-02"]["addresses"] = ["10.0.1.2", "10.0.1.0/16", "db-01", "fd00:1::2", "10.0.1.2"]
+    with pytest.raises(MsegError) as raised:
+        compile_fleet(data["policy"], data["hosts"])
+    assert raised.value.messages == [
+        "host web-01: mseg_addresses: empty list; list the host's addresses, e.g. [10.0.1.5]",
+        "host web-02: mseg_addresses[1]: '10.0.1.0/16' has host bits set; write 10.0.0.0/16, or 10.0.1.0/32 for the "
+        "single address",
+        "host web-02: mseg_addresses[2]: 'db-01' is not a valid IPv4 or IPv6 address or prefix; write e.g. "
+        "10.20.0.0/16 or 2001:db8::/32",
+    ]
+    data = load_fixture()
+    data["hosts"]["web-02"]["addresses"] = ["fd00:1::2", "10.0.1.2", "10.0.1.2/32", "10.0.0.0/24"]
+    fleet = compile_fleet(data["policy"], data["hosts"])
+    assert [str(a) for a in fleet.hosts["web-02"].addresses] == ["10.0.0.0/24", "10.0.1.2/32", "fd00:1::2/128"]
+
+
 def test_bad_tags_given_directly_are_reported():
     hosts = {"a": {"tags": {"role": {"nested": 1}}, "addresses": ["10.1.0.1"]},
              "b": {"tags": ["role=web"], "addresses": ["10.1.0.2"]}}

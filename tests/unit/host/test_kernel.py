@@ -7,8 +7,6 @@ import socket
 import pytest
 
 from ansible_collections.mseg.fleet.plugins.module_utils.host import kernel
-from ansible_collections.mseg.fleet.plugins.filter.cpu_list import cpu_list
-from ansible.errors import AnsibleFilterError
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "kernel")
 
@@ -219,22 +217,3 @@ def test_malformed_routing_tables_give_no_default_route(tmp_path):
     default_with_bad_flags = ["0" * 32, "00", "0" * 32, "00", "0" * 32, "00000400", "1", "0", "zz", "eth0"]
     (tmp_path / "net" / "ipv6_route").write_text("garbage\n" + " ".join(default_with_bad_flags) + "\n")
     assert kernel.default_route_interfaces(str(tmp_path)) == {"ipv4": None, "ipv6": None}
-
-
-@pytest.mark.parametrize("value, expected", [
-    ("0-3,6", [0, 1, 2, 3, 6]),
-    ("0-1 4", [0, 1, 4]),          # systemd's CPUAffinity= separates with spaces
-    (3, [3]),
-    ([2, "0-1", 2], [0, 1, 2]),
-    ([], []),
-])
-def test_cpu_list_filter(value, expected):
-    assert cpu_list(value) == expected
-
-
-@pytest.mark.parametrize("value", ["0-1,x", "3-1", "-1", -1, True, None, {"cpus": 1}, [0, "two"]])
-def test_cpu_list_filter_refuses_what_is_not_a_cpu_list(value):
-    with pytest.raises(AnsibleFilterError) as err:
-        cpu_list(value)
-    assert str(err.value) == ("cpu_list: %r is not a CPU list; write CPU numbers and ranges such as 1 or '0-3,6' "
-                              "or [2, 3]" % (value,))
