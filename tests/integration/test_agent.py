@@ -32,6 +32,8 @@ from netns import CONNECTED, TIMEOUT, Fleet, available  # noqa: E402
 pytestmark = pytest.mark.skipif(not available(), reason="needs root and network namespaces")
 
 NF_LOG_ALL_NETNS = "/proc/sys/net/netfilter/nf_log_all_netns"
+# The host CLI as the entry point in /usr/sbin runs it (agent/cli.py's main), from this checkout.
+CLI = [sys.executable, "-m", "ansible_collections.mseg.fleet.plugins.module_utils.agent.cli"]
 
 SERVER = r"""
 import hashlib, http.server, os, ssl, sys
@@ -131,9 +133,7 @@ def world(tmp_path):
                              stdout=subprocess.PIPE, text=True)
         assert server.stdout.readline().strip() == "ready"
         env = dict(os.environ, PYTHONPATH=COLLECTIONS)
-        agent = fleet.popen("host", [sys.executable, "-c", "import sys; from ansible_collections.mseg.fleet.plugins."
-                                     "module_utils.agent import main; sys.exit(main(prog='mseg-agent'))",
-                                     "--config", str(tmp_path / "agent.json"), "run"], env=env)
+        agent = fleet.popen("host", CLI + ["--config", str(tmp_path / "agent.json"), "run"], env=env)
         serial = [0]
 
         def publish(ruleset, **kwargs):
@@ -231,10 +231,9 @@ def test_agent_pulls_applies_refuses_and_logs_drops(world):
 
 
 def _trace(fleet, tmp, src, dst, port):
-    proc = fleet.run("host", [sys.executable, "-c", "import sys; from ansible_collections.mseg.fleet.plugins."
-                              "module_utils.agent import main; sys.exit(main())", "--state-dir",
-                              str(tmp / "state"), "trace", "--src", src, "--dst", dst, "--port", port, "--json"],
-                     check=False, env=dict(os.environ, PYTHONPATH=COLLECTIONS))
+    proc = fleet.run("host", CLI + ["--state-dir", str(tmp / "state"), "trace", "--src", src, "--dst", dst,
+                                    "--port", port, "--json"], check=False,
+                     env=dict(os.environ, PYTHONPATH=COLLECTIONS))
     assert proc.returncode in (0, 3), proc.stderr
     return json.loads(proc.stdout)
 
@@ -256,8 +255,8 @@ def test_trace_runs_the_hosts_own_ruleset_in_the_kernel(world):
     assert fleet.run("host", ["nft", "-s", "list", "ruleset"]).stdout == live
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
     assert "mseg-trace" not in namespaces
-    proc = fleet.run("host", [sys.executable, "-c", "import sys; from ansible_collections.mseg.fleet.plugins."
-                              "module_utils.agent import main; sys.exit(main())", "--state-dir",
-                              str(tmp / "state"), "trace", "--src", "10.9.9.9", "--dst", "10.9.9.8", "--port",
-                              "tcp/1"], check=False, env=dict(os.environ, PYTHONPATH=COLLECTIONS))
+    proc = fleet.run("host", CLI + ["--state-dir", str(tmp / "state"), "trace", "--src", "10.9.9.9", "--dst",
+                                    "10.9.9.8", "--port", "tcp/1"], check=False,
+                     env=dict(os.environ, PYTHONPATH=COLLECTIONS))
     assert proc.returncode == 1 and "must be an address of this host" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

@@ -23,6 +23,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")
 sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 
 from ansible_collections.mseg.fleet.plugins.module_utils._lab import lab  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.common import contract  # noqa: E402
 from ansible_collections.mseg.fleet.plugins.module_utils.host import kernel  # noqa: E402
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
@@ -65,8 +66,27 @@ def publish(controllers=None):
     run("ansible-playbook", "-i", INVENTORY, "mseg.fleet.publish", "-e", json.dumps(extra))
 
 
+MSEG = "%s/%s" % (contract.HOST_CLI_DIR, contract.HOST_CLI)
+
+
 def status(name):
-    return json.loads(host(name).check_output("mseg status --json"))
+    """The agent's status, read often while waiting: the CLI over SSH (mseg.fleet.host_cli is proven below)."""
+    return json.loads(host(name).check_output("%s status --json" % MSEG))
+
+
+def run_host_cli(name, command, **options):
+    """The host CLI the way playbooks call it, the module mseg.fleet.host_cli: the task's result.
+
+    ansible-core 2.19's --tree output, which testinfra reads, no longer carries ``failed``: a failed task is one
+    without an ``answer``."""
+    return host(name).ansible("mseg.fleet.host_cli", " ".join(["command=%s" % command] + [
+        "%s=%s" % item for item in sorted(options.items())]), check=False)
+
+
+def host_cli(name, command, **options):
+    result = run_host_cli(name, command, **options)
+    assert "answer" in result, result.get("msg")
+    return result
 
 
 def served(controller, name):
@@ -189,8 +209,10 @@ def test_every_agent_applied_its_bundle(name):
     assert st["mode"] == "enforce" and st["bundle"]["policy_digest"] == payload["policy_digest"]
     listing = host(name).check_output("nft list table inet mseg")
     assert "rule_10_out" in listing and "rule_20_in" in listing
-    text = host(name).check_output("mseg status")
+    text = host(name).check_output("%s status" % MSEG)
     assert "serial       %d" % payload["serial"] in text and "rule_20_in" in text
+    answer = host_cli(name, "status")["answer"]
+    assert answer["serial"] == payload["serial"] and "rule_20_in" in [c["name"] for c in answer["counters"]]
 
 
 # --------------------------------------------------------------------------- propagation
@@ -328,8 +350,11 @@ def test_bypass_works_with_every_controller_unreachable():
         host("agt-01").ansible("mseg.fleet.probe_listener", "ports=tcp/5432 duration=300 hostname=agt-01",
                                check=False)
         assert probe("agt-02", "agt-01", "tcp/5432") == "timeout"
-        out = host("agt-01").check_output("mseg mode bypass")
-        assert "mode bypass set locally" in out
+        predicted = host("agt-01").ansible("mseg.fleet.host_cli", "command=mode mode=bypass", check=True)
+        assert predicted["changed"] and status("agt-01")["mode"] == "enforce"  # check mode changes nothing
+        out = host_cli("agt-01", "mode", mode="bypass")
+        assert out["changed"] and out["answer"]["mode"] == "bypass" and "mode bypass set locally" in out["msg"]
+        assert not host_cli("agt-01", "mode", mode="bypass")["changed"]
         assert probe("agt-02", "agt-01", "tcp/5432") == "open"
         assert "mode_bypass" in host("agt-01").check_output("nft list table inet mseg")
         # the override survives a restart of the agent
@@ -339,27 +364,30 @@ def test_bypass_works_with_every_controller_unreachable():
         st = status("agt-01")
         assert st["mode"] == "bypass" and st["override"]["kind"] == "bypass"
         assert "mode bypass set by" in runtime_log("agt-01")
-        assert "cleared the local override bypass" in host("agt-01").check_output("mseg mode clear")
+        assert "cleared the local override bypass" in host_cli("agt-01", "mode", mode="clear")["msg"]
         assert probe("agt-02", "agt-01", "tcp/5432") == "timeout"
         # observe locally: the signed observe ruleset lets the flow through (audited); clear drops it again
-        assert "mode observe set locally" in host("agt-01").check_output("mseg mode observe")
+        assert "mode observe set locally" in host("agt-01").check_output("%s mode observe" % MSEG)
         assert probe("agt-02", "agt-01", "tcp/5432") == "open"
         assert "[MSEG-AUDIT]" in host("agt-01").check_output("nft list table inet mseg")
         assert status("agt-01")["mode"] == "observe"
-        assert "cleared the local override mode" in host("agt-01").check_output("mseg mode clear")
+        assert "cleared the local override mode" in host("agt-01").check_output("%s mode clear" % MSEG)
         assert probe("agt-02", "agt-01", "tcp/5432") == "timeout"
     finally:
-        host("agt-01").check_output("mseg mode clear")
+        host("agt-01").check_output("%s mode clear" % MSEG)
         services("start", "nginx", "keepalived")
         host("agt-01").ansible("mseg.fleet.probe_listener", "state=stopped", check=False)
 
 
 def test_trace_on_the_host_names_the_deciding_rule():
     def trace(src, dst, port):
-        out = host("agt-01").run("mseg trace --src %s --dst %s --port %s --json" % (src, dst, port))
-        assert out.rc in (0, 3), out.stderr
-        return json.loads(out.stdout)
+        out = host_cli("agt-01", "trace", src=src, dst=dst, port=port)
+        assert out["rc"] == (0 if out["answer"]["allowed"] else 3) and not out["changed"]
+        return out["answer"]
 
+    failed = run_host_cli("agt-01", "trace", src="10.9.9.9", dst="10.9.9.8", port="tcp/1")
+    assert "answer" not in failed and failed["rc"] == 1
+    assert failed["msg"].startswith("mseg: one of --src and --dst must be an address of this host (it has ")
     ssh = trace(ADDRESS["agt-02"], ADDRESS["agt-01"], "tcp/22")
     assert (ssh["direction"], ssh["allowed"], ssh["decided_by"]) == ("ingress", True, ["rule_20_in"])
     db = trace(ADDRESS["agt-02"], ADDRESS["agt-01"], "tcp/5432")
@@ -379,13 +407,14 @@ def test_rollback_holds_the_previous_bundle_until_cleared():
     current = status("agt-01")
     previous = json.loads(node.check_output("cat /var/lib/mseg-agent/previous.meta.json"))["serial"]
     assert previous < current["serial"]
-    assert "rolled back to the previous bundle" in node.check_output("mseg rollback")
+    rolled = host_cli("agt-01", "rollback")
+    assert rolled["changed"] and "rolled back to the previous bundle" in rolled["msg"]
     st = status("agt-01")
     assert st["override"]["kind"] == "rollback" and st["override"]["bundle"]["serial"] == previous
     assert st["serial"] == current["serial"]  # the highest accepted serial never goes down
     assert "rule_%d_in" % (1000 + _generation[0]) not in node.check_output("nft list table inet mseg")
     assert "local override: rollback to serial %d" % previous in runtime_log("agt-01")
-    node.check_output("mseg mode clear")
+    assert host_cli("agt-01", "mode", mode="clear")["changed"]
     wait_for("the current bundle again", lambda: "rule_%d_in" % (1000 + _generation[0]) in node.check_output(
         "nft list table inet mseg"))
     assert status("agt-01")["override"] is None

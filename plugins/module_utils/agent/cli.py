@@ -1,13 +1,22 @@
 # -*- coding: utf-8 -*-
 # Copyright: mseg.fleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The one host CLI: ``mseg-agent`` (the service: ``run``, ``restore``) and ``mseg`` (the operator: ``status``,
-``mode``, ``rollback``, ``trace``). Names and verbs come from the wire contract (``common.contract``); errors are
-one line on standard error and a non-zero exit, never a traceback."""
+"""The one host CLI, run on an agent host: ``mseg-agent`` (the service's command) and ``mseg`` (the operator's).
+
+Its verbs are the table ``VERBS`` below: name, the program it belongs to, help, handler and arguments. The parser
+is built from it, the wire contract's ``AGENT_COMMANDS`` and ``HOST_CLI_COMMANDS`` name the same verbs (a unit test
+holds them together), and ``mseg.fleet.host_cli`` calls the operator's verbs from playbooks with ``--json``. A new
+verb is one row here, its name in the contract, and its options in that module.
+
+Both commands accept every verb (``/usr/sbin/mseg-agent`` and ``/usr/sbin/mseg`` are the same entry point with a
+different name). Errors are one line on standard error and a non-zero exit, never a traceback; ``trace`` exits 3
+when the traced packet is dropped.
+"""
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shutil
@@ -16,7 +25,7 @@ import sys
 import threading
 
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.config import DEFAULT_CONFIG, DEFAULT_LOG_FILE, DEFAULT_STATE_DIR, Config
-from ansible_collections.mseg.fleet.plugins.module_utils.agent.daemon import Agent
+from ansible_collections.mseg.fleet.plugins.module_utils.agent.daemon import CLEAR_OVERRIDE, Agent
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.droplog import DropLog
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.errors import AgentError
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.fetch import controller_url
@@ -26,6 +35,11 @@ from ansible_collections.mseg.fleet.plugins.module_utils.agent.trace import run_
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft
+
+# What ``mseg mode`` accepts: a local override, or ``clear`` to follow the controllers again.
+MODES = ("bypass", "observe", "enforce", "clear")
+# ``mseg trace``'s exit status when the traced packet is dropped (0 when it gets through).
+TRACE_DROPPED = 3
 
 
 def counters():
@@ -41,8 +55,9 @@ def format_status(status, counted):
     override = status.get("override")
     lines = ["host         %s" % status.get("host"),
              "mode         %s%s" % (status.get("mode") or "none (no bundle yet)",
-                                    " (local override %s since %s by %s; 'mseg mode clear' ends it)"
-                                    % (override.get("kind"), override.get("set_at"), override.get("set_by"))
+                                    " (local override %s since %s by %s; %s ends it)"
+                                    % (override.get("kind"), override.get("set_at"), override.get("set_by"),
+                                       CLEAR_OVERRIDE)
                                     if override else "")]
     if bundle:
         lines += ["serial       %s (created %s, valid until %s)" % (bundle.get("serial"), bundle.get("created_at"),
@@ -111,113 +126,194 @@ def _say(text):
     sys.stdout.write(text + "\n")
 
 
-def _parser(prog):
-    parser = argparse.ArgumentParser(prog=prog, description="mseg.fleet host agent and emergency CLI")
-    parser.add_argument("--config", help="agent configuration (default: the systemd credential, else %s)"
-                        % DEFAULT_CONFIG)
-    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="agent state directory (default %(default)s)")
-    parser.add_argument("--log-file", default=None, help="runtime log (default: from the configuration for run and "
-                        "restore, %s for the CLI)" % DEFAULT_LOG_FILE)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    sub.add_parser("run", help="poll the controllers and apply new bundles (the systemd service)")
-    sub.add_parser("restore", help="apply the last good bundle (or the local override) once; used at boot")
-    status = sub.add_parser("status", help="mode, serial, policy hash, last poll, per-rule counters")
-    status.add_argument("--json", action="store_true", help="print the status as JSON")
-    mode = sub.add_parser("mode", help="set a local mode override (bypass, observe, enforce); clear to follow the "
-                                       "controllers again")
-    mode.add_argument("mode", choices=("bypass", "observe", "enforce", "clear"))
-    sub.add_parser("rollback", help="apply the previous good bundle and hold it until 'mode clear'")
-    trace = sub.add_parser("trace", help="send one real packet through this host's ruleset in scratch namespaces")
-    trace.add_argument("--src", required=True, help="source address (this host's for egress)")
-    trace.add_argument("--dst", required=True, help="destination address (this host's for ingress)")
-    trace.add_argument("--port", required=True, help="tcp/5432, udp/53 or icmp")
-    trace.add_argument("--json", action="store_true", help="print the result as JSON")
-    return parser
+def _say_json(data):
+    _say(json.dumps(data, indent=1, sort_keys=True))
 
 
-def main(argv=None, prog=contract.HOST_CLI):
-    """Entry point of ``mseg-agent`` and ``mseg``. Returns the exit status; errors are one line, no traceback."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser(prog).parse_args(argv)
-    try:
-        if args.command in contract.AGENT_COMMANDS:
-            return _daemon(args)
-        return _cli(args, argv)
-    except MsegError as exc:
-        sys.stderr.write("%s: %s\n" % (prog, exc))
-        return 1
-    except KeyboardInterrupt:
-        return 130
+# --- the service's verbs (mseg-agent) ----------------------------------------------------------------------------
 
 
-def _daemon(args):
+def _run(args, _argv):
     config = Config.load(args.config)
-    log = make_logger(args.log_file or config.log_file, sys.stderr if args.command == "restore" else None)
-    if args.command == "restore":
-        agent = Agent.from_config(config, log, with_tls=False)
-        agent.record_identity()
-        with agent.state.locked():
-            try:
-                agent.apply_desired("boot restore")
-            except MsegError as exc:
-                log.error("boot restore failed: %s; the table stays as it is", exc)
-                raise
-        return 0
+    log = make_logger(args.log_file or config.log_file)
     agent = Agent.from_config(config, log)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    log.info("mseg-agent starting for %s: controllers %s, interval %.1fs (+/-%d%%), drop log from %s",
+    log.info("%s starting for %s: controllers %s, interval %.1fs (+/-%d%%), drop log from %s", contract.AGENT_COMMAND,
              config.host, ", ".join(controller_url(c) for c in config.controllers), config.interval,
              config.jitter * 100, config.droplog)
     if config.droplog != "none":
         DropLog(config.droplog, log, stop).start()
     agent.run(stop)
-    log.info("mseg-agent stopping")
+    log.info("%s stopping", contract.AGENT_COMMAND)
     return 0
 
 
-def _cli(args, argv):
-    if args.command == "status":
-        status = State(args.state_dir).read_json("status.json")
-        if status is None:
-            raise AgentError("%s/status.json does not exist: the agent has not run on this host (systemctl status "
-                             "mseg-agent)" % args.state_dir)
-        counted = counters()
-        if args.json:
-            status["counters"] = None if counted is None else [
-                {"name": n, "packets": p, "bytes": b} for n, p, b in counted]
-            _say(json.dumps(status, indent=1, sort_keys=True))
-        else:
-            _say(format_status(status, counted))
-        return 0
-    if args.command == "trace":
-        result = run_trace(Agent.from_identity(args.state_dir, make_logger(None)), args.src, args.dst, args.port)
-        if args.json:
-            _say(json.dumps(result, indent=1, sort_keys=True))
-        else:
-            _say("%s %s -> %s %s: %s (%s) in %s; decided by %s%s" % (
-                result["direction"], args.src, args.dst, result["port"], "allowed" if result["allowed"] else "dropped",
-                result["result"], result["ruleset"], ", ".join(result["decided_by"]) or "the chain policy",
-                "; logged by %s" % ", ".join(result["logged_by"]) if result["logged_by"] else ""))
-        return 0 if result["allowed"] else 3
+def _restore(args, _argv):
+    config = Config.load(args.config)
+    log = make_logger(args.log_file or config.log_file, sys.stderr)
+    agent = Agent.from_config(config, log, with_tls=False)
+    agent.record_identity()
+    with agent.state.locked():
+        try:
+            agent.apply_desired("boot restore")
+        except MsegError as exc:
+            log.error("boot restore failed: %s; the table stays as it is", exc)
+            raise
+    return 0
+
+
+# --- the operator's verbs (mseg) ---------------------------------------------------------------------------------
+
+
+def _status(args, _argv):
+    status = State(args.state_dir).read_json("status.json")
+    if status is None:
+        raise AgentError("%s/status.json does not exist: the agent has not run on this host (systemctl status "
+                         "mseg-agent)" % args.state_dir)
+    counted = counters()
+    if args.json:
+        status["counters"] = None if counted is None else [
+            {"name": n, "packets": p, "bytes": b} for n, p, b in counted]
+        _say_json(status)
+    else:
+        _say(format_status(status, counted))
+    return 0
+
+
+def _trace(args, _argv):
+    result = run_trace(Agent.from_identity(args.state_dir, make_logger(None)), args.src, args.dst, args.port)
+    if args.json:
+        _say_json(result)
+    else:
+        _say("%s %s -> %s %s: %s (%s) in %s; decided by %s%s" % (
+            result["direction"], args.src, args.dst, result["port"], "allowed" if result["allowed"] else "dropped",
+            result["result"], result["ruleset"], ", ".join(result["decided_by"]) or "the chain policy",
+            "; logged by %s" % ", ".join(result["logged_by"]) if result["logged_by"] else ""))
+    return 0 if result["allowed"] else TRACE_DROPPED
+
+
+def _override_key(override):
+    """What an override holds, without when and by whom it was set (setting the same one again changes nothing)."""
+    if not override:
+        return None
+    return {key: value for key, value in override.items() if key not in ("set_at", "set_by")}
+
+
+def _override(args, argv, change):
+    """Run ``change(agent, who) -> (engine result or None, message)`` as the agent user, and answer."""
     _as_agent_user(args.state_dir, argv)
     who = os.environ.get("MSEG_OPERATOR") or _operator()
     log_file = args.log_file or DEFAULT_LOG_FILE
     log = make_logger(log_file if os.path.isdir(os.path.dirname(log_file)) else None)
     agent = Agent.from_identity(args.state_dir, log)
-    if args.command == "rollback":
-        result = agent.rollback(who)
-        _say("rolled back to the previous bundle: %s" % result.get("msg"))
-    elif args.mode == "bypass":
-        result = agent.bypass(who)
-        _say("mode bypass set locally: %s; 'mseg mode clear' returns to the controllers' policy" % result.get("msg"))
-    elif args.mode in ("observe", "enforce"):
-        result = agent.set_mode(args.mode, who)
-        _say("mode %s set locally: %s; 'mseg mode clear' returns to the controllers' mode"
-             % (args.mode, result.get("msg") if result else "no bundle yet"))
+    before = agent.state.read_json("override.json")
+    result, message = change(agent, who)
+    after = agent.state.read_json("override.json")
+    if args.json:
+        _say_json({"changed": _override_key(before) != _override_key(after) or bool(result and result.get("changed")),
+                   "msg": message, "override": after, "mode": agent.effective_mode(agent.meta(), after)})
     else:
-        result, message = agent.clear_override(who)
-        _say(message + (": %s" % result.get("msg") if result else ""))
+        _say(message)
     return 0
+
+
+def _mode(args, argv):
+    def change(agent, who):
+        if args.mode == "clear":
+            result, message = agent.clear_override(who)
+            return result, message + (": %s" % result.get("msg") if result else "")
+        if args.mode == "bypass":
+            result = agent.bypass(who)
+            return result, "mode bypass set locally: %s; %s returns to the controllers' policy" % (
+                result.get("msg"), CLEAR_OVERRIDE)
+        result = agent.set_mode(args.mode, who)
+        return result, "mode %s set locally: %s; %s returns to the controllers' mode" % (
+            args.mode, result.get("msg") if result else "no bundle yet", CLEAR_OVERRIDE)
+    return _override(args, argv, change)
+
+
+def _rollback(args, argv):
+    def change(agent, who):
+        result = agent.rollback(who)
+        return result, "rolled back to the previous bundle: %s" % result.get("msg")
+    return _override(args, argv, change)
+
+
+# --- the table of verbs ------------------------------------------------------------------------------------------
+
+Verb = collections.namedtuple("Verb", "name program help handler arguments")
+# One argument of a verb: argparse's add_argument(*flags, **options).
+Argument = collections.namedtuple("Argument", "flags options")
+
+
+def _json(what):
+    return Argument(("--json",), {"action": "store_true", "help": "print %s as JSON" % what})
+
+
+VERBS = (
+    Verb("run", contract.AGENT_COMMAND, "poll the controllers and apply new bundles (the systemd service)",
+         _run, ()),
+    Verb("restore", contract.AGENT_COMMAND, "apply the last good bundle (or the local override) once; used at boot",
+         _restore, ()),
+    Verb("status", contract.HOST_CLI, "mode, serial, policy hash, last poll, per-rule counters",
+         _status, (_json("the status"),)),
+    Verb("mode", contract.HOST_CLI, "set a local mode override (bypass, observe, enforce); clear to follow the "
+         "controllers again", _mode, (Argument(("mode",), {"choices": MODES}), _json("the outcome"))),
+    Verb("rollback", contract.HOST_CLI, "apply the previous good bundle and hold it until '%s mode clear'"
+         % contract.HOST_CLI, _rollback, (_json("the outcome"),)),
+    Verb("trace", contract.HOST_CLI, "send one real packet through this host's ruleset in scratch namespaces "
+         "(exit status %d when it is dropped)" % TRACE_DROPPED, _trace, (
+             Argument(("--src",), {"required": True, "help": "source address (this host's for egress)"}),
+             Argument(("--dst",), {"required": True, "help": "destination address (this host's for ingress)"}),
+             Argument(("--port",), {"required": True, "help": "tcp/5432, udp/53 or icmp"}),
+             _json("the result"))),
+)
+VERB = {verb.name: verb for verb in VERBS}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line too (what is wrong and where to look), like every other error."""
+
+    def error(self, message):
+        self.exit(2, "%s: %s (see %s --help)\n" % (self.prog, message, self.prog))
+
+
+def parser(prog):
+    """The command line of ``prog``, built from ``VERBS``."""
+    root = _Parser(prog=prog, description="mseg.fleet host agent (%s) and operator CLI (%s)"
+                   % (contract.AGENT_COMMAND, contract.HOST_CLI))
+    root.add_argument("--config", help="agent configuration (default: the systemd credential, else %s)"
+                      % DEFAULT_CONFIG)
+    root.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="agent state directory (default %(default)s)")
+    root.add_argument("--log-file", default=None, help="runtime log (default: from the configuration for run and "
+                      "restore, %s for the CLI)" % DEFAULT_LOG_FILE)
+    sub = root.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for verb in VERBS:
+        command = sub.add_parser(verb.name, help=verb.help, description=verb.help)
+        for argument in verb.arguments:
+            command.add_argument(*argument.flags, **argument.options)
+    return root
+
+
+def main(argv=None, prog=contract.HOST_CLI):
+    """Entry point of ``mseg-agent`` and ``mseg``. Returns the exit status; errors are one line, no traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser(prog).parse_args(argv)
+    try:
+        return VERB[args.command].handler(args, argv)
+    except MsegError as exc:
+        sys.stderr.write("%s: %s\n" % (prog, exc))
+        return 1
+    except OSError as exc:
+        where = getattr(exc, "filename", None) or args.command
+        sys.stderr.write("%s: %s: %s\n" % (prog, where, exc.strerror or exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,8 +27,13 @@ from ansible_collections.mseg.fleet.plugins.module_utils.agent.fetch import Fetc
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.state import State
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.engine import Request, apply
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope as bundles
+from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.bypass import bypass_ruleset
+
+
+# How the operator ends a local override; the agent's messages name it.
+CLEAR_OVERRIDE = "'%s mode clear'" % contract.HOST_CLI
 
 
 def utcnow_text(now=None):
@@ -181,7 +186,7 @@ class Agent:
         if override and override.get("kind") == "rollback":
             _raw, item = self.verify_stored("rollback.json")
             if item is None:
-                raise AgentError("the rollback override has no bundle; clear it with 'mseg mode clear'")
+                raise AgentError("the rollback override has no bundle; clear it with %s" % CLEAR_OVERRIDE)
             return item.ruleset, "serial %d mode=%s (local rollback)" % (item.serial, item.mode)
         _raw, item = self.verify_stored("current.json")
         if item is None:
@@ -230,8 +235,8 @@ class Agent:
             self._store(raw, item, meta)
             if override and not local_mode:
                 self.log.warning("bundle serial %d mode=%s from %s verified and kept, not applied: local override "
-                                 "%s holds (clear it with 'mseg mode clear')", item.serial, item.mode, source,
-                                 override.get("kind"))
+                                 "%s holds (clear it with %s)", item.serial, item.mode, source,
+                                 override.get("kind"), CLEAR_OVERRIDE)
                 self.update_status(last_error=None)
                 return "held"
             self.log.info("bundle serial %d mode=%s policy=%s from %s applied (%s)", item.serial,
@@ -374,13 +379,13 @@ class Agent:
 
     def set_mode(self, mode, who):
         """A local observe/enforce override: the host runs its policy in that mode, new bundles included."""
-        self.log.warning("local override: mode %s set by %s (bundles are applied in %s mode until 'mseg mode "
-                         "clear')", mode, who, mode)
+        self.log.warning("local override: mode %s set by %s (bundles are applied in %s mode until %s)",
+                         mode, who, mode, CLEAR_OVERRIDE)
         return self.set_override({"kind": "mode", "mode": mode}, who)
 
     def bypass(self, who):
-        self.log.warning("local override: mode bypass set by %s (the table accepts everything until "
-                         "'mseg mode clear')", who)
+        self.log.warning("local override: mode bypass set by %s (the table accepts everything until %s)",
+                         who, CLEAR_OVERRIDE)
         return self.set_override({"kind": "bypass"}, who)
 
     def rollback(self, who):
@@ -391,5 +396,5 @@ class Agent:
             self.state.write("rollback.json", raw)
             self.state.write_json("rollback.meta.json", bundle_fields(item))
         self.log.warning("local override: rollback to serial %d set by %s (newer bundles are verified and kept "
-                         "but not applied until 'mseg mode clear')", item.serial, who)
+                         "but not applied until %s)", item.serial, who, CLEAR_OVERRIDE)
         return self.set_override({"kind": "rollback", "bundle": bundle_fields(item)}, who)

@@ -1,7 +1,12 @@
 # -*- coding: utf-8 -*-
 # Copyright: mseg.fleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""``mseg trace``: one real packet through this host's own ruleset, in scratch network namespaces."""
+"""``mseg trace``: one real packet through this host's own ruleset, in scratch network namespaces.
+
+Runs on the agent host, as root (creating network namespaces needs CAP_SYS_ADMIN). The two ends of the traced flow
+are programs of their own, ``trace_listener.py`` and ``trace_sender.py`` beside this file, run by path with the
+host's Python inside the scratch namespaces; the agent role installs them with the ``agent`` package.
+"""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ansible_collections.mseg.fleet.plugins.module_utils.agent import cli, config, daemon, droplog
+from ansible_collections.mseg.fleet.plugins.module_utils.agent import config, daemon, droplog
 from ansible_collections.mseg.fleet.plugins.module_utils.agent import log as agent_log
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.errors import AgentError
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.errors import ApplyError
@@ -319,28 +319,6 @@ def test_kmsg_record_message():
               b" SUBSYSTEM=net\n")
     assert list(droplog.droplog_lines([droplog.kmsg_message(record)])) == [
         "Policy Drop: ID=7 src=10.0.0.1 dst=10.0.0.2 proto=tcp dport=22 dir=ingress"]
-
-
-def test_status_text():
-    status = {"host": "web-01", "mode": "bypass", "override": {"kind": "bypass", "set_at": "T", "set_by": "alice"},
-              "bundle": {"serial": 6, "policy_digest": "d" * 64, "ruleset_sha256": "e" * 64, "created_at": "C",
-                         "valid_until": "V"},
-              "last_poll": {"at": "P", "controller": None, "result": "unreachable", "detail": "c1: timed out"}}
-    text = cli.format_status(status, [("rule_1024_in", 3, 180)])
-    assert "mode         bypass (local override bypass since T by alice" in text
-    assert "serial       6" in text and "policy       " + "d" * 64 in text
-    assert "last poll    P (no controller): unreachable (c1: timed out)" in text
-    assert "rule_1024_in" in text and "180 bytes" in text
-    assert "unavailable" in cli.format_status(status, None)
-
-
-def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert cli.main(["--state-dir", str(tmp_path), "status"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("mseg: ") and "the agent has not run" in err and "Traceback" not in err
-    assert cli.main(["--state-dir", str(tmp_path), "mode", "observe"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("mseg: ") and "the agent has never started on this host" in err
 
 
 def test_local_observe_mode_runs_the_signed_observe_ruleset_until_cleared(tmp_path, log):

@@ -1,0 +1,142 @@
+"""The host CLI: its verbs are one table, the wire contract names the same verbs, every error is one line.
+
+The verbs run against a real agent state directory (a real signed bundle accepted by a real ``Agent``); only the
+nft apply is replaced by a recording fake. ``mseg trace`` needs root and namespaces: tests/integration/test_agent.py.
+"""
+
+import json
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from ansible_collections.mseg.fleet.plugins.module_utils.agent import cli, daemon
+from ansible_collections.mseg.fleet.plugins.module_utils.agent import log as agent_log
+from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope as bundle
+from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
+
+RULESET = "table inet mseg {\n}\n"
+
+
+def test_the_contract_names_the_verbs_of_the_table():
+    assert contract.AGENT_COMMANDS == tuple(v.name for v in cli.VERBS if v.program == contract.AGENT_COMMAND)
+    assert contract.HOST_CLI_COMMANDS == tuple(v.name for v in cli.VERBS if v.program == contract.HOST_CLI)
+    assert {v.program for v in cli.VERBS} == {contract.AGENT_COMMAND, contract.HOST_CLI}
+
+
+def test_the_parser_is_built_from_the_table(capsys):
+    parser = cli.parser(contract.HOST_CLI)
+    for verb in cli.VERBS:
+        with pytest.raises(SystemExit):
+            parser.parse_args([verb.name, "--help"])
+        assert verb.help.split(" (")[0] in " ".join(capsys.readouterr().out.split())
+    args = parser.parse_args(["trace", "--src", "10.0.0.1", "--dst", "10.0.0.2", "--port", "tcp/22", "--json"])
+    assert (args.command, args.src, args.json) == ("trace", "10.0.0.1", True)
+    assert parser.parse_args(["mode", "clear"]).mode == "clear"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["mode"], "the following arguments are required: mode"),
+    (["mode", "open"], "invalid choice: 'open'"),
+    (["trace", "--src", "10.0.0.1"], "the following arguments are required: --dst, --port"),
+])
+def test_usage_errors_are_one_line(argv, words, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mseg") and words in err and "usage:" not in err
+    assert err.rstrip().endswith("(see %s --help)" % err.split(":")[0])
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert cli.main(["--state-dir", str(tmp_path), "status"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mseg: ") and "the agent has not run" in err and "Traceback" not in err
+    assert cli.main(["--state-dir", str(tmp_path), "mode", "observe"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mseg: ") and "the agent has never started on this host" in err
+
+
+def test_an_operating_system_error_is_one_line_too(tmp_path, monkeypatch, capsys):
+    def denied(_self, name, default=None):
+        raise PermissionError(13, "Permission denied", str(tmp_path / name))
+
+    monkeypatch.setattr(cli.State, "read_json", denied)
+    assert cli.main(["--state-dir", str(tmp_path), "status", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == "mseg: %s: Permission denied\n" % (tmp_path / "status.json") and captured.out == ""
+
+
+def test_status_text():
+    status = {"host": "web-01", "mode": "bypass", "override": {"kind": "bypass", "set_at": "T", "set_by": "alice"},
+              "bundle": {"serial": 6, "policy_digest": "d" * 64, "ruleset_sha256": "e" * 64, "created_at": "C",
+                         "valid_until": "V"},
+              "last_poll": {"at": "P", "controller": None, "result": "unreachable", "detail": "c1: timed out"}}
+    text = cli.format_status(status, [("rule_1024_in", 3, 180)])
+    assert "mode         bypass (local override bypass since T by alice; 'mseg mode clear' ends it)" in text
+    assert "serial       6" in text and "policy       " + "d" * 64 in text
+    assert "last poll    P (no controller): unreachable (c1: timed out)" in text
+    assert "rule_1024_in" in text and "180 bytes" in text
+    assert "unavailable" in cli.format_status(status, None)
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    """A state directory in which the agent accepted serials 1 and 2; applies are recorded, not run."""
+    key = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    applied = []
+
+    def apply_engine(_agent, content):
+        changed = not applied or applied[-1] != content
+        applied.append(content)
+        return {"changed": changed, "msg": "replaced table inet mseg" if changed else "already matches"}
+
+    monkeypatch.setattr(daemon.Agent, "_apply_engine", apply_engine)
+    state = tmp_path / "state"
+    answers = []
+    agent = daemon.Agent("web-01", str(state), bundle.public_key_pem(key), agent_log.make_logger(None), (),
+                         [("c1", 8443, "/v1/bundle")], fetcher=lambda *_: answers[-1])
+    agent.record_identity()
+    for serial in (1, 2):
+        answers.append((200, bundle.make_envelope("web-01", serial, "d" * 64, "enforce",
+                                                  RULESET + "# serial %d\n" % serial, 0, 4102444800, key), None))
+        assert agent.poll_once() == "applied"
+    yield ["--state-dir", str(state), "--log-file", str(tmp_path / "runtime.log")], applied
+
+
+def _answer(host, capsys, *argv):
+    options, _applied = host
+    assert cli.main(options + list(argv) + ["--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_mode_and_rollback_answer_in_json_whether_they_changed_the_host(host, capsys):
+    _options, applied = host
+    bypass = _answer(host, capsys, "mode", "bypass")
+    assert (bypass["changed"], bypass["mode"], bypass["override"]["kind"]) == (True, "bypass", "bypass")
+    assert bypass["msg"].startswith("mode bypass set locally: replaced table inet mseg")
+    assert contract.BYPASS_MARKER in applied[-1]
+    again = _answer(host, capsys, "mode", "bypass")
+    assert (again["changed"], again["mode"]) == (False, "bypass")
+    cleared = _answer(host, capsys, "mode", "clear")
+    assert (cleared["changed"], cleared["mode"], cleared["override"]) == (True, "enforce", None)
+    assert applied[-1] == RULESET + "# serial 2\n"
+    nothing = _answer(host, capsys, "mode", "clear")
+    assert nothing == {"changed": False, "mode": "enforce", "override": None,
+                       "msg": "no local override is set; the agent follows the controllers"}
+    back = _answer(host, capsys, "rollback")
+    assert back["changed"] and back["override"]["bundle"]["serial"] == 1 and applied[-1] == RULESET + "# serial 1\n"
+    assert back["msg"] == "rolled back to the previous bundle: replaced table inet mseg"
+
+
+def test_status_answers_in_json_and_in_words(host, capsys, monkeypatch):
+    options, _applied = host
+    monkeypatch.setattr(cli, "counters", lambda: [("rule_1024_in", 3, 180)])
+    status = _answer(host, capsys, "status")
+    assert (status["serial"], status["mode"], status["host"]) == (2, "enforce", "web-01")
+    assert status["counters"] == [{"name": "rule_1024_in", "packets": 3, "bytes": 180}]
+    assert cli.main(options + ["status"]) == 0
+    assert "serial       2 " in capsys.readouterr().out
