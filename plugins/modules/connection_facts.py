@@ -22,17 +22,12 @@ author:
   - mseg.fleet contributors (@mseg-fleet)
 options: {}
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.facts
+  - mseg.fleet.attributes
+  - mseg.fleet.attributes.no_diff
+  - mseg.fleet.attributes.facts
 attributes:
   check_mode:
-    support: full
-  diff_mode:
-    support: none
-  facts:
-    support: full
-  platform:
-    platforms: posix
+    description: Reads in check mode too; it never changes anything.
 """
 
 EXAMPLES = r"""

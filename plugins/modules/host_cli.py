@@ -26,6 +26,9 @@ description:
     CLI's own one-line message.
 author:
   - mseg.fleet contributors (@mseg-fleet)
+extends_documentation_fragment:
+  - mseg.fleet.attributes
+  - mseg.fleet.attributes.no_diff
 attributes:
   check_mode:
     support: partial
@@ -33,12 +36,7 @@ attributes:
       - V(status) and V(trace) run as usual (they change nothing on the host).
       - V(mode) and V(rollback) do not run; C(changed) is predicted from the host's status (V(rollback) always
         predicts a change).
-  diff_mode:
-    support: none
-    description: Nothing to compare.
   platform:
-    support: full
-    platforms: posix
     description: Linux hosts that run the mseg.fleet agent.
 options:
   command:
