@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 
@@ -42,7 +41,8 @@ from ansible_collections.mseg.fleet.plugins.module_utils.apply.persist import (
 )
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.files import FileLock, read_text, sha256_text, unlink, write_atomic
-from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft, count_listing, namespace_identity, ruleset_genid
+from ansible_collections.mseg.fleet.plugins.module_utils.nft import runner
+from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft, count_listing, namespace_identity
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.scope import check_scope
 
 STATES = ("present", "absent")
@@ -105,7 +105,7 @@ class Engine:
         listing is the live one and listing 100,000 elements again is skipped.
         """
         state = load_state(self.paths)
-        genid = ruleset_genid()
+        genid = runner.ruleset_genid()
         recorded = read_text(self.paths.live)
         untouched = (genid is not None and state.get("genid") == genid and state.get("identity") == namespace_identity()
                      and "live_sha256" in state
@@ -128,8 +128,8 @@ class Engine:
         unshare = shutil.which("unshare") or shutil.which("unshare", path="/usr/bin:/bin")
         if unshare:
             script = "%s -f - && %s -s list table %s" % (self.nft.path, self.nft.path, contract.TABLE)
-            proc = subprocess.run([unshare, "--net", "sh", "-c", script], input=self.transaction,
-                                  capture_output=True, text=True, check=False)
+            proc = self.nft.runner([unshare, "--net", "sh", "-c", script], input=self.transaction,
+                                   capture_output=True, text=True, check=False)
             if proc.returncode == 0:
                 return proc.stdout
         return self.transaction
@@ -144,7 +144,7 @@ class Engine:
 
     def record(self):
         """After a load: record generation id, listing and hashes. Returns (listing, counts)."""
-        genid = ruleset_genid()
+        genid = runner.ruleset_genid()
         listing = self.nft.listing()
         counts = count_listing(listing)
         if listing is None:

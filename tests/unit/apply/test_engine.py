@@ -1,11 +1,242 @@
-"""The apply engine (plugins/module_utils/apply/engine.py): its lock and its request."""
+"""The apply engine's decisions (plugins/module_utils/apply/engine.py), without root: the fake nft of
+tests/unit/nft/fake.py stands in for the kernel, temporary directories for /etc/mseg and /etc/systemd/system.
 
+tests/integration/test_nft_apply.py proves the same guarantees against real nftables in network namespaces.
+"""
+
+import json
 import os
+import threading
+import time
+import types
 
 import pytest
 
 from ansible_collections.mseg.fleet.plugins.module_utils.apply import engine, persist
+from ansible_collections.mseg.fleet.plugins.module_utils.apply.peers import PREAMBLE, build_transaction
+from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
+from ansible_collections.mseg.fleet.plugins.module_utils.common.files import read_text, sha256_text
+from ansible_collections.mseg.fleet.plugins.module_utils.nft import runner
+from ansible_collections.mseg.fleet.plugins.module_utils.nft.bypass import bypass_ruleset
+from ansible_collections.mseg.fleet.tests.unit.nft.fake import FakeNft, listing_of
+from ansible_collections.mseg.fleet.tests.unit.nft.samples import RULESET
+
+LIST = ["-s", "list", "table", "inet", "mseg"]
+
+
+def ruleset(port):
+    """RULESET with one more rule: a policy per port."""
+    return RULESET.replace('        counter log prefix', '        tcp dport %d accept\n        counter log prefix' % port)
+
+
+A, B, C = ruleset(7001), ruleset(7002), ruleset(7003)
+
+
+class Host:
+    """One host: the fake kernel, the state and unit directories, and an ``apply`` that runs the engine on them."""
+
+    def __init__(self, tmp_path, monkeypatch):
+        self.fake = FakeNft()
+        self.fake.patch_genid(monkeypatch)
+        self.daemon_reloads = []
+        monkeypatch.setattr(persist, "subprocess", types.SimpleNamespace(run=lambda argv, **_kw: (
+            self.daemon_reloads.append(argv))))
+        self.dirs = {"state_dir": str(tmp_path / "etc-mseg"), "unit_dir": str(tmp_path / "units")}
+        self.paths = persist.Paths(**self.dirs)
+
+    def apply(self, content="", **kwargs):
+        request = engine.Request(content, **dict(self.dirs, **kwargs))
+        return engine.apply(request, runner.Nft(self.fake.path, self.fake))
+
+    def state(self):
+        return json.loads(read_text(self.paths.state))
+
+    def files(self):
+        """Every file under the state and unit directories, with its text (the lock aside: it holds a pid)."""
+        found = {}
+        for top in self.dirs.values():
+            for where, _dirs, names in os.walk(top):
+                for name in names:
+                    path = os.path.join(where, name)
+                    if path != self.paths.lock:
+                        found[path] = os.readlink(path) if os.path.islink(path) else read_text(path)
+        return found
+
+
+@pytest.fixture(name="host")
+def fixture_host(tmp_path, monkeypatch):
+    return Host(tmp_path, monkeypatch)
+
+
+def live_of(content, peers=()):
+    """The live listing the fake shows once ``content`` is applied."""
+    return listing_of(build_transaction(content, peers).rsplit("delete table inet mseg\n", 1)[1])
+
+
+# ------------------------------------------------------------------ present: apply, in sync, drift
+
+
+def test_the_first_apply_changes_the_table_and_records_it(host):
+    res = host.apply(A)
+    transaction = PREAMBLE + A
+    assert res["changed"] and not res["drift"] and res["msg"] == "replaced table inet mseg"
+    assert host.fake.loads == [transaction]
+    assert host.fake.table == live_of(A)
+    assert res["sha256"] == sha256_text(transaction)
+    assert (res["rules"], res["sets"], res["elements"]) == (3, 2, 0)
+    state = host.state()
+    assert state["desired_sha256"] == res["sha256"]
+    assert state["live_sha256"] == sha256_text(host.fake.table)
+    assert state["genid"] == host.fake.genid()
+    assert read_text(host.paths.live) == host.fake.table
+    assert read_text(host.paths.prev) == PREAMBLE  # nothing was live before: the backup removes the table
+    assert read_text(host.paths.ruleset) == persist.persisted_text(transaction)
+    assert os.path.realpath(host.paths.wants) == host.paths.unit
+    assert "-c" in [argv[0] for argv in host.fake.commands()]  # validated before the load
+
+
+def test_in_sync_reports_no_change_and_neither_loads_nor_lists(host):
+    host.apply(A)
+    before = host.files()
+    commands = len(host.fake.commands())
+    res = host.apply(A)
+    assert res["changed"] is False and res["msg"] == "table inet mseg already matches"
+    assert len(host.fake.loads) == 1
+    assert host.fake.commands()[commands:] == []  # same generation id: not even a listing
+    assert host.files() == before
+    assert (res["sha256"], res["rules"]) == (sha256_text(PREAMBLE + A), 3)
+
+
+def test_another_tables_change_is_listed_once_and_still_in_sync(host):
+    host.apply(A)
+    host.fake.generation += 1  # a commit to another table (Docker, firewalld) bumps the same id
+    res = host.apply(A)
+    assert res["changed"] is False and len(host.fake.loads) == 1
+    assert host.fake.commands()[-1] == LIST
+    assert host.state()["genid"] == host.fake.genid()
+    commands = len(host.fake.commands())
+    assert host.apply(A)["changed"] is False
+    assert host.fake.commands()[commands:] == []  # the new id was recorded: no listing the next time
+
+
+@pytest.mark.parametrize("edit,shows", [
+    (lambda live: live.replace("tcp dport 7001 accept\n", "tcp dport 7001 accept\ntcp dport 9999 accept\n"),
+     "tcp dport 9999 accept"),
+    (lambda live: live.replace("tcp dport 7001 accept\n", ""), None),
+    (lambda live: None, None),
+])
+def test_drift_is_detected_shown_and_corrected(host, edit, shows):
+    host.apply(A)
+    applied = host.fake.table
+    host.fake.edit(edit(applied))
+    drifted = host.fake.table
+    files = host.files()
+
+    res = host.apply(A, check_mode=True, want_diff=True)
+    assert res["changed"] and res["drift"] and res["msg"] == "would replace table inet mseg (live table drifted)"
+    assert host.fake.table == drifted and len(host.fake.loads) == 1 and host.files() == files
+    assert res["diff"]["before"] == (drifted or "")
+    assert res["diff"]["after"] == PREAMBLE + A  # no scratch namespace in the fake: the desired text
+    if shows:
+        assert shows in res["diff"]["before"] and shows not in res["diff"]["after"]
+
+    res = host.apply(A, want_diff=True)
+    assert res["changed"] and res["drift"] and res["msg"] == "replaced table inet mseg (corrected drift)"
+    assert host.fake.table == applied
+    assert res["diff"] == {"before": drifted or "", "after": applied, "before_header": "live table inet mseg",
+                           "after_header": "desired table inet mseg"}
+    assert read_text(host.paths.prev) == PREAMBLE + (drifted or "")  # the backup is what was live
+    assert host.apply(A)["changed"] is False
+
+
+def test_check_mode_loads_nothing_and_writes_nothing(host):
+    res = host.apply(A, check_mode=True, want_diff=True)
+    assert res["changed"] and res["msg"] == "would replace table inet mseg"
+    assert host.fake.loads == [] and host.fake.table is None
+    assert not os.path.exists(host.dirs["state_dir"]) and not os.path.exists(host.dirs["unit_dir"])
+    assert res["diff"]["before"] == ""
+
+    host.apply(A)
+    files, live = host.files(), host.fake.table
+    res = host.apply(B, check_mode=True, want_diff=True)
+    assert res["changed"] and not res["drift"]
+    assert host.fake.table == live and len(host.fake.loads) == 1 and host.files() == files
+    assert "tcp dport 7001" in res["diff"]["before"] and "tcp dport 7002" in res["diff"]["after"]
+
+
+def test_a_ruleset_nft_rejects_changes_nothing(host):
+    host.apply(A)
+    files, live = host.files(), host.fake.table
+    host.fake.reject = "/dev/stdin:12:9-14: Error: syntax error, unexpected perhaps\n"
+    with pytest.raises(MsegError) as err:
+        host.apply(B)
+    assert "nft rejected the ruleset" in str(err.value) and "content:12:9-14" in str(err.value)
+    assert host.fake.table == live and len(host.fake.loads) == 1 and host.files() == files
+
+
+@pytest.mark.parametrize("damage", [
+    lambda paths: open(paths.ruleset, "a").write("add rule inet mseg input accept\n"),
+    lambda paths: open(paths.ruleset, "w").write(read_text(paths.ruleset)[:100]),
+    lambda paths: os.unlink(paths.ruleset),
+    lambda paths: os.unlink(paths.wants),
+])
+def test_a_damaged_persisted_copy_is_repaired_without_reloading_the_kernel(host, damage):
+    host.apply(A)
+    files = host.files()
+    damage(host.paths)
+    res = host.apply(A)
+    assert res["changed"] and not res["drift"]
+    assert res["msg"] == "table inet mseg already matches; persisted copy repaired"
+    assert len(host.fake.loads) == 1
+    assert host.files() == files
+    assert host.apply(A)["changed"] is False
+
+
+def test_persist_false_removes_the_persisted_copy_and_keeps_the_table(host):
+    host.apply(A)
+    res = host.apply(A, persist=False)
+    assert res["changed"] and res["persisted"] is None and len(host.fake.loads) == 1
+    assert not any(os.path.lexists(p) for p in (host.paths.ruleset, host.paths.unit, host.paths.wants))
+    assert host.apply(A, persist=False)["changed"] is False
+
+
+def test_absent_removes_table_and_persisted_copy_and_keeps_a_backup(host):
+    host.apply(A)
+    live = host.fake.table
+    res = host.apply(state="absent")
+    assert res["changed"] and res["msg"] == "removed table inet mseg" and res["sha256"] is None
+    assert host.fake.table is None and host.fake.loads[-1] == PREAMBLE
+    assert not any(os.path.lexists(p) for p in (host.paths.ruleset, host.paths.unit, host.paths.wants,
+                                                host.paths.live))
+    assert read_text(host.paths.prev) == PREAMBLE + live
+    res = host.apply(state="absent")
+    assert res["changed"] is False and len(host.fake.loads) == 2
+
+
+def test_management_peers_are_added_in_the_same_transaction(host):
+    peers = [("2001:db8::5", 22), ("192.0.2.10", 2222)]
+    res = host.apply(A, peers=peers)
+    assert res["management_peers"] == ["2001:db8::5 . 22", "192.0.2.10 . 2222"]
+    assert host.fake.loads == [PREAMBLE + A + "add element inet mseg mgmt_auto_v4 { 192.0.2.10 . 2222 }\n"
+                               "add element inet mseg mgmt_auto_v6 { 2001:db8::5 . 22 }\n"]
+    assert host.state()["peers"] == [list(peer) for peer in peers]
+    assert host.apply(A, peers=peers)["changed"] is False
+    res = host.apply(A, peers=[("192.0.2.11", 22)])  # the controller connects from elsewhere: its address goes in
+    assert res["changed"] and not res["drift"] and len(host.fake.loads) == 2
+    assert "192.0.2.11 . 22" in host.fake.table and "192.0.2.10" not in host.fake.table
+
+
+def test_the_emergency_bypass_table_is_kept_when_asked_for_again(host):
+    bypass = bypass_ruleset("web-01")
+    host.apply(bypass)
+    assert "counter %s" % contract.EMERGENCY_MARKER in host.fake.table
+    res = host.apply(bypass)
+    assert res["changed"] is False and len(host.fake.loads) == 1
+    assert "counter %s" % contract.EMERGENCY_MARKER in host.fake.table
+
+
+# ------------------------------------------------------------------ the lock
 
 
 def test_lock_times_out_with_a_clear_message(tmp_path):
@@ -15,6 +246,24 @@ def test_lock_times_out_with_a_clear_message(tmp_path):
             engine.lock(paths, 0.2).acquire()
     assert "another mseg apply holds" in str(err.value) and "pid %d" % os.getpid() in str(err.value)
     engine.lock(paths, 0.2).acquire().release()
+
+
+def test_an_apply_waits_for_the_one_that_holds_the_lock(host):
+    host.apply(A)
+    held = engine.lock(host.paths, 1).acquire()
+    try:
+        with pytest.raises(MsegError) as err:
+            host.apply(B, lock_timeout=0.2)
+        assert "another mseg apply holds" in str(err.value) and "nothing was changed" in str(err.value)
+        results = []
+        waiting = threading.Thread(target=lambda: results.append(host.apply(B, lock_timeout=10)))
+        waiting.start()
+        time.sleep(0.3)
+        assert results == [] and len(host.fake.loads) == 1  # it waits, and has not loaded
+    finally:
+        held.release()
+    waiting.join()
+    assert results[0]["changed"] and len(host.fake.loads) == 2
 
 
 def test_request_rejects_unknown_state():
