@@ -27,7 +27,8 @@ LIST = ["-s", "list", "table", "inet", "mseg"]
 
 def ruleset(port):
     """RULESET with one more rule: a policy per port."""
-    return RULESET.replace('        counter log prefix', '        tcp dport %d accept\n        counter log prefix' % port)
+    last = "        counter log prefix"
+    return RULESET.replace(last, "        tcp dport %d accept\n%s" % (port, last))
 
 
 A, B, C = ruleset(7001), ruleset(7002), ruleset(7003)
@@ -91,6 +92,7 @@ def test_the_first_apply_changes_the_table_and_records_it(host):
     assert state["genid"] == host.fake.genid()
     assert read_text(host.paths.live) == host.fake.table
     assert read_text(host.paths.prev) == PREAMBLE  # nothing was live before: the backup removes the table
+    assert state["previous_sha256"] == sha256_text(PREAMBLE)
     assert read_text(host.paths.ruleset) == persist.persisted_text(transaction)
     assert os.path.realpath(host.paths.wants) == host.paths.unit
     assert "-c" in [argv[0] for argv in host.fake.commands()]  # validated before the load
@@ -269,3 +271,130 @@ def test_an_apply_waits_for_the_one_that_holds_the_lock(host):
 def test_request_rejects_unknown_state():
     with pytest.raises(MsegError):
         engine.Request("x", state="gone")
+
+
+# ------------------------------------------------------------------ state: previous
+
+
+def test_previous_restores_the_table_the_last_apply_replaced_and_persists_it(host):
+    host.apply(A)
+    table_a = host.fake.table
+    host.apply(B)
+    backup = read_text(host.paths.prev)
+    res = host.apply(state="previous", want_diff=True)
+    assert res["changed"] and not res["drift"]
+    assert res["msg"] == "restored table inet mseg from the backup %s" % host.paths.prev
+    assert host.fake.table == table_a and host.fake.loads[-1] == backup
+    assert res["diff"]["before"] == live_of(B) and res["diff"]["after"] == table_a
+    assert read_text(host.paths.ruleset) == persist.persisted_text(backup)  # a reboot keeps it
+    assert res["persisted"] == host.paths.ruleset and res["sha256"] == sha256_text(backup)
+    assert read_text(host.paths.prev) == backup  # the backup stays
+
+
+def test_previous_twice_changes_nothing_the_second_time(host):
+    host.apply(A)
+    host.apply(B)
+    host.apply(state="previous")
+    files = host.files()
+    res = host.apply(state="previous")
+    assert res["changed"] is False and len(host.fake.loads) == 3 and host.files() == files
+    assert res["msg"] == "table inet mseg already is the backup %s" % host.paths.prev
+
+
+def test_previous_goes_back_one_apply(host):
+    host.apply(A)
+    host.apply(B)
+    table_b = host.fake.table
+    host.apply(C)
+    host.apply(state="previous")
+    assert host.fake.table == table_b
+    host.apply(A)  # an apply after a restore is an apply like any other: its backup is the restored table
+    host.apply(state="previous")
+    assert host.fake.table == table_b
+
+
+def test_a_backup_of_no_table_removes_the_table(host):
+    host.apply(A)
+    res = host.apply(state="previous")
+    assert res["changed"] and res["msg"] == "removed table inet mseg from the backup %s" % host.paths.prev
+    assert host.fake.table is None and host.fake.loads[-1] == PREAMBLE
+    assert res["sha256"] is None and res["persisted"] is None
+    assert not any(os.path.lexists(p) for p in (host.paths.ruleset, host.paths.unit, host.paths.wants))
+    assert host.apply(state="previous")["changed"] is False
+
+
+def test_previous_in_check_mode_loads_nothing_and_writes_nothing(host):
+    host.apply(A)
+    host.apply(B)
+    files, live = host.files(), host.fake.table
+    res = host.apply(state="previous", check_mode=True, want_diff=True)
+    assert res["changed"] and res["msg"] == "would restore table inet mseg from the backup %s" % host.paths.prev
+    assert host.fake.table == live and len(host.fake.loads) == 2 and host.files() == files
+    assert res["diff"]["before"] == live and res["diff"]["after"] == read_text(host.paths.prev)
+
+
+def test_previous_adds_the_management_peers(host):
+    host.apply(A)
+    host.apply(B)
+    res = host.apply(state="previous", peers=[("192.0.2.10", 22)])
+    assert res["management_peers"] == ["192.0.2.10 . 22"]
+    assert host.fake.loads[-1].endswith("add element inet mseg mgmt_auto_v4 { 192.0.2.10 . 22 }\n")
+    assert host.apply(state="previous", peers=[("192.0.2.10", 22)])["changed"] is False
+
+
+@pytest.mark.parametrize("interfere,why", [
+    (lambda host: host.fake.edit(host.fake.table + "add rule inet mseg input accept\n"),
+     "the live table inet mseg is not the one the last apply put there (changed since"),
+    (lambda host: host.fake.drop_table(),
+     "the live table inet mseg is not the one the last apply put there (removed since"),
+    (lambda host: host.fake([host.fake.path, "-f", "-"], input=PREAMBLE + C, text=True),  # applied from elsewhere
+     "restoring would overwrite a newer one"),
+    (lambda host: open(host.paths.prev, "a").write("add rule inet mseg input accept\n"),
+     "is not the one the last apply kept"),
+    (lambda host: open(host.paths.prev, "w").write("flush ruleset\n"),
+     "was not written by nft_apply"),
+    (lambda host: os.unlink(host.paths.prev),
+     "there is no backup"),
+    (lambda host: os.unlink(host.paths.state),
+     "no apply is recorded in"),
+])
+def test_previous_is_refused_unless_the_live_table_replaced_that_backup(host, interfere, why):
+    host.apply(A)
+    host.apply(B)
+    interfere(host)
+    files, live, loads = host.files(), host.fake.table, len(host.fake.loads)
+    for check_mode in (True, False):
+        with pytest.raises(MsegError) as err:
+            host.apply(state="previous", check_mode=check_mode)
+        assert why in str(err.value) and str(err.value).endswith("nothing was changed"), str(err.value)
+        assert "Traceback" not in str(err.value)
+    assert host.fake.table == live and len(host.fake.loads) == loads and host.files() == files
+
+
+def test_previous_is_refused_over_a_state_from_before_it_existed(host):
+    host.apply(A)
+    host.apply(B)
+    state = host.state()
+    del state["previous_sha256"]
+    open(host.paths.state, "w").write(json.dumps(state))
+    with pytest.raises(MsegError) as err:
+        host.apply(state="previous")
+    assert "written by an older mseg.fleet" in str(err.value)
+
+
+def test_a_failed_load_keeps_the_backup_of_the_last_apply(host):
+    host.apply(A)
+    table_a = host.fake.table
+    host.apply(B)
+    host.fake.fail_load = "Error: Could not process rule: No buffer space available\n"
+    with pytest.raises(MsegError):
+        host.apply(C)
+    host.fake.fail_load = None
+    host.apply(state="previous")
+    assert host.fake.table == table_a
+
+
+def test_previous_takes_no_content():
+    with pytest.raises(MsegError) as err:
+        engine.Request(RULESET, state="previous")
+    assert "content is not used with state: previous" in str(err.value)
