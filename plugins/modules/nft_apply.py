@@ -26,6 +26,10 @@ description:
     readable table listing without counters (the after side is computed in a scratch network namespace
     when C(unshare) is allowed, otherwise it is the desired ruleset text).
   - The table that was live before an apply is kept in C(ruleset.prev.nft) as a loadable backup.
+    O(state=previous) restores it, under the same lock, and only while the live table is still the one that
+    replaced it (the sha256 of its listing is recorded after every apply). Over a newer policy (applied from
+    elsewhere) or a hand-edited table it fails, says why, and changes nothing. A backup of no table removes the
+    table. The restored table is persisted like an applied one, and restoring twice changes nothing the second time.
   - With O(persist) the applied transaction is written to C(<state_dir>/ruleset.nft) (directory 0700,
     files 0600, owned by root; its first line carries its own sha256) and the boot unit
     C(mseg-restore.service) is installed and enabled. It runs after the distribution's C(nftables.service)
@@ -69,14 +73,18 @@ options:
     description:
       - The rendered ruleset text, exactly as the mseg.fleet render step writes it (a complete
         C(nft -f) file for table C(inet mseg) that declares the sets C(mgmt_auto_v4) and C(mgmt_auto_v6)).
-      - Required when O(state=present).
+      - Required when O(state=present); not used otherwise.
     type: str
   state:
     description:
       - V(present) applies O(content); V(absent) deletes table C(inet mseg), the persisted copy and the
         boot unit (the backup stays).
+      - V(previous) restores the backup C(ruleset.prev.nft) of the table the last apply replaced (the rollback of
+        a rollout), with the management entries as for V(present). It fails, changing nothing, when the live table
+        is no longer the one that apply put there, when the backup is not the one it kept, or when there is none.
+        The backup stays as it is, so a second V(previous) reports no change.
     type: str
-    choices: [present, absent]
+    choices: [present, absent, previous]
     default: present
   persist:
     description:
@@ -94,7 +102,8 @@ options:
   management_auto:
     description:
       - Add the controller's SSH address and the SSH server port (as the host sees them) to the set
-        C(mgmt_auto_v4) or C(mgmt_auto_v6). The policy role maps C(mseg_management_auto) onto it.
+        C(mgmt_auto_v4) or C(mgmt_auto_v6) (with O(state=present) or O(state=previous)). The policy role maps
+        C(mseg_management_auto) onto it.
       - Nothing is added for a connection that is not SSH (for example C(local)).
     type: bool
     default: true
@@ -172,6 +181,11 @@ EXAMPLES = r"""
   become: true
   mseg.fleet.nft_apply:
     state: absent
+
+- name: Roll back to the table the last apply replaced (refused if the live table changed since)
+  become: true
+  mseg.fleet.nft_apply:
+    state: previous
 """
 
 RETURN = r"""
@@ -180,7 +194,9 @@ changed:
   returned: always
   type: bool
 sha256:
-  description: sha256 of the applied transaction (preamble, content and management elements); null when absent.
+  description:
+    - sha256 of the applied transaction (preamble, content and management elements; with O(state=previous), the
+      backup and the management elements); null when the result is no table.
   returned: success
   type: str
   sample: 635cd56f4fc4bdcb1e2e7636826ee0f409f710139de587588c0829f971aec735
@@ -219,7 +235,7 @@ backup:
   type: str
   sample: /etc/mseg/ruleset.prev.nft
 persisted:
-  description: Path of the persisted ruleset, null when O(persist=false).
+  description: Path of the persisted ruleset, null when O(persist=false) or the result is no table.
   returned: success
   type: str
   sample: /etc/mseg/ruleset.nft
@@ -244,7 +260,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             content=dict(type="str"),
-            state=dict(type="str", default="present", choices=["present", "absent"]),
+            state=dict(type="str", default="present", choices=["present", "absent", "previous"]),
             persist=dict(type="bool", default=True),
             confirm_timeout=dict(type="int"),
             management_auto=dict(type="bool", default=True),
@@ -271,7 +287,7 @@ def main():
         if params["state"] == "present" and not params["content"]:
             module.fail_json(msg="content is required with state=present: pass the rendered ruleset text")
         peers = []
-        if params["management_auto"] and params["state"] == "present":
+        if params["management_auto"] and params["state"] != "absent":
             peer = detect_ssh_peer()
             if peer:
                 peers.append(peer)

@@ -316,6 +316,63 @@ def test_persist_false_removes_the_persisted_copy(fleet, dirs):
     assert res["changed"] is False
 
 
+# ------------------------------------------------------------------ 4. state: previous
+
+
+def test_previous_restores_the_table_the_last_apply_replaced(fleet, dirs):
+    play(fleet, dirs, {"content": ruleset(port=7001)})
+    first = listing(fleet)
+    play(fleet, dirs, {"content": ruleset(port=7002)})
+    second = listing(fleet)
+
+    rc, res = play(fleet, dirs, {"state": "previous"}, check=True, diff=True)
+    assert rc == 0 and res["changed"] and "would restore" in res["msg"], res
+    assert listing(fleet) == second
+    assert res["diff"]["before"] == second and res["diff"]["after"] == first
+
+    rc, res = play(fleet, dirs, {"state": "previous"})
+    assert rc == 0 and res["changed"] and "restored table inet mseg" in res["msg"], res
+    assert listing(fleet) == first
+    assert fleet.probe("b", "a", 7001) == CONNECTED and fleet.probe("b", "a", 7002, timeout=0.5) == TIMEOUT
+    rc, res = play(fleet, dirs, {"state": "previous"})
+    assert rc == 0 and res["changed"] is False, res
+    # persisted: a "reboot" (namespace b, fresh) gets the restored table back
+    fleet.run("b", ["sh", os.path.join(dirs["state_dir"], "restore.sh")])
+    assert listing(fleet, "b") == first
+
+
+def test_previous_goes_back_one_apply(fleet, dirs):
+    play(fleet, dirs, {"content": ruleset(port=7001)})
+    play(fleet, dirs, {"content": ruleset(port=7002)})
+    second = listing(fleet)
+    play(fleet, dirs, {"content": ruleset(port=7003)})
+    rc, res = play(fleet, dirs, {"state": "previous"})
+    assert rc == 0 and res["changed"], res
+    assert listing(fleet) == second
+
+
+def test_previous_of_the_first_apply_removes_the_table(fleet, dirs):
+    play(fleet, dirs, {"content": ruleset()})
+    rc, res = play(fleet, dirs, {"state": "previous"})
+    assert rc == 0 and res["changed"] and res["persisted"] is None, res
+    assert listing(fleet) is None
+    assert not os.path.exists(os.path.join(dirs["state_dir"], "ruleset.nft"))
+
+
+@pytest.mark.parametrize("edit", ["add rule inet mseg input tcp dport 9999 accept", "delete table inet mseg"])
+def test_previous_never_overwrites_a_hand_edit(fleet, dirs, edit):
+    play(fleet, dirs, {"content": ruleset(port=7001)})
+    play(fleet, dirs, {"content": ruleset(port=7002)})
+    fleet.run("a", ["nft", edit])
+    edited = listing(fleet)
+    persisted = open(os.path.join(dirs["state_dir"], "ruleset.nft")).read()
+    rc, res = play(fleet, dirs, {"state": "previous"})
+    assert rc != 0 and "is not the one the last apply put there" in res["msg"], res
+    assert res["msg"].endswith("nothing was changed") and "state: present" in res["msg"]
+    assert listing(fleet) == edited
+    assert open(os.path.join(dirs["state_dir"], "ruleset.nft")).read() == persisted
+
+
 # ------------------------------------------------------------------ 5. lock
 
 

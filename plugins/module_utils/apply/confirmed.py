@@ -5,8 +5,8 @@
 
 ``arm`` validates and forks a detached worker (its own session: it survives the loss of the connection) that takes
 the apply lock, waits for ``<txn>/go``, applies, then waits ``confirm_timeout`` seconds for ``confirm``; without it
-the worker restores the previous table. The persisted file and the recorded state are only written once confirmed,
-so a rollback (or a reboot in the window) brings back the previous ruleset everywhere.
+the worker restores the previous table. The persisted file, the backup and the recorded state are only written once
+confirmed, so a rollback (or a reboot in the window) brings back the previous ruleset everywhere.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ def arm(request, token, confirm_timeout):
     Validates and evaluates synchronously; when nothing would change, returns the unchanged result.
     Otherwise forks a detached worker (own session, survives the loss of the connection) that takes
     the lock, waits for ``<txn>/go``, backs up and applies, then waits ``confirm_timeout`` seconds
-    for ``confirm``; without it the worker restores the previous table. The persisted file and the
-    recorded state are only written once confirmed, so a rollback (or a reboot in the window) brings
-    back the previous ruleset everywhere.
+    for ``confirm``; without it the worker restores the previous table. The persisted file, the backup
+    and the recorded state are only written once confirmed, so a rollback (or a reboot in the window)
+    brings back the previous ruleset everywhere.
     """
     engine = Engine(request)
     engine.prepare()
@@ -54,7 +54,7 @@ def arm(request, token, confirm_timeout):
             res = engine._run_locked()
             res["armed"] = False
             return res
-        if request.state == "present":
+        if engine.wants_table():
             engine.nft.check(engine.transaction)
     txn = _txn_dir(request.paths, token)
     os.makedirs(txn, mode=0o700)
@@ -109,7 +109,7 @@ def _worker(request, engine, txn, confirm_timeout, status_fd):  # pragma: no cov
         try:
             ev = engine.evaluate()
             before = ev["before"]
-            backup = engine.backup(before)
+            backup = engine.backup_text(before)
             engine.nft.load(engine.transaction)
             after = engine.nft.listing()
         except ApplyError as exc:
@@ -137,10 +137,11 @@ def _worker(request, engine, txn, confirm_timeout, status_fd):  # pragma: no cov
             write_atomic(os.path.join(txn, "final.json"),
                          json.dumps({"rolled_back": True, "msg": why}))
             return
+        engine.keep_backup(backup)
         counts = engine.record()[1]
         engine.finish_persist()
         final = engine.result(True, before or "", after or "", counts, ev["drift"],
-                              "replaced table inet mseg (commit confirmed)")
+                              engine.done_msg(ev["drift"]) + " (commit confirmed)")
         final.pop("diff", None)
         write_atomic(os.path.join(txn, "final.json"), json.dumps(final))
     except Exception as exc:  # the detached worker has no one else to tell

@@ -16,12 +16,15 @@ reuses it. Guarantees (DESIGN section 5):
   carries its own sha256) and ``mseg-restore.service`` reloads it at boot. A file that fails its
   checksum or ``nft -c`` is not loaded: a fail-closed table is loaded instead (``templates/mseg-restore.sh``);
 * serialised: one ``flock`` per state directory;
+* reversible: ``state: previous`` restores the backup of the table the last apply replaced, and only while the live
+  table is still the one that apply recorded (never over a newer policy or a hand edit);
 * commit-confirmed (``confirmed.py``): ``arm`` forks a detached worker that applies, then restores the previous
   table unless ``confirm`` renames its ``armed`` marker in time.
 
 State directory layout: ``ruleset.nft`` (persisted transaction), ``ruleset.prev.nft`` (the table
-that was live before the last apply, loadable), ``live.nft`` (recorded listing), ``state.json``,
-``restore.sh`` (boot restore), ``lock``, ``txn/<token>/`` (commit-confirmed transactions).
+that was live before the last apply, loadable), ``live.nft`` (recorded listing), ``state.json`` (the hashes of the
+desired transaction, of the live listing and of the backup that apply kept), ``restore.sh`` (boot restore),
+``lock``, ``txn/<token>/`` (commit-confirmed transactions).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -31,7 +34,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 
@@ -42,10 +44,11 @@ from ansible_collections.mseg.fleet.plugins.module_utils.apply.persist import (
 )
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.files import FileLock, read_text, sha256_text, unlink, write_atomic
-from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft, count_listing, namespace_identity, ruleset_genid
+from ansible_collections.mseg.fleet.plugins.module_utils.nft import runner
+from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft, count_listing, namespace_identity
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.scope import check_scope
 
-STATES = ("present", "absent")
+STATES = ("present", "absent", "previous")
 
 
 def lock(paths, timeout):
@@ -56,12 +59,19 @@ def lock(paths, timeout):
 
 
 class Request:
-    """What to apply. ``content`` is the rendered ruleset; ``peers`` the management (address, port) pairs."""
+    """What to apply. ``content`` is the rendered ruleset; ``peers`` the management (address, port) pairs.
+
+    ``state``: ``present`` applies ``content``; ``absent`` removes the table; ``previous`` restores the backup
+    (``ruleset.prev.nft``) of the table the last apply replaced.
+    """
 
     def __init__(self, content="", state="present", persist=True, peers=(), state_dir=contract.STATE_DIR,
                  unit_dir=contract.UNIT_DIR, lock_timeout=300, check_mode=False, want_diff=False, templates=None):
         if state not in STATES:
             raise ApplyError("state must be one of %s, got %r" % (", ".join(STATES), state))
+        if state == "previous" and content:
+            raise ApplyError("content is not used with state: previous, which restores the backup %s: remove it"
+                             % contract.PREVIOUS_FILE)
         self.content = content or ""
         self.state = state
         self.persist = persist
@@ -80,22 +90,31 @@ class Engine:
         self.nft = nft
         self.transaction = None
         self.desired_sha = None
+        self.backup_sha = None  # the sha256 of the backup the state records: kept by this apply, or restored
 
     # -- planning -----------------------------------------------------------------
 
     def prepare(self):
-        """Checks that need no lock: scope, nft present, kernel support. Builds the transaction."""
+        """Checks that need no lock: scope, nft present, kernel support. Builds the transaction.
+
+        ``state: previous`` builds it from the backup later, under the lock (``evaluate``).
+        """
         if self.req.state == "present":
             if not self.req.content.strip():
                 raise ApplyError("content is empty: pass the rendered ruleset (state: present needs it)")
             check_scope(self.req.content)
             self.transaction = build_transaction(self.req.content, self.req.peers)
-        else:
+        elif self.req.state == "absent":
             self.transaction = PREAMBLE
-        self.desired_sha = sha256_text(self.transaction)
+        if self.transaction is not None:
+            self.desired_sha = sha256_text(self.transaction)
         if self.nft is None:
             self.nft = Nft()
         self.nft.probe()
+
+    def wants_table(self):
+        """Whether the transaction leaves a table (present, or a backup that held one)."""
+        return self.transaction is not None and self.transaction != PREAMBLE
 
     def evaluate(self):
         """Compare desired with live. Returns dict: in_sync, drift, before (listing or None), recorded state.
@@ -103,9 +122,13 @@ class Engine:
         When the kernel's generation id, boot and network namespace are those recorded after the last
         apply, no table has changed since (every committed transaction bumps the id), so the recorded
         listing is the live one and listing 100,000 elements again is skipped.
+
+        ``state: previous`` reads the backup here (under the lock) and raises ApplyError, changing nothing, unless
+        the restore is safe (``_previous_refusal``).
         """
         state = load_state(self.paths)
-        genid = ruleset_genid()
+        backup = self._plan_previous() if self.req.state == "previous" else None
+        genid = runner.ruleset_genid()
         recorded = read_text(self.paths.live)
         untouched = (genid is not None and state.get("genid") == genid and state.get("identity") == namespace_identity()
                      and "live_sha256" in state
@@ -114,6 +137,13 @@ class Engine:
         if self.req.state == "absent":
             in_sync = before is None
             drift = False
+        elif self.req.state == "previous":
+            in_sync = before == recorded and state.get("desired_sha256") == self.desired_sha
+            drift = False
+            if not in_sync:
+                refusal = self._previous_refusal(state, backup, before)
+                if refusal:
+                    raise ApplyError(refusal + "; nothing was changed")
         else:
             same_live = before is not None and recorded is not None and before == recorded
             in_sync = same_live and state.get("desired_sha256") == self.desired_sha
@@ -121,67 +151,130 @@ class Engine:
         return {"in_sync": in_sync, "drift": drift, "before": before, "state": state, "listed": not untouched,
                 "genid": genid}
 
+    def _plan_previous(self):
+        """Build the transaction that restores the backup; returns the backup's text."""
+        backup = read_text(self.paths.prev)
+        if backup is None:
+            raise ApplyError("there is no backup %s to restore: no apply with this state_dir has replaced a table "
+                             "yet; nothing was changed" % self.paths.prev)
+        if not backup.startswith(PREAMBLE):
+            raise ApplyError("the backup %s was not written by nft_apply (it does not open with '%s'): restore "
+                             "by applying the policy you want (state: present); nothing was changed"
+                             % (self.paths.prev, PREAMBLE.splitlines()[0]))
+        body = backup[len(PREAMBLE):]
+        if body.strip():
+            check_scope(body)
+            self.transaction = build_transaction(body, self.req.peers)
+        else:
+            self.transaction = PREAMBLE
+        self.desired_sha = sha256_text(self.transaction)
+        self.backup_sha = sha256_text(backup)
+        return backup
+
+    def _previous_refusal(self, state, backup, before):
+        """Why restoring ``backup`` over the live table ``before`` is unsafe, or None when it is safe.
+
+        Safe only while the live table is the one the last apply put there (its listing's sha256, recorded after
+        every apply) and the backup is the one that apply kept: never over a newer policy or a hand edit.
+        """
+        if "live_sha256" not in state:
+            return ("no apply is recorded in %s, so nothing says which table %s replaced: restore by applying the "
+                    "policy you want (state: present)" % (self.paths.state, contract.PREVIOUS_FILE))
+        if state.get("previous_sha256") != self.backup_sha:
+            return ("the backup %s is not the one the last apply kept (it was edited, or written by an older "
+                    "mseg.fleet): restoring it could bring back a table nobody applied; restore by applying the "
+                    "policy you want (state: present)" % self.paths.prev)
+        if (None if before is None else sha256_text(before)) != state["live_sha256"]:
+            return ("the live table %s is not the one the last apply put there (%s since: a hand edit, another tool, "
+                    "or an apply with another state_dir), so it is not the table that replaced the backup %s and "
+                    "restoring would overwrite a newer one; look at it with 'nft list table %s', then apply the "
+                    "policy you want (state: present)"
+                    % (contract.TABLE, "removed" if before is None else "changed", self.paths.prev, contract.TABLE))
+        return None
+
     def predict_after(self):
         """The listing the transaction would produce, from a scratch network namespace when possible."""
-        if self.req.state == "absent":
+        if not self.wants_table():
             return ""
         unshare = shutil.which("unshare") or shutil.which("unshare", path="/usr/bin:/bin")
         if unshare:
             script = "%s -f - && %s -s list table %s" % (self.nft.path, self.nft.path, contract.TABLE)
-            proc = subprocess.run([unshare, "--net", "sh", "-c", script], input=self.transaction,
-                                  capture_output=True, text=True, check=False)
+            proc = self.nft.runner([unshare, "--net", "sh", "-c", script], input=self.transaction,
+                                   capture_output=True, text=True, check=False)
             if proc.returncode == 0:
                 return proc.stdout
         return self.transaction
 
     # -- doing --------------------------------------------------------------------
 
-    def backup(self, before):
-        """Keep the table that is live now as a loadable transaction (absent table -> delete-only)."""
-        text = PREAMBLE + (before or "")
-        write_atomic(self.paths.prev, text)
-        return text
+    @staticmethod
+    def backup_text(before):
+        """The table that is live now as a loadable transaction (absent table -> delete-only)."""
+        return PREAMBLE + (before or "")
+
+    def keep_backup(self, text):
+        """Write the backup of the replaced table (after the load: a failed load leaves the last one in place).
+
+        ``state: previous`` keeps the backup it restored, so restoring twice changes nothing the second time.
+        """
+        if self.req.state != "previous":
+            write_atomic(self.paths.prev, text)
+            self.backup_sha = sha256_text(text)
 
     def record(self):
         """After a load: record generation id, listing and hashes. Returns (listing, counts)."""
-        genid = ruleset_genid()
+        genid = runner.ruleset_genid()
         listing = self.nft.listing()
         counts = count_listing(listing)
         if listing is None:
             unlink(self.paths.live)
         else:
             write_atomic(self.paths.live, listing)
-        state = {"desired_sha256": self.desired_sha if self.req.state == "present" else None,
+        state = {"desired_sha256": self.desired_sha if self.req.state != "absent" else None,
                  "live_sha256": None if listing is None else sha256_text(listing),
+                 "previous_sha256": self.backup_sha,
                  "genid": genid, "identity": namespace_identity(), "counts": counts,
                  "applied_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "peers": self.req.peers}
         write_atomic(self.paths.state, json.dumps(state, indent=1, sort_keys=True) + "\n")
         return listing, counts
 
+    def persists_table(self):
+        return self.req.persist and self.wants_table()
+
     def finish_persist(self):
-        if self.req.state == "present" and self.req.persist:
+        if self.persists_table():
             templates = self.req.templates or restore_templates()  # the module gets them from its action plugin
             return persist(self.paths, self.transaction, self.req.peers, self.nft.path, templates)
         return unpersist(self.paths)
 
     def persist_in_sync(self):
-        if self.req.state == "present" and self.req.persist:
+        if self.persists_table():
             return persisted_ok(self.paths, self.transaction) and (
                 not self.paths.unit or (os.path.exists(self.paths.unit) and os.path.lexists(self.paths.wants)))
         return not any(os.path.lexists(p) for p in (self.paths.ruleset, self.paths.unit, self.paths.wants) if p)
 
     def result(self, changed, before, after, counts, drift, msg):
-        res = {"changed": changed, "sha256": self.desired_sha if self.req.state == "present" else None,
+        res = {"changed": changed, "sha256": self.desired_sha if self.wants_table() else None,
                "rules": counts["rules"], "sets": counts["sets"], "elements": counts["elements"],
                "rolled_back": False, "drift": drift, "msg": msg,
                "management_peers": ["%s . %d" % p for p in self.req.peers],
                "backup": self.paths.prev,
-               "persisted": self.paths.ruleset if self.req.persist and self.req.state == "present" else None}
+               "persisted": self.paths.ruleset if self.persists_table() else None}
         if self.req.want_diff and before is not None and after is not None:
             res["diff"] = {"before": before, "after": after,
                            "before_header": "live table inet mseg", "after_header": "desired table inet mseg"}
         return res
+
+    def done_msg(self, drift=False, would=False):
+        """What a load did (or, in check mode, would do), in one sentence."""
+        if self.req.state == "previous":
+            verb = ("would restore", "restored") if self.wants_table() else ("would remove", "removed")
+            return "%s table inet mseg from the backup %s" % (verb[0] if would else verb[1], self.paths.prev)
+        verb = ("replace", "replaced") if self.req.state == "present" else ("remove", "removed")
+        if would:
+            return "would %s table inet mseg%s" % (verb[0], " (live table drifted)" if drift else "")
+        return "%s table inet mseg%s" % (verb[1], " (corrected drift)" if drift else "")
 
     def run(self):
         """Synchronous apply (no commit-confirmed). Returns the result dict; raises ApplyError."""
@@ -213,24 +306,24 @@ class Engine:
                     and ev["state"].get("genid") != ev["genid"]:
                 ev["state"].update(genid=ev["genid"], identity=namespace_identity())
                 write_atomic(self.paths.state, json.dumps(ev["state"], indent=1, sort_keys=True) + "\n")
-            msg = "table inet mseg already matches" + ("; persisted copy repaired" if changed else "")
+            already = "already is the backup %s" % self.paths.prev if self.req.state == "previous" \
+                else "already matches"
+            msg = "table inet mseg %s%s" % (already, "; persisted copy repaired" if changed else "")
             return self.result(changed, ev["before"], ev["before"], counts, False, msg)
         if self.req.check_mode:
             after = self.predict_after() if self.req.want_diff else None
             counts = count_listing(after if after and after != self.transaction else ev["before"])
-            return self.result(True, ev["before"] or "", after, counts, ev["drift"],
-                               "would replace table inet mseg" + (" (live table drifted)" if ev["drift"] else ""))
+            return self.result(True, ev["before"] or "", after, counts, ev["drift"], self.done_msg(ev["drift"], True))
         if check:
             check.result()
-        elif self.req.state == "present":
+        elif self.wants_table():
             self.nft.check(self.transaction)
-        self.backup(ev["before"])
+        backup = self.backup_text(ev["before"])
         self.nft.load(self.transaction)
+        self.keep_backup(backup)
         after, counts = self.record()
         self.finish_persist()
-        verb = "replaced" if self.req.state == "present" else "removed"
-        msg = "%s table inet mseg%s" % (verb, " (corrected drift)" if ev["drift"] else "")
-        return self.result(True, ev["before"] or "", after or "", counts, ev["drift"], msg)
+        return self.result(True, ev["before"] or "", after or "", counts, ev["drift"], self.done_msg(ev["drift"]))
 
 
 class _Background:

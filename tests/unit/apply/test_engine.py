@@ -1,265 +1,244 @@
-"""Unit tests of the nft_apply engine (plugins/module_utils/apply/): the parts that need no kernel."""
+"""The apply engine's decisions (plugins/module_utils/apply/engine.py), without root: the fake nft of
+tests/unit/nft/fake.py stands in for the kernel, temporary directories for /etc/mseg and /etc/systemd/system.
+
+tests/integration/test_nft_apply.py proves the same guarantees against real nftables in network namespaces.
+"""
 
 import json
 import os
-import subprocess
 import threading
 import time
+import types
 
 import pytest
 
-from ansible_collections.mseg.fleet.plugins.module_utils.apply import confirmed, engine, peers, persist
-from ansible_collections.mseg.fleet.plugins.module_utils.apply.errors import ApplyError
-from ansible_collections.mseg.fleet.plugins.module_utils.common import contract, files
+from ansible_collections.mseg.fleet.plugins.module_utils.apply import engine, persist
+from ansible_collections.mseg.fleet.plugins.module_utils.apply.peers import PREAMBLE, build_transaction
+from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
-from ansible_collections.mseg.fleet.plugins.module_utils.nft import runner, scope
+from ansible_collections.mseg.fleet.plugins.module_utils.common.files import read_text, sha256_text
+from ansible_collections.mseg.fleet.plugins.module_utils.nft import runner
+from ansible_collections.mseg.fleet.plugins.module_utils.nft.bypass import bypass_ruleset
+from ansible_collections.mseg.fleet.tests.unit.nft.fake import FakeNft, listing_of
+from ansible_collections.mseg.fleet.tests.unit.nft.samples import RULESET
 
-RULESET = """#!/usr/sbin/nft -f
-# mseg.fleet ruleset for web-01: mode=enforce policy=0123abcd
-table inet mseg {}
-delete table inet mseg
-table inet mseg {
-    set mgmt_auto_v4 {
-        type ipv4_addr . inet_service
-    }
-    set mgmt_auto_v6 {
-        type ipv6_addr . inet_service
-    }
-    chain input {
-        type filter hook input priority filter; policy drop;
-        ip saddr . tcp dport @mgmt_auto_v4 counter accept comment "flush ruleset { is only a comment"
-        # table ip nat { a comment is not a statement }
-        counter log prefix "[MSEG-DROP] ID=0 " drop
-    }
-}
-"""
+LIST = ["-s", "list", "table", "inet", "mseg"]
 
 
-# ------------------------------------------------------------------ scope
+def ruleset(port):
+    """RULESET with one more rule: a policy per port."""
+    last = "        counter log prefix"
+    return RULESET.replace(last, "        tcp dport %d accept\n%s" % (port, last))
 
 
-def test_scope_accepts_the_rendered_contract():
-    scope.check_scope(RULESET)
-    scope.check_scope("add table inet mseg\nadd element inet mseg s { 1.2.3.4 }\nflush table inet mseg\n"
-                      "table inet mseg { chain c { } }; add rule inet mseg c accept\n"
-                      "add ct helper inet mseg h { type \"ftp\" protocol tcp; }")
+A, B, C = ruleset(7001), ruleset(7002), ruleset(7003)
 
 
-@pytest.mark.parametrize("statement,shown", [
-    ("flush ruleset", "flush ruleset"),
-    ("delete table ip nat", "delete table ip nat"),
-    ("table ip filter {\n}", "table ip filter"),
-    ("table mseg {\n}", "table mseg"),
-    ("add rule inet firewalld filter_INPUT accept", "add rule inet firewalld filter_INPUT accept"),
-    ("add element ip filter s { 1.2.3.4 }", "add element ip filter s"),
-    ('include "/etc/nftables.conf"', 'include "/etc/nftables.conf"'),
-    ("list ruleset", "list ruleset"),
+class Host:
+    """One host: the fake kernel, the state and unit directories, and an ``apply`` that runs the engine on them."""
+
+    def __init__(self, tmp_path, monkeypatch):
+        self.fake = FakeNft()
+        self.fake.patch_genid(monkeypatch)
+        self.daemon_reloads = []
+        monkeypatch.setattr(persist, "subprocess", types.SimpleNamespace(run=lambda argv, **_kw: (
+            self.daemon_reloads.append(argv))))
+        self.dirs = {"state_dir": str(tmp_path / "etc-mseg"), "unit_dir": str(tmp_path / "units")}
+        self.paths = persist.Paths(**self.dirs)
+
+    def apply(self, content="", **kwargs):
+        request = engine.Request(content, **dict(self.dirs, **kwargs))
+        return engine.apply(request, runner.Nft(self.fake.path, self.fake))
+
+    def state(self):
+        return json.loads(read_text(self.paths.state))
+
+    def files(self):
+        """Every file under the state and unit directories, with its text (the lock aside: it holds a pid)."""
+        found = {}
+        for top in self.dirs.values():
+            for where, _dirs, names in os.walk(top):
+                for name in names:
+                    path = os.path.join(where, name)
+                    if path != self.paths.lock:
+                        found[path] = os.readlink(path) if os.path.islink(path) else read_text(path)
+        return found
+
+
+@pytest.fixture(name="host")
+def fixture_host(tmp_path, monkeypatch):
+    return Host(tmp_path, monkeypatch)
+
+
+def live_of(content, peers=()):
+    """The live listing the fake shows once ``content`` is applied."""
+    return listing_of(build_transaction(content, peers).rsplit("delete table inet mseg\n", 1)[1])
+
+
+# ------------------------------------------------------------------ present: apply, in sync, drift
+
+
+def test_the_first_apply_changes_the_table_and_records_it(host):
+    res = host.apply(A)
+    transaction = PREAMBLE + A
+    assert res["changed"] and not res["drift"] and res["msg"] == "replaced table inet mseg"
+    assert host.fake.loads == [transaction]
+    assert host.fake.table == live_of(A)
+    assert res["sha256"] == sha256_text(transaction)
+    assert (res["rules"], res["sets"], res["elements"]) == (3, 2, 0)
+    state = host.state()
+    assert state["desired_sha256"] == res["sha256"]
+    assert state["live_sha256"] == sha256_text(host.fake.table)
+    assert state["genid"] == host.fake.genid()
+    assert read_text(host.paths.live) == host.fake.table
+    assert read_text(host.paths.prev) == PREAMBLE  # nothing was live before: the backup removes the table
+    assert state["previous_sha256"] == sha256_text(PREAMBLE)
+    assert read_text(host.paths.ruleset) == persist.persisted_text(transaction)
+    assert os.path.realpath(host.paths.wants) == host.paths.unit
+    assert "-c" in [argv[0] for argv in host.fake.commands()]  # validated before the load
+
+
+def test_in_sync_reports_no_change_and_neither_loads_nor_lists(host):
+    host.apply(A)
+    before = host.files()
+    commands = len(host.fake.commands())
+    res = host.apply(A)
+    assert res["changed"] is False and res["msg"] == "table inet mseg already matches"
+    assert len(host.fake.loads) == 1
+    assert host.fake.commands()[commands:] == []  # same generation id: not even a listing
+    assert host.files() == before
+    assert (res["sha256"], res["rules"]) == (sha256_text(PREAMBLE + A), 3)
+
+
+def test_another_tables_change_is_listed_once_and_still_in_sync(host):
+    host.apply(A)
+    host.fake.generation += 1  # a commit to another table (Docker, firewalld) bumps the same id
+    res = host.apply(A)
+    assert res["changed"] is False and len(host.fake.loads) == 1
+    assert host.fake.commands()[-1] == LIST
+    assert host.state()["genid"] == host.fake.genid()
+    commands = len(host.fake.commands())
+    assert host.apply(A)["changed"] is False
+    assert host.fake.commands()[commands:] == []  # the new id was recorded: no listing the next time
+
+
+@pytest.mark.parametrize("edit,shows", [
+    (lambda live: live.replace("tcp dport 7001 accept\n", "tcp dport 7001 accept\ntcp dport 9999 accept\n"),
+     "tcp dport 9999 accept"),
+    (lambda live: live.replace("tcp dport 7001 accept\n", ""), None),
+    (lambda live: None, None),
 ])
-def test_scope_refuses_anything_else_with_its_line(statement, shown):
+def test_drift_is_detected_shown_and_corrected(host, edit, shows):
+    host.apply(A)
+    applied = host.fake.table
+    host.fake.edit(edit(applied))
+    drifted = host.fake.table
+    files = host.files()
+
+    res = host.apply(A, check_mode=True, want_diff=True)
+    assert res["changed"] and res["drift"] and res["msg"] == "would replace table inet mseg (live table drifted)"
+    assert host.fake.table == drifted and len(host.fake.loads) == 1 and host.files() == files
+    assert res["diff"]["before"] == (drifted or "")
+    assert res["diff"]["after"] == PREAMBLE + A  # no scratch namespace in the fake: the desired text
+    if shows:
+        assert shows in res["diff"]["before"] and shows not in res["diff"]["after"]
+
+    res = host.apply(A, want_diff=True)
+    assert res["changed"] and res["drift"] and res["msg"] == "replaced table inet mseg (corrected drift)"
+    assert host.fake.table == applied
+    assert res["diff"] == {"before": drifted or "", "after": applied, "before_header": "live table inet mseg",
+                           "after_header": "desired table inet mseg"}
+    assert read_text(host.paths.prev) == PREAMBLE + (drifted or "")  # the backup is what was live
+    assert host.apply(A)["changed"] is False
+
+
+def test_check_mode_loads_nothing_and_writes_nothing(host):
+    res = host.apply(A, check_mode=True, want_diff=True)
+    assert res["changed"] and res["msg"] == "would replace table inet mseg"
+    assert host.fake.loads == [] and host.fake.table is None
+    assert not os.path.exists(host.dirs["state_dir"]) and not os.path.exists(host.dirs["unit_dir"])
+    assert res["diff"]["before"] == ""
+
+    host.apply(A)
+    files, live = host.files(), host.fake.table
+    res = host.apply(B, check_mode=True, want_diff=True)
+    assert res["changed"] and not res["drift"]
+    assert host.fake.table == live and len(host.fake.loads) == 1 and host.files() == files
+    assert "tcp dport 7001" in res["diff"]["before"] and "tcp dport 7002" in res["diff"]["after"]
+
+
+def test_a_ruleset_nft_rejects_changes_nothing(host):
+    host.apply(A)
+    files, live = host.files(), host.fake.table
+    host.fake.reject = "/dev/stdin:12:9-14: Error: syntax error, unexpected perhaps\n"
     with pytest.raises(MsegError) as err:
-        scope.check_scope(RULESET + statement + "\n")
-    assert "line 19: '%s'" % shown in str(err.value)
-    assert "touches more than table inet mseg" in str(err.value)
+        host.apply(B)
+    assert "nft rejected the ruleset" in str(err.value) and "content:12:9-14" in str(err.value)
+    assert host.fake.table == live and len(host.fake.loads) == 1 and host.files() == files
 
 
-@pytest.mark.parametrize("content,message", [
-    (RULESET + "}\n", "line 19: unbalanced '}'"),
-    ("table inet mseg {\n chain c {\n", "the block opened on line 1 is never closed"),
-    ("delete table inet mseg\n", "does not define 'table inet mseg"),
+@pytest.mark.parametrize("damage", [
+    lambda paths: open(paths.ruleset, "a").write("add rule inet mseg input accept\n"),
+    lambda paths: open(paths.ruleset, "w").write(read_text(paths.ruleset)[:100]),
+    lambda paths: os.unlink(paths.ruleset),
+    lambda paths: os.unlink(paths.wants),
 ])
-def test_scope_reports_broken_structure(content, message):
-    with pytest.raises(MsegError) as err:
-        scope.check_scope(content)
-    assert message in str(err.value)
+def test_a_damaged_persisted_copy_is_repaired_without_reloading_the_kernel(host, damage):
+    host.apply(A)
+    files = host.files()
+    damage(host.paths)
+    res = host.apply(A)
+    assert res["changed"] and not res["drift"]
+    assert res["msg"] == "table inet mseg already matches; persisted copy repaired"
+    assert len(host.fake.loads) == 1
+    assert host.files() == files
+    assert host.apply(A)["changed"] is False
 
 
-# ------------------------------------------------------------------ management peers
+def test_persist_false_removes_the_persisted_copy_and_keeps_the_table(host):
+    host.apply(A)
+    res = host.apply(A, persist=False)
+    assert res["changed"] and res["persisted"] is None and len(host.fake.loads) == 1
+    assert not any(os.path.lexists(p) for p in (host.paths.ruleset, host.paths.unit, host.paths.wants))
+    assert host.apply(A, persist=False)["changed"] is False
 
 
-@pytest.mark.parametrize("value,peer", [
-    ("192.0.2.10 51234 192.0.2.1 22", ("192.0.2.10", 22)),
-    ("2001:db8::10 51234 2001:db8::1 2222", ("2001:db8::10", 2222)),
-    ("::ffff:192.0.2.10 51234 ::ffff:192.0.2.1 22", ("192.0.2.10", 22)),
-    ("fe80::1%eth0 51234 fe80::2%eth0 22", ("fe80::1", 22)),
-    ("192.0.2.10 51234 22", ("192.0.2.10", 22)),
-    ("", None),
-    ("not-an-ip 1 2 3", None),
-    ("192.0.2.10 1 192.0.2.1 70000", None),
-])
-def test_parse_ssh_connection(value, peer):
-    assert peers.parse_ssh_connection(value) == peer
+def test_absent_removes_table_and_persisted_copy_and_keeps_a_backup(host):
+    host.apply(A)
+    live = host.fake.table
+    res = host.apply(state="absent")
+    assert res["changed"] and res["msg"] == "removed table inet mseg" and res["sha256"] is None
+    assert host.fake.table is None and host.fake.loads[-1] == PREAMBLE
+    assert not any(os.path.lexists(p) for p in (host.paths.ruleset, host.paths.unit, host.paths.wants,
+                                                host.paths.live))
+    assert read_text(host.paths.prev) == PREAMBLE + live
+    res = host.apply(state="absent")
+    assert res["changed"] is False and len(host.fake.loads) == 2
 
 
-def test_detect_peer_from_environment_first():
-    assert peers.detect_ssh_peer({"SSH_CONNECTION": "192.0.2.9 1 192.0.2.1 22"}, pid=1) == ("192.0.2.9", 22)
-    assert peers.detect_ssh_peer({"SSH_CLIENT": "192.0.2.8 1 2022"}, pid=1) == ("192.0.2.8", 2022)
+def test_management_peers_are_added_in_the_same_transaction(host):
+    peers = [("2001:db8::5", 22), ("192.0.2.10", 2222)]
+    res = host.apply(A, peers=peers)
+    assert res["management_peers"] == ["2001:db8::5 . 22", "192.0.2.10 . 2222"]
+    assert host.fake.loads == [PREAMBLE + A + "add element inet mseg mgmt_auto_v4 { 192.0.2.10 . 2222 }\n"
+                               "add element inet mseg mgmt_auto_v6 { 2001:db8::5 . 22 }\n"]
+    assert host.state()["peers"] == [list(peer) for peer in peers]
+    assert host.apply(A, peers=peers)["changed"] is False
+    res = host.apply(A, peers=[("192.0.2.11", 22)])  # the controller connects from elsewhere: its address goes in
+    assert res["changed"] and not res["drift"] and len(host.fake.loads) == 2
+    assert "192.0.2.11 . 22" in host.fake.table and "192.0.2.10" not in host.fake.table
 
 
-def test_detect_peer_walks_up_to_an_ancestor_that_has_it():
-    env = dict(os.environ, SSH_CONNECTION="198.51.100.7 40000 198.51.100.1 22")
-    ancestor = subprocess.Popen(["sh", "-c", "env -u SSH_CONNECTION sleep 30; true"], env=env)
-    try:
-        child = None
-        for dummy in range(100):  # the sleep child of the shell
-            out = subprocess.run(["pgrep", "-P", str(ancestor.pid)], capture_output=True, text=True,
-                                 check=False).stdout.split()
-            if out:
-                child = int(out[0])
-                break
-            time.sleep(0.02)
-        assert child
-        with open("/proc/%d/environ" % child, "rb") as handle:
-            assert b"SSH_CONNECTION" not in handle.read()  # as after sudo: only an ancestor has it
-        stripped = {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
-        assert peers.detect_ssh_peer(stripped, pid=child) == ("198.51.100.7", 22)
-    finally:
-        ancestor.kill()
-        ancestor.wait()
+def test_the_emergency_bypass_table_is_kept_when_asked_for_again(host):
+    bypass = bypass_ruleset("web-01")
+    host.apply(bypass)
+    assert "counter %s" % contract.EMERGENCY_MARKER in host.fake.table
+    res = host.apply(bypass)
+    assert res["changed"] is False and len(host.fake.loads) == 1
+    assert "counter %s" % contract.EMERGENCY_MARKER in host.fake.table
 
 
-def test_no_peer_without_ssh():
-    assert peers.detect_ssh_peer({}, pid=1) is None
-
-
-def test_build_transaction_adds_elements_in_the_same_transaction():
-    text = peers.build_transaction(RULESET, [("2001:db8::5", 22), ("192.0.2.5", 2222)])
-    assert text.startswith(peers.PREAMBLE + "#!/usr/sbin/nft -f\n")
-    assert text.endswith("add element inet mseg mgmt_auto_v4 { 192.0.2.5 . 2222 }\n"
-                         "add element inet mseg mgmt_auto_v6 { 2001:db8::5 . 22 }\n")
-    assert peers.build_transaction(RULESET, []) == peers.PREAMBLE + RULESET
-
-
-def test_build_transaction_needs_the_management_set():
-    content = RULESET.replace("set mgmt_auto_v6", "set other_v6")
-    with pytest.raises(MsegError) as err:
-        peers.build_transaction(content, [("2001:db8::5", 22)])
-    assert "does not declare set mgmt_auto_v6" in str(err.value) and "management_auto: false" in str(err.value)
-
-
-# ------------------------------------------------------------------ nft wrapper
-
-
-class FakeRun:
-    def __init__(self, rc=0, out="", err=""):
-        self.rc, self.out, self.err = rc, out, err
-        self.calls = []
-
-    def __call__(self, argv, input=None, capture_output=True, text=True, check=False):
-        self.calls.append((argv, input))
-        return subprocess.CompletedProcess(argv, self.rc, self.out, self.err)
-
-
-def test_kernel_without_nf_tables(monkeypatch):
-    monkeypatch.setattr(runner, "ruleset_genid", lambda: None)
-    fake = FakeRun(1, err="Error: Could not process rule: Operation not supported\n")
-    with pytest.raises(MsegError) as err:
-        runner.Nft("/usr/sbin/nft", fake).probe()
-    assert "kernel has no usable nf_tables support" in str(err.value) and "nothing was changed" in str(err.value)
-
-
-def test_invalid_ruleset_message_names_the_error():
-    fake = FakeRun(1, err="/dev/stdin:7:20-25: Error: syntax error, unexpected string\n")
-    with pytest.raises(MsegError) as err:
-        runner.Nft("/usr/sbin/nft", fake).check("x")
-    assert str(err.value).startswith("nft rejected the ruleset (nft -c -f): content:7:20-25: Error: syntax error")
-    assert fake.calls[0][0] == ["/usr/sbin/nft", "-c", "-f", "-"]
-
-
-def test_listing_of_a_missing_table_is_none():
-    fake = FakeRun(1, err="Error: No such file or directory; did you mean table 'x'?")
-    assert runner.Nft("/usr/sbin/nft", fake).listing() is None
-
-
-def test_nft_missing(monkeypatch):
-    monkeypatch.setattr(runner.shutil, "which", lambda *a, **k: None)
-    with pytest.raises(MsegError) as err:
-        runner.find_nft()
-    assert "nft is not installed" in str(err.value)
-
-
-LISTING = """table inet mseg {
-    counter mgmt_in {
-    }
-
-    set mgmt_auto_v4 {
-        type ipv4_addr . inet_service
-        elements = { 192.0.2.10 . 22 }
-    }
-
-    set peers_v4 {
-        type ipv4_addr
-        flags interval
-        elements = { 10.0.0.0/24, 10.1.0.1,
-                 10.1.0.3, 10.2.0.0-10.2.0.9,
-                 10.3.0.1 }
-    }
-
-    chain input {
-        type filter hook input priority filter; policy drop;
-        ct state established,related accept
-        ip saddr @peers_v4 tcp dport 8080 counter accept comment "ID=1"
-        counter drop
-    }
-
-    chain output {
-        type filter hook output priority filter; policy accept;
-    }
-}
-"""
-
-
-def test_count_listing():
-    assert runner.count_listing(LISTING) == {"rules": 3, "sets": 2, "elements": 6}
-    assert runner.count_listing(None) == {"rules": 0, "sets": 0, "elements": 0}
-
-
-# ------------------------------------------------------------------ files and lock
-
-
-def test_write_atomic_and_state_dir(tmp_path):
-    paths = persist.Paths(str(tmp_path / "mseg"), None)
-    persist.prepare_state_dir(paths)
-    assert os.stat(paths.dir).st_mode & 0o777 == 0o700
-    files.write_atomic(paths.state, "{}")
-    assert os.stat(paths.state).st_mode & 0o777 == 0o600
-    assert [n for n in os.listdir(paths.dir) if n.startswith(".")] == []
-
-
-def test_state_dir_proved_by_many_applies_at_once(tmp_path):
-    # every apply proves the directory before it takes the lock; a shared probe name made one of two
-    # concurrent applies fail with "cannot write the state directory" (seen in CI)
-    paths = persist.Paths(str(tmp_path / "mseg"), None)
-    errors = []
-
-    def prove():
-        for _attempt in range(200):
-            try:
-                persist.prepare_state_dir(paths)
-            except ApplyError as exc:
-                errors.append(str(exc))
-    threads = [threading.Thread(target=prove) for _worker in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    assert os.listdir(paths.dir) == []
-
-
-def test_unwritable_state_dir(tmp_path):
-    (tmp_path / "file").write_text("")
-    with pytest.raises(MsegError) as err:
-        persist.prepare_state_dir(persist.Paths(str(tmp_path / "file" / "mseg"), None))
-    assert "cannot write the state directory" in str(err.value) and "nothing was applied" in str(err.value)
-
-
-def test_persisted_file_carries_its_checksum(tmp_path):
-    paths = persist.Paths(str(tmp_path), None)
-    text = persist.persisted_text("table inet mseg {}\n")
-    assert text.splitlines()[0] == contract.HASH_HEADER + files.sha256_text("table inet mseg {}\n")
-    files.write_atomic(paths.ruleset, text)
-    assert persist.persisted_ok(paths, "table inet mseg {}\n")
-    assert not persist.persisted_ok(paths, "table inet mseg { }\n")
+# ------------------------------------------------------------------ the lock
 
 
 def test_lock_times_out_with_a_clear_message(tmp_path):
@@ -271,51 +250,151 @@ def test_lock_times_out_with_a_clear_message(tmp_path):
     engine.lock(paths, 0.2).acquire().release()
 
 
+def test_an_apply_waits_for_the_one_that_holds_the_lock(host):
+    host.apply(A)
+    held = engine.lock(host.paths, 1).acquire()
+    try:
+        with pytest.raises(MsegError) as err:
+            host.apply(B, lock_timeout=0.2)
+        assert "another mseg apply holds" in str(err.value) and "nothing was changed" in str(err.value)
+        results = []
+        waiting = threading.Thread(target=lambda: results.append(host.apply(B, lock_timeout=10)))
+        waiting.start()
+        time.sleep(0.3)
+        assert results == [] and len(host.fake.loads) == 1  # it waits, and has not loaded
+    finally:
+        held.release()
+    waiting.join()
+    assert results[0]["changed"] and len(host.fake.loads) == 2
+
+
 def test_request_rejects_unknown_state():
     with pytest.raises(MsegError):
         engine.Request("x", state="gone")
 
 
-# ------------------------------------------------------------------ confirm
+# ------------------------------------------------------------------ state: previous
 
 
-def _txn(tmp_path, token, result, final=None, armed=True):
-    paths = persist.Paths(str(tmp_path), None)
-    txn = os.path.join(paths.txn, token)
-    os.makedirs(txn)
-    files.write_atomic(os.path.join(txn, "result.json"), json.dumps(result))
-    if armed:
-        files.write_atomic(os.path.join(txn, "armed"), "5")
-    if final is not None:
-        files.write_atomic(os.path.join(txn, "final.json"), json.dumps(final))
-    return paths, txn
+def test_previous_restores_the_table_the_last_apply_replaced_and_persists_it(host):
+    host.apply(A)
+    table_a = host.fake.table
+    host.apply(B)
+    backup = read_text(host.paths.prev)
+    res = host.apply(state="previous", want_diff=True)
+    assert res["changed"] and not res["drift"]
+    assert res["msg"] == "restored table inet mseg from the backup %s" % host.paths.prev
+    assert host.fake.table == table_a and host.fake.loads[-1] == backup
+    assert res["diff"]["before"] == live_of(B) and res["diff"]["after"] == table_a
+    assert read_text(host.paths.ruleset) == persist.persisted_text(backup)  # a reboot keeps it
+    assert res["persisted"] == host.paths.ruleset and res["sha256"] == sha256_text(backup)
+    assert read_text(host.paths.prev) == backup  # the backup stays
 
 
-def test_confirm_over_a_connection_older_than_the_apply_is_refused(tmp_path):
-    paths, txn = _txn(tmp_path, "aa11bb22", {"applied": True, "before": "", "after": "", "applied_at": 100.0})
-    answer = confirmed.confirm(paths, "aa11bb22", connection_started=99.5, wait=0.2)
-    assert answer["pending"] and answer["stale"]
-    assert os.path.exists(os.path.join(txn, "armed"))
+def test_previous_twice_changes_nothing_the_second_time(host):
+    host.apply(A)
+    host.apply(B)
+    host.apply(state="previous")
+    files = host.files()
+    res = host.apply(state="previous")
+    assert res["changed"] is False and len(host.fake.loads) == 3 and host.files() == files
+    assert res["msg"] == "table inet mseg already is the backup %s" % host.paths.prev
 
 
-def test_confirm_renames_armed_and_returns_the_final_result(tmp_path):
-    paths, txn = _txn(tmp_path, "aa11bb23", {"applied": True, "before": "b", "after": "a", "applied_at": 100.0},
-                      final={"changed": True, "rolled_back": False, "msg": "replaced"})
-    answer = confirmed.confirm(paths, "aa11bb23", connection_started=101.0, wait=0.5)
-    assert answer["changed"] and answer["diff"]["before"] == "b" and answer["diff"]["after"] == "a"
-    assert not os.path.exists(txn)
+def test_previous_goes_back_one_apply(host):
+    host.apply(A)
+    host.apply(B)
+    table_b = host.fake.table
+    host.apply(C)
+    host.apply(state="previous")
+    assert host.fake.table == table_b
+    host.apply(A)  # an apply after a restore is an apply like any other: its backup is the restored table
+    host.apply(state="previous")
+    assert host.fake.table == table_b
 
 
-def test_confirm_after_expiry_reports_the_rollback(tmp_path):
-    paths = _txn(tmp_path, "aa11bb24", {"applied": True, "before": "", "after": "", "applied_at": 1.0},
-                 final={"rolled_back": True, "msg": "no confirmation"}, armed=False)[0]
-    answer = confirmed.confirm(paths, "aa11bb24", connection_started=0.5, wait=0.5)
-    assert answer["rolled_back"] is True
+def test_a_backup_of_no_table_removes_the_table(host):
+    host.apply(A)
+    res = host.apply(state="previous")
+    assert res["changed"] and res["msg"] == "removed table inet mseg from the backup %s" % host.paths.prev
+    assert host.fake.table is None and host.fake.loads[-1] == PREAMBLE
+    assert res["sha256"] is None and res["persisted"] is None
+    assert not any(os.path.lexists(p) for p in (host.paths.ruleset, host.paths.unit, host.paths.wants))
+    assert host.apply(state="previous")["changed"] is False
 
 
-def test_confirm_of_an_unknown_or_malformed_token(tmp_path):
-    paths = persist.Paths(str(tmp_path), None)
+def test_previous_in_check_mode_loads_nothing_and_writes_nothing(host):
+    host.apply(A)
+    host.apply(B)
+    files, live = host.files(), host.fake.table
+    res = host.apply(state="previous", check_mode=True, want_diff=True)
+    assert res["changed"] and res["msg"] == "would restore table inet mseg from the backup %s" % host.paths.prev
+    assert host.fake.table == live and len(host.fake.loads) == 2 and host.files() == files
+    assert res["diff"]["before"] == live and res["diff"]["after"] == read_text(host.paths.prev)
+
+
+def test_previous_adds_the_management_peers(host):
+    host.apply(A)
+    host.apply(B)
+    res = host.apply(state="previous", peers=[("192.0.2.10", 22)])
+    assert res["management_peers"] == ["192.0.2.10 . 22"]
+    assert host.fake.loads[-1].endswith("add element inet mseg mgmt_auto_v4 { 192.0.2.10 . 22 }\n")
+    assert host.apply(state="previous", peers=[("192.0.2.10", 22)])["changed"] is False
+
+
+@pytest.mark.parametrize("interfere,why", [
+    (lambda host: host.fake.edit(host.fake.table + "add rule inet mseg input accept\n"),
+     "the live table inet mseg is not the one the last apply put there (changed since"),
+    (lambda host: host.fake.drop_table(),
+     "the live table inet mseg is not the one the last apply put there (removed since"),
+    (lambda host: host.fake([host.fake.path, "-f", "-"], input=PREAMBLE + C, text=True),  # applied from elsewhere
+     "restoring would overwrite a newer one"),
+    (lambda host: open(host.paths.prev, "a").write("add rule inet mseg input accept\n"),
+     "is not the one the last apply kept"),
+    (lambda host: open(host.paths.prev, "w").write("flush ruleset\n"),
+     "was not written by nft_apply"),
+    (lambda host: os.unlink(host.paths.prev),
+     "there is no backup"),
+    (lambda host: os.unlink(host.paths.state),
+     "no apply is recorded in"),
+])
+def test_previous_is_refused_unless_the_live_table_replaced_that_backup(host, interfere, why):
+    host.apply(A)
+    host.apply(B)
+    interfere(host)
+    files, live, loads = host.files(), host.fake.table, len(host.fake.loads)
+    for check_mode in (True, False):
+        with pytest.raises(MsegError) as err:
+            host.apply(state="previous", check_mode=check_mode)
+        assert why in str(err.value) and str(err.value).endswith("nothing was changed"), str(err.value)
+        assert "Traceback" not in str(err.value)
+    assert host.fake.table == live and len(host.fake.loads) == loads and host.files() == files
+
+
+def test_previous_is_refused_over_a_state_from_before_it_existed(host):
+    host.apply(A)
+    host.apply(B)
+    state = host.state()
+    del state["previous_sha256"]
+    open(host.paths.state, "w").write(json.dumps(state))
+    with pytest.raises(MsegError) as err:
+        host.apply(state="previous")
+    assert "written by an older mseg.fleet" in str(err.value)
+
+
+def test_a_failed_load_keeps_the_backup_of_the_last_apply(host):
+    host.apply(A)
+    table_a = host.fake.table
+    host.apply(B)
+    host.fake.fail_load = "Error: Could not process rule: No buffer space available\n"
     with pytest.raises(MsegError):
-        confirmed.confirm(paths, "0123456789abcdef")
-    with pytest.raises(MsegError):
-        confirmed.confirm(paths, "../../etc")
+        host.apply(C)
+    host.fake.fail_load = None
+    host.apply(state="previous")
+    assert host.fake.table == table_a
+
+
+def test_previous_takes_no_content():
+    with pytest.raises(MsegError) as err:
+        engine.Request(RULESET, state="previous")
+    assert "content is not used with state: previous" in str(err.value)

@@ -1,0 +1,118 @@
+"""A fake ``nft`` for unit tests: an in-memory table ``inet mseg`` behind ``subprocess.run``'s signature.
+
+``Nft(path, runner=FakeNft())`` runs every command of the apply engine against it instead of the kernel. Like
+knftables' ``fake.go`` it does not parse nftables, it records. What it models is exactly what the engine relies on:
+
+* ``-c -f -`` validates: accepted, unless ``reject`` holds an error message (nft's own wording, ``/dev/stdin:…``);
+* ``-f -`` loads a transaction that opens with the preamble (``table inet mseg {}`` / ``delete table inet mseg``):
+  whatever follows the last ``delete table inet mseg`` becomes the table, and nothing the absent table. Any other
+  text is refused loudly (the engine never sends one), so a test cannot pass on something the fake does not model;
+* ``-s list table inet mseg`` lists the table: a deterministic function of the loaded text (its lines without
+  comments, blank lines or surrounding blanks), so loading a listing again lists the same; "No such file or
+  directory" when there is no table;
+* ``-j list counters table inet mseg``: the ``counter NAME {`` declarations of the table, with the packets and
+  bytes a test put into ``counters``;
+* ``list tables``;
+* a kernel without nf_tables: with ``kernel_error`` set, every command fails with that message;
+* the kernel's generation id: ``genid()`` bumps on every load and every ``edit``; install it as
+  ``nft.runner.ruleset_genid`` (``patch_genid``) so the engine's "nothing changed since" shortcut is exercised.
+
+``edit(listing)`` (or ``drop_table()``) changes the live table behind the engine's back, as a hand edit would.
+``calls`` records every argv with its input; ``loads`` the loaded texts.
+"""
+
+import json
+import re
+import subprocess
+
+PATH = "/usr/sbin/nft"
+TABLE = "inet mseg"
+PREAMBLE = "table inet mseg {}\ndelete table inet mseg\n"
+MISSING = "Error: No such file or directory\nlist table inet mseg\n                 ^^^^\n"
+_COUNTER_RE = re.compile(r"^counter (\S+) \{")
+
+
+def listing_of(text):
+    """The listing a loaded table text gives: its lines, stripped, without comments and blank lines."""
+    lines = [line.strip() for line in text.splitlines()]
+    kept = [line for line in lines if line and not line.startswith("#")]
+    return "".join(line + "\n" for line in kept) or None
+
+
+class FakeNft:
+    """Callable like ``subprocess.run``; holds the live table as its listing (None: no table)."""
+
+    def __init__(self, path=PATH):
+        self.path = path
+        self.table = None
+        self.generation = 1
+        self.reject = None
+        self.fail_load = None
+        self.kernel_error = None
+        self.counters = {}
+        self.calls = []
+        self.loads = []
+
+    # -- what tests use ---------------------------------------------------------------------------------------
+
+    def genid(self):
+        return self.generation
+
+    def patch_genid(self, monkeypatch):
+        """Make ``nft.runner.ruleset_genid`` read this fake's generation id."""
+        from ansible_collections.mseg.fleet.plugins.module_utils.nft import runner
+        monkeypatch.setattr(runner, "ruleset_genid", self.genid)
+
+    def edit(self, listing):
+        """Replace the live table behind the engine's back (a hand edit, another tool)."""
+        self.table = listing_of(listing) if listing is not None else None
+        self.generation += 1
+
+    def drop_table(self):
+        self.edit(None)
+
+    def commands(self):
+        """The nft argument lists run so far, without the binary: ``[["-s", "list", ...], ...]``."""
+        return [argv[1:] for argv, _input in self.calls if argv[0] == self.path]
+
+    # -- subprocess.run ---------------------------------------------------------------------------------------
+
+    def __call__(self, argv, input=None, capture_output=False, text=False, check=False, **_kwargs):
+        self.calls.append((list(argv), input))
+        if argv[0] != self.path:
+            return self._done(argv, 127, err="fake nft: %s is not modelled\n" % argv[0])
+        args = list(argv[1:])
+        if self.kernel_error:
+            return self._done(argv, 1, err=self.kernel_error)
+        if args == ["-c", "-f", "-"]:
+            return self._done(argv, 1, err=self.reject) if self.reject else self._done(argv, 0)
+        if args == ["-f", "-"]:
+            return self._load(argv, input or "")
+        if args == ["-s", "list", "table"] + TABLE.split():
+            return self._done(argv, 0, out=self.table) if self.table else self._done(argv, 1, err=MISSING)
+        if args == ["-j", "list", "counters", "table"] + TABLE.split():
+            return self._done(argv, 0, out=self._counters()) if self.table else self._done(argv, 1, err=MISSING)
+        if args == ["list", "tables"]:
+            return self._done(argv, 0, out="table %s\n" % TABLE if self.table else "")
+        return self._done(argv, 1, err="fake nft: %r is not modelled\n" % (args,))
+
+    def _load(self, argv, text):
+        if not text.startswith(PREAMBLE):
+            return self._done(argv, 1, err="fake nft: only a transaction that opens with the preamble is modelled\n")
+        if self.fail_load:
+            return self._done(argv, 1, err=self.fail_load)
+        self.loads.append(text)
+        self.table = listing_of(text.rsplit("delete table %s\n" % TABLE, 1)[1])
+        self.generation += 1
+        return self._done(argv, 0)
+
+    def _counters(self):
+        names = [m.group(1) for m in map(_COUNTER_RE.match, self.table.splitlines()) if m]
+        items = [{"counter": {"family": "inet", "table": "mseg", "name": name,
+                              "packets": self.counters.get(name, (0, 0))[0],
+                              "bytes": self.counters.get(name, (0, 0))[1]}} for name in names]
+        return json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}] + items})
+
+    @staticmethod
+    def _done(argv, rc, out="", err=""):
+        return subprocess.CompletedProcess(argv, rc, out or "", err or "")
