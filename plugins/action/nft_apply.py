@@ -28,6 +28,7 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.persist import restore_templates
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
+from ansible_collections.mseg.fleet.plugins.plugin_utils.action import documented_options
 
 display = Display()
 
@@ -38,8 +39,8 @@ _PASSED_TO_CONFIRM = ("state", "state_dir", "unit_dir")
 class ActionModule(ActionBase):
 
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("content", "state", "persist", "confirm_timeout", "management_auto", "state_dir",
-                             "unit_dir", "lock_timeout"))
+    # what a task may set: the module's documented options, less the internal ones this plugin sets itself
+    _VALID_ARGS = frozenset(name for name in documented_options("nft_apply") if not name.startswith("_"))
 
     def run(self, tmp=None, task_vars=None):
         self._supports_check_mode = True
