@@ -21,7 +21,7 @@ description:
     previous good bundle and holds it until V(clear). Both report C(changed) when the override or the live table
     changed.
   - V(trace) sends one real packet through the host's own ruleset in scratch network namespaces and names the
-    deciding counter; a dropped packet is an answer (RV(answer.allowed) is false), not a failure.
+    deciding counter; a dropped packet is an answer (C(answer.allowed) is false), not a failure.
   - A failure of the CLI (no agent on the host, no bundle to roll back to, a bad address) fails the task with the
     CLI's own one-line message.
 author:
@@ -32,7 +32,8 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: partial
-    description:
+    description: Reports whether a changing verb would change the host, without running it.
+    details:
       - V(status) and V(trace) run as usual (they change nothing on the host).
       - V(mode) and V(rollback) do not run; C(changed) is predicted from the host's status (V(rollback) always
         predicts a change).

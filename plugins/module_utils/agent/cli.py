@@ -316,4 +316,4 @@ def main(argv=None, prog=contract.HOST_CLI):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
