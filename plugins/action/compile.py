@@ -11,7 +11,7 @@ import os
 from ansible.errors import AnsibleActionFail
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.policy import tag_value
-from ansible_collections.mseg.fleet.plugins.module_utils.compile.render import render_plan
+from ansible_collections.mseg.fleet.plugins.module_utils.render.nftables import render_plan
 from ansible_collections.mseg.fleet.plugins.plugin_utils.action import FleetAction, write_if_changed
 
 ARGUMENT_SPEC = {
