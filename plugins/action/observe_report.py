@@ -10,12 +10,13 @@ import os
 
 from ansible.errors import AnsibleActionFail
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.observe import format_summary, summarise, to_csv
+from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.plugin_utils.action import FleetAction, write_if_changed
 
 ARGUMENT_SPEC = {
     "lines": {"type": "list", "elements": "str", "required": True},
-    "kinds": {"type": "list", "elements": "str", "default": ["AUDIT"], "choices": ["AUDIT", "DROP", "LOG"]},
+    "kinds": {"type": "list", "elements": "str", "default": ["AUDIT"], "choices": list(contract.LOG_KINDS)},
     "dest": {"type": "path"},
     "policy": {"type": "raw"},
 }
