@@ -155,10 +155,33 @@ def allow_chain(rule_id, direction):
 _DIR = "(?:in|out)"
 NAMES = {
     "chain": re.compile(r"^(?:input|output|%s|%s|(?:deny|allow)_%s_%s)$" % (FORWARD_CHAIN, IDENTITY_CHAIN, _ID, _DIR)),
-    "set": re.compile(r"^(?:mgmt_auto_v[46]|mgmt_[0-9]+_v[46]|r%s_%s_v[46]|allow_%s_%s_v[46])$" % (_ID, _DIR, _ID, _DIR)),
+    "set": re.compile(r"^(?:mgmt_auto_v[46]|mgmt_[0-9]+_v[46]|r%s_%s_v[46]|allow_%s_%s_v[46])$"
+                      % (_ID, _DIR, _ID, _DIR)),
     "counter": re.compile(r"^(?:rule_%s_%s|(?:default|invalid)_%s|%s|%s|%s|%s)$" % (
         _ID, _DIR, _DIR, MGMT_COUNTER, BYPASS_MARKER, EMERGENCY_MARKER, FAILSAFE_MARKER)),
 }
+
+# --- files on the host -----------------------------------------------------------------------------------------
+STATE_DIR = "/etc/mseg"
+UNIT_DIR = "/etc/systemd/system"
+RULESET_FILE = "ruleset.nft"          # the persisted ruleset (sha256 header + transaction), loaded at boot
+PREVIOUS_FILE = "ruleset.prev.nft"    # the table that was live before the last apply, as a loadable transaction
+LIVE_FILE = "live.nft"                # the live table as listed right after the last apply (drift detection)
+STATE_FILE = "state.json"             # hashes, generation id and counts recorded by the last apply
+RESTORE_SCRIPT_FILE = "restore.sh"    # run by RESTORE_UNIT at boot
+LOCK_FILE = "lock"                    # serialises applies on one host
+TXN_DIR = "txn"                       # commit-confirmed transactions
+RESTORE_UNIT = "mseg-restore.service"
+HASH_HEADER = "# mseg-sha256: "
+
+# --- the host CLI ----------------------------------------------------------------------------------------------
+HOST_CLI = "mseg"                     # the operator's command on an agent host
+AGENT_COMMAND = "mseg-agent"          # the service's command (run, restore)
+HOST_CLI_DIR = "/usr/sbin"
+AGENT_COMMANDS = ("run", "restore")
+HOST_CLI_COMMANDS = ("status", "mode", "rollback", "trace")
+
+# --- the allowlist: what a ruleset may write -------------------------------------------------------------------
 _DECLARED = {"chain": "chain", "set": "set", "map": "set", "counter": "counter"}  # maps share the sets' names
 _TOKEN_RE = re.compile(r'"[^"]*"|[^\s"]+')
 _MARK_SET_RE = re.compile(r"(?:\b(meta|ct)\s+)?\bmark\s+set\b")
@@ -202,9 +225,9 @@ def _mark_problems(line):
             value = int(masked.group(4) or "0", 0)
             if keep == MARK_BITS & ~assigned and not value & ~assigned:
                 continue
+        keep = MARK_BITS & ~assigned
         found.append("writes %s outside the bits the contract assigns it (write it as '%s set %s & 0x%08x | "
-                     "VALUE' with VALUE inside 0x%08x)" % (selector, selector, selector, MARK_BITS & ~assigned,
-                                                          assigned))
+                     "VALUE' with VALUE inside 0x%08x)" % (selector, selector, selector, keep, assigned))
     return found
 
 
@@ -227,23 +250,3 @@ def _log_problems(tokens):
             found.append("logs %s to NFLOG group %s; the contract assigns group %d to %s records" % (
                 prefix, options["group"], NFLOG_GROUP[named.group("kind")], named.group("kind")))
     return found
-
-# --- files on the host -----------------------------------------------------------------------------------------
-STATE_DIR = "/etc/mseg"
-UNIT_DIR = "/etc/systemd/system"
-RULESET_FILE = "ruleset.nft"          # the persisted ruleset (sha256 header + transaction), loaded at boot
-PREVIOUS_FILE = "ruleset.prev.nft"    # the table that was live before the last apply, as a loadable transaction
-LIVE_FILE = "live.nft"                # the live table as listed right after the last apply (drift detection)
-STATE_FILE = "state.json"             # hashes, generation id and counts recorded by the last apply
-RESTORE_SCRIPT_FILE = "restore.sh"    # run by RESTORE_UNIT at boot
-LOCK_FILE = "lock"                    # serialises applies on one host
-TXN_DIR = "txn"                       # commit-confirmed transactions
-RESTORE_UNIT = "mseg-restore.service"
-HASH_HEADER = "# mseg-sha256: "
-
-# --- the host CLI ----------------------------------------------------------------------------------------------
-HOST_CLI = "mseg"                     # the operator's command on an agent host
-AGENT_COMMAND = "mseg-agent"          # the service's command (run, restore)
-HOST_CLI_DIR = "/usr/sbin"
-AGENT_COMMANDS = ("run", "restore")
-HOST_CLI_COMMANDS = ("status", "mode", "rollback", "trace")
