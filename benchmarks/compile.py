@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 import jinja2  # noqa: E402
 
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import compile_fleet  # noqa: E402
-from ansible_collections.mseg.fleet.plugins.module_utils.compile.render import render_plan  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.render.nftables import render_plan  # noqa: E402
 
 ROLES = ["web", "app", "db", "cache", "queue", "search", "auth", "api", "batch", "mon", "log", "proxy",
          "mail", "dns", "ntp", "vpn", "ci", "git", "ldap", "historian"]

@@ -49,7 +49,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import compile_fleet  # noqa: E402
-from ansible_collections.mseg.fleet.plugins.module_utils.compile.render import render_plan  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.render.nftables import render_plan  # noqa: E402
 
 PORT = 5001
 SERVER = "192.168.77.1"

@@ -9,7 +9,7 @@ import json
 
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.policy import tag_value
-from ansible_collections.mseg.fleet.plugins.module_utils.compile.render import render_plan
+from ansible_collections.mseg.fleet.plugins.module_utils.render.nftables import render_plan
 from ansible_collections.mseg.fleet.plugins.plugin_utils.action import FleetAction
 
 

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 
 from netns import CONNECTED, Fleet, available  # noqa: E402
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import compile_fleet  # noqa: E402
-from ansible_collections.mseg.fleet.plugins.module_utils.compile.render import render_plan  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.render.nftables import render_plan  # noqa: E402
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.trace import trace  # noqa: E402
 
 OK, WHY = available()

@@ -1,7 +1,10 @@
-"""Make the collection importable as ``ansible_collections.mseg.fleet`` without installing it."""
+"""Make the collection importable as ``ansible_collections.mseg.fleet`` without installing it; shared fixtures."""
 
 import os
 import sys
+
+import pytest
+import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _COLLECTIONS = os.path.join(ROOT, ".build", "collections")
@@ -12,3 +15,15 @@ if not os.path.exists(_LINK):
     os.symlink(ROOT, _LINK)
 if _COLLECTIONS not in sys.path:
     sys.path.insert(0, _COLLECTIONS)
+
+
+@pytest.fixture(name="load_fleet", scope="session")
+def fixture_load_fleet():
+    """A loader of ``fixtures/fleet.yml`` (``policy`` and ``hosts``); each call returns a fresh copy to modify."""
+
+    def load():
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "fleet.yml"),
+                  encoding="utf-8") as handle:
+            return yaml.safe_load(handle)
+
+    return load

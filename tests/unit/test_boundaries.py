@@ -1,4 +1,4 @@
-"""The code's boundaries: what runs on a managed host never imports the compiler, the lab or Ansible.
+"""The code's boundaries: what runs on a managed host never imports the compiler, the renderers, the lab or Ansible.
 
 The agent role installs the packages in ``__agent_packages`` (the host closure). These tests walk the imports of
 every file in the closure, and run the agent's own unit tests with nothing but the closure on the import path.
@@ -14,7 +14,7 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULE_UTILS = os.path.join(ROOT, "plugins", "module_utils")
 PREFIX = "ansible_collections.mseg.fleet.plugins.module_utils."
-FORBIDDEN = ("compile", "_lab")
+FORBIDDEN = ("compile", "render", "_lab")
 
 
 def closure_packages():
@@ -68,10 +68,12 @@ def test_the_host_closure_imports_neither_the_compiler_nor_the_lab_nor_ansible()
 
 
 def test_the_walk_sees_a_forbidden_import(tmp_path):
-    """The walk above must be able to fail: a file importing the compiler is reported."""
+    """The walk above must be able to fail: a file importing the compiler or a renderer is reported."""
     bad = tmp_path / "bad.py"
-    bad.write_text("from ansible_collections.mseg.fleet.plugins.module_utils.compile import render\n")
-    assert PREFIX + "compile" in imports_of(str(bad))
+    bad.write_text("from ansible_collections.mseg.fleet.plugins.module_utils.compile import fleet\n"
+                   "from ansible_collections.mseg.fleet.plugins.module_utils.render.nftables import render_plan\n")
+    found = {name[len(PREFIX):].split(".")[0] for name in imports_of(str(bad)) if name.startswith(PREFIX)}
+    assert found == {"compile", "render"} and found <= set(FORBIDDEN)
 
 
 def test_the_agent_tests_pass_with_only_the_closure(tmp_path):

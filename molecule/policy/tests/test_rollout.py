@@ -22,6 +22,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")
 sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 
 from ansible_collections.mseg.fleet.plugins.module_utils._lab import lab  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.common import contract  # noqa: E402
 from ansible_collections.mseg.fleet.plugins.module_utils.common.logline import parse_line  # noqa: E402
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
@@ -163,7 +164,7 @@ def test_observe_passes_everything_and_audits_exactly_what_enforce_would_drop(en
 def test_bypass_passes_everything_and_is_not_lifted_behind_the_operators_back():
     playbook("mseg.fleet.bypass", *ev({"mseg_hosts": "managed"}))
     for name in MANAGED:
-        assert "counter emergency_bypass" in host(name).check_output("nft list table inet mseg")
+        assert "counter %s" % contract.EMERGENCY_MARKER in host(name).check_output("nft list table " + contract.TABLE)
     measured = {}
     with tempfile.NamedTemporaryFile(suffix=".json") as output:
         playbook(os.path.join(ROOT, "playbooks", "lab", "reachability.yml"),
@@ -177,7 +178,7 @@ def test_bypass_passes_everything_and_is_not_lifted_behind_the_operators_back():
     again = playbook("mseg.fleet.rollout", *ev({"mseg_hosts": "managed", "mseg_health_probes": []}), check=False)
     assert again.returncode != 0
     assert "is in bypass" in again.output and "mseg.fleet.mode" in again.output
-    assert "counter emergency_bypass" in host("web-01").check_output("nft list table inet mseg")
+    assert "counter %s" % contract.EMERGENCY_MARKER in host("web-01").check_output("nft list table " + contract.TABLE)
 
 
 def test_enforce_again():

@@ -30,23 +30,33 @@ MANAGEMENT_KEYS = ("cidr", "ports")
 
 
 class AddressSet(object):
-    """An immutable set of addresses, merged into the fewest prefixes, shared by every plan that uses it."""
+    """An immutable set of addresses, merged into the fewest prefixes, shared by every plan that uses it.
 
-    __slots__ = ("key", "ipset", "v4", "v6", "full_v4", "full_v6", "memo")
+    ``family(version)`` lists its prefixes of one address family as ``netaddr.IPNetwork``, sorted; ``full_v4`` and
+    ``full_v6`` say it holds every address of that family. A backend writes the prefixes in its own syntax, and may
+    keep what it derives from a set keyed by the set itself (hashable by identity, weakly referenceable), so that
+    the work is done once however many hosts share the set.
+    """
+
+    __slots__ = ("key", "ipset", "v4", "v6", "full_v4", "full_v6", "__weakref__")
 
     def __init__(self, key, ipset):
         self.key = key
         self.ipset = ipset
-        self.memo = {}  # for renderers: what they derive from this set once, shared by every host using it
-        self.v4 = []
-        self.v6 = []
+        v4, v6 = [], []
         for cidr in ipset.iter_cidrs():
-            (self.v4 if cidr.version == 4 else self.v6).append(cidr_text(cidr))
-        self.full_v4 = self.v4 == ["0.0.0.0/0"]
-        self.full_v6 = self.v6 == ["::/0"]
+            (v4 if cidr.version == 4 else v6).append(cidr)
+        self.v4 = tuple(v4)
+        self.v6 = tuple(v6)
+        self.full_v4 = len(v4) == 1 and v4[0].prefixlen == 0
+        self.full_v6 = len(v6) == 1 and v6[0].prefixlen == 0
 
     def family(self, version):
         return self.v4 if version == 4 else self.v6
+
+    def to_data(self):
+        """The prefixes as text, IPv4 first: a single address without its length (``plan.json``)."""
+        return [address_text(cidr) for cidr in self.v4 + self.v6]
 
     def __contains__(self, address):
         return address in self.ipset
@@ -55,11 +65,11 @@ class AddressSet(object):
         return bool(self.v4 or self.v6)
 
     def __repr__(self):
-        return "AddressSet(%r, %r)" % (self.key, self.v4 + self.v6)
+        return "AddressSet(%r, %r)" % (self.key, self.to_data())
 
 
-def cidr_text(cidr):
-    """A single address is written without its /32 or /128, as nft lists it."""
+def address_text(cidr):
+    """An address or prefix as people read it: a single address is written without its /32 or /128."""
     if cidr.prefixlen == (32 if cidr.version == 4 else 128):
         return str(cidr.ip)
     return str(cidr)
@@ -101,13 +111,27 @@ class PlanRule(namedtuple("PlanRule", "rule action peers local ports")):
 
 
 class HostPlan(namedtuple("HostPlan", "host policy mode management ingress egress")):
-    """Everything a host enforces: its mode, its management entries and its rules per direction."""
+    """Everything a host enforces, whatever the backend: its addresses, its mode, its management entries, its rules
+    per direction (each a PlanRule: id, action, peers, local, ports) and the default of each direction.
+
+    It holds data only (addresses as ``netaddr`` networks, ports as PortSpec): each backend's renderer
+    (``module_utils/render/``) writes it in its own syntax, and trace evaluates it.
+    """
 
     __slots__ = ()
 
     @property
     def name(self):
         return self.host.name
+
+    @property
+    def addresses(self):
+        return self.host.addresses
+
+    @property
+    def defaults(self):
+        """``{"ingress": "deny"|"allow", "egress": ...}``: what a packet no rule decides gets."""
+        return self.policy.defaults
 
     def rules(self, direction):
         return self.ingress if direction == "ingress" else self.egress
@@ -344,7 +368,7 @@ class FleetPlan(object):
         def ref(address_set):
             if address_set is None:
                 return None
-            sets.setdefault(address_set.key, address_set.v4 + address_set.v6)
+            sets.setdefault(address_set.key, address_set.to_data())
             return address_set.key
 
         def rule_data(item):
@@ -352,7 +376,7 @@ class FleetPlan(object):
                 "rule": item.rule.id,
                 "action": item.action,
                 "peers": ref(item.peers),
-                "local": None if item.local is None else item.local.v4 + item.local.v6,
+                "local": None if item.local is None else item.local.to_data(),
                 "ports": None if item.ports is None else [str(p) for p in item.ports],
             }
 
@@ -362,10 +386,10 @@ class FleetPlan(object):
             host = plan.host
             hosts[name] = {
                 "mode": plan.mode,
-                "addresses": [cidr_text(a) for a in host.addresses],
+                "addresses": [address_text(a) for a in host.addresses],
                 "groups": sorted(host.groups),
                 "tags": {k: sorted(v) for k, v in sorted(host.tags.items())},
-                "management": [{"cidr": e.networks.v4 + e.networks.v6,
+                "management": [{"cidr": e.networks.to_data(),
                                 "ports": None if e.ports is None else [str(p) for p in e.ports]}
                                for e in plan.management],
                 "ingress": [rule_data(r) for r in plan.ingress],

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import re
 
+from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import NftError
 
 _OBJECTS = ("chain", "set", "map", "element", "rule", "counter", "quota", "limit", "flowtable",
             "ct", "secmark", "synproxy")
 _VERBS = ("add", "create", "delete", "destroy", "flush", "insert", "replace", "reset")
+_TABLE = [contract.TABLE_FAMILY, contract.TABLE_NAME]
 
 
 _LEXEME = re.compile(r'"[^"\n]*"?|#[^\n]*')
@@ -78,14 +80,14 @@ def _statements(content):
 
 def _in_scope(header):
     words = header.split()
-    if words[:3] == ["table", "inet", "mseg"] and len(words) == 3:
+    if words[:3] == ["table"] + _TABLE and len(words) == 3:
         return True
     if len(words) >= 4 and words[0] in _VERBS:
         if words[1] == "table":
-            return words[2:] == ["inet", "mseg"]
+            return words[2:] == _TABLE
         obj = 3 if words[1] == "ct" else 2
         if words[1] in _OBJECTS:
-            return words[obj:obj + 2] == ["inet", "mseg"]
+            return words[obj:obj + 2] == _TABLE
     return False
 
 
@@ -96,12 +98,13 @@ def check_scope(content):
     for line, header, shown in _statements(content):
         if header and not _in_scope(header):
             bad.append("line %d: '%s'" % (line, shown[:80]))
-        if header.split()[:3] == ["table", "inet", "mseg"]:
+        if header.split()[:3] == ["table"] + _TABLE:
             defines = True
     if bad:
         raise NftError(
-            "content touches more than table inet mseg (%s); mseg.fleet never runs 'flush ruleset' and never "
+            "content touches more than table %s (%s); mseg.fleet never runs 'flush ruleset' and never "
             "changes other tables: render the ruleset with mseg.fleet and keep every statement inside table "
-            "inet mseg" % "; ".join(bad[:5]))
+            "%s" % (contract.TABLE, "; ".join(bad[:5]), contract.TABLE))
     if not defines:
-        raise NftError("content does not define 'table inet mseg { ... }': pass the ruleset rendered by mseg.fleet")
+        raise NftError("content does not define 'table %s { ... }': pass the ruleset rendered by mseg.fleet"
+                       % contract.TABLE)

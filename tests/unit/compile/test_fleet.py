@@ -1,24 +1,16 @@
 """Fleet compile: tags, selectors, addresses and the per-host plans."""
 
-import os
-
+import netaddr
 import pytest
-import yaml
 
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
-from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import compile_fleet, merge_tags
-
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_fixture():
-    with open(os.path.join(HERE, "fixtures", "fleet.yml"), encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+from ansible_collections.mseg.fleet.plugins.module_utils.common.ports import PortSpec
+from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import AddressSet, compile_fleet, merge_tags
 
 
 @pytest.fixture(name="fleet")
-def fixture_fleet():
-    data = load_fixture()
+def fixture_fleet(load_fleet):
+    data = load_fleet()
     return compile_fleet(data["policy"], data["hosts"])
 
 
@@ -53,7 +45,7 @@ def test_plans_per_host_follow_the_rules(fleet):
     assert rules_of(plans["app-01"], "egress") == [(40, "log"), (20, "allow")]
     # cidr selects a managed host's address: legacy-01 only for 192.168.50.9, restricted to that address
     legacy = [r for r in plans["legacy-01"].ingress if r.rule.id == 50]
-    assert len(legacy) == 1 and legacy[0].local.v4 == ["192.168.50.9"]
+    assert len(legacy) == 1 and legacy[0].local.to_data() == ["192.168.50.9"]
     assert plans["legacy-01"].mode == "bypass"
 
 
@@ -61,9 +53,28 @@ def test_address_sets_are_merged_and_shared(fleet):
     db_rule = [r for r in fleet.plans["db-01"].ingress if r.rule.id == 20][0]
     legacy_rule = [r for r in fleet.plans["legacy-01"].ingress if r.rule.id == 20][0]
     assert db_rule.peers is legacy_rule.peers
-    assert db_rule.peers.v4 == ["10.0.2.1"] and db_rule.peers.v6 == ["fd00:2::1"]
+    assert db_rule.peers.to_data() == ["10.0.2.1", "fd00:2::1"]
     web_in = [r for r in fleet.plans["app-01"].ingress if r.rule.id == 10][0]
-    assert web_in.peers.v4 == ["10.0.1.1", "10.0.1.2"] and web_in.peers.v6 == ["fd00:1::1"]
+    assert web_in.peers.to_data() == ["10.0.1.1", "10.0.1.2", "fd00:1::1"]
+
+
+def test_the_plan_is_data_for_any_backend(fleet):
+    """Addresses are networks and ports PortSpecs: no backend's syntax is written into the plan."""
+    plan = fleet.plans["db-01"]
+    assert plan.defaults == {"ingress": "deny", "egress": "allow"} and plan.addresses == plan.host.addresses
+    for item in plan.ingress + plan.egress:
+        assert isinstance(item.id, int) and item.action in ("allow", "deny", "log")
+        for version in (4, 6):
+            assert all(isinstance(c, netaddr.IPNetwork) and c.version == version for c in item.peers.family(version))
+        assert item.ports is None or all(isinstance(p, PortSpec) for p in item.ports)
+    for entry in plan.management:
+        assert all(isinstance(c, netaddr.IPNetwork) for c in entry.networks.family(4) + entry.networks.family(6))
+
+
+def test_an_address_set_knows_when_it_holds_a_whole_family():
+    everything = AddressSet("any", netaddr.IPSet(["0.0.0.0/0", "fd00::/8"]))
+    assert everything.full_v4 and not everything.full_v6
+    assert not AddressSet("one", netaddr.IPSet(["10.0.0.1/32"])).full_v4
 
 
 def test_selector_that_matches_nothing_is_a_warning(fleet):
@@ -74,8 +85,8 @@ def test_default_address_is_ansible_host(fleet):
     assert [str(a) for a in fleet.hosts["web-02"].addresses] == ["10.0.1.2/32"]
 
 
-def test_every_host_problem_is_reported_at_once():
-    data = load_fixture()
+def test_every_host_problem_is_reported_at_once(load_fleet):
+    data = load_fleet()
     data["hosts"]["web-01"]["addresses"] = None
     data["hosts"]["web-01"]["ansible_host"] = "web-01.example.com"
     data["hosts"]["web-02"]["mode"] = "enforcing"
@@ -94,8 +105,8 @@ def test_every_host_problem_is_reported_at_once():
     ]
 
 
-def test_mseg_addresses_are_parsed_like_policy_prefixes_with_their_own_messages():
-    data = load_fixture()
+def test_mseg_addresses_are_parsed_like_policy_prefixes_with_their_own_messages(load_fleet):
+    data = load_fleet()
     data["hosts"]["web-01"]["addresses"] = []
     data["hosts"]["web-02"]["addresses"] = ["10.0.1.2", "10.0.1.0/16", "db-01", "fd00:1::2", "10.0.1.2"]
     with pytest.raises(MsegError) as raised:
@@ -107,7 +118,7 @@ def test_mseg_addresses_are_parsed_like_policy_prefixes_with_their_own_messages(
         "host web-02: mseg_addresses[2]: 'db-01' is not a valid IPv4 or IPv6 address or prefix; write e.g. "
         "10.20.0.0/16 or 2001:db8::/32",
     ]
-    data = load_fixture()
+    data = load_fleet()
     data["hosts"]["web-02"]["addresses"] = ["fd00:1::2", "10.0.1.2", "10.0.1.2/32", "10.0.0.0/24"]
     fleet = compile_fleet(data["policy"], data["hosts"])
     assert [str(a) for a in fleet.hosts["web-02"].addresses] == ["10.0.0.0/24", "10.0.1.2/32", "fd00:1::2/128"]
@@ -137,7 +148,7 @@ def test_group_selector_and_not_tags():
     fleet = compile_fleet(policy, hosts)
     assert rules_of(fleet.plans["a"], "ingress") == [(1, "allow")]
     assert rules_of(fleet.plans["b"], "ingress") == [(2, "allow")]
-    assert [r.peers.v4 for r in fleet.plans["a"].ingress] == [["10.1.0.1", "10.1.0.3"]]
+    assert [r.peers.to_data() for r in fleet.plans["a"].ingress] == [["10.1.0.1", "10.1.0.3"]]
     assert fleet.warnings == ["rule 2: from: hosts zz are not in the inventory"]
 
 

@@ -3,7 +3,6 @@
 from ansible_collections.mseg.fleet.plugins.module_utils.common.logline import parse_line
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.observe import summarise, to_csv
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import compile_fleet
-from test_fleet import load_fixture
 
 INGRESS = ("[ 12.3] [MSEG-AUDIT] ID=30 IN=eth0 OUT= MAC=aa:bb SRC=10.0.1.2 DST=10.0.2.1 LEN=60 TOS=0x00 "
            "PREC=0x00 TTL=64 ID=4242 DF PROTO=TCP SPT=40000 DPT=8080 WINDOW=64240 RES=0x00 SYN URGP=0")
@@ -24,8 +23,8 @@ def test_parse_lines():
     assert parse_line("kernel: eth0: link up") is None
 
 
-def test_summary_per_rule_and_label_pair():
-    data = load_fixture()
+def test_summary_per_rule_and_label_pair(load_fleet):
+    data = load_fleet()
     fleet = compile_fleet(data["policy"], data["hosts"])
     summary = summarise(fleet, [INGRESS, INGRESS, EGRESS, ICMP, "noise"])
     assert summary["packets"] == 3 and summary["flows"] == 2
@@ -39,8 +38,8 @@ def test_summary_per_rule_and_label_pair():
         '"env=stage,role=web","env=prod,role=app",tcp/8080,30,ingress,2,web-02 -> app-01'
 
 
-def test_drops_are_reported_when_asked():
-    data = load_fixture()
+def test_drops_are_reported_when_asked(load_fleet):
+    data = load_fleet()
     fleet = compile_fleet(data["policy"], data["hosts"])
     summary = summarise(fleet, [ICMP], kinds=("DROP",))
     assert summary["pairs"][0]["src"] == "192.0.2.7 (outside the inventory)"

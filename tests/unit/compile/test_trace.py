@@ -5,12 +5,11 @@ import pytest
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import compile_fleet
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.trace import format_matrix, trace
-from test_fleet import load_fixture
 
 
 @pytest.fixture(name="fleet", scope="module")
-def fixture_fleet():
-    data = load_fixture()
+def fixture_fleet(load_fleet):
+    data = load_fleet()
     return compile_fleet(data["policy"], data["hosts"])
 
 

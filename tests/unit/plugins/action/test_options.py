@@ -115,3 +115,10 @@ def test_a_task_with_an_option_the_module_does_not_document_fails_with_its_name(
     with pytest.raises(AnsibleActionFail) as err:
         action.validated_args()
     assert str(err.value) == message
+
+
+def test_observe_report_counts_the_log_kinds_of_the_contract():
+    """The documented kinds (from which the action's spec is built) are the contract's log kinds."""
+    from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
+
+    assert sorted(documented_options("observe_report")["kinds"]["choices"]) == sorted(contract.LOG_KINDS)

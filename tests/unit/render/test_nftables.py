@@ -7,17 +7,16 @@ import re
 import pytest
 
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import compile_fleet
-from ansible_collections.mseg.fleet.plugins.module_utils.compile.render import render_plan
+from ansible_collections.mseg.fleet.plugins.module_utils.render.nftables import build_table, render_plan
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.bypass import bypass_ruleset
-from test_fleet import load_fixture
 
 GOLDEN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "golden")
 HOSTS = ["app-01", "db-01", "legacy-01", "web-01", "web-02"]
 
 
 @pytest.fixture(name="rendered", scope="module")
-def fixture_rendered():
-    data = load_fixture()
+def fixture_rendered(load_fleet):
+    data = load_fleet()
     fleet = compile_fleet(data["policy"], data["hosts"])
     return {name: render_plan(fleet.plans[name])[0] for name in HOSTS}
 
@@ -107,8 +106,8 @@ def test_enforce_evaluation_order(rendered):
     assert positions == sorted(positions)
 
 
-def test_rendering_is_deterministic_whatever_the_input_order():
-    data = load_fixture()
+def test_rendering_is_deterministic_whatever_the_input_order(load_fleet):
+    data = load_fleet()
     first = compile_fleet(data["policy"], data["hosts"])
     shuffled_hosts = list(data["hosts"].items())
     random.Random(7).shuffle(shuffled_hosts)
@@ -117,6 +116,14 @@ def test_rendering_is_deterministic_whatever_the_input_order():
     second = compile_fleet(dict(data["policy"], rules=rules), dict(shuffled_hosts))
     for name in HOSTS:
         assert render_plan(first.plans[name])[0] == render_plan(second.plans[name])[0]
+
+
+def test_an_address_set_shared_by_hosts_is_formatted_once(load_fleet):
+    data = load_fleet()
+    fleet = compile_fleet(data["policy"], data["hosts"])
+    db, legacy = fleet.plans["db-01"], fleet.plans["legacy-01"]._replace(mode="enforce")
+    first, second = build_table(db).sets["r20_in_v4"], build_table(legacy).sets["r20_in_v4"]
+    assert first.elements is second.elements and first.elements.items == ("10.0.2.1",)
 
 
 def _allow_rules_fleet(rules):

@@ -1,7 +1,10 @@
 # -*- coding: utf-8 -*-
 # Copyright: mseg.fleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Render a ``HostPlan`` as the host's ``inet mseg`` table (DESIGN section 5).
+"""Render a ``HostPlan`` as the host's ``inet mseg`` table: the nftables backend (DESIGN section 5).
+
+Runs on the controller only (it needs netaddr, which managed hosts lack); the plan it reads is backend-neutral
+(``compile/fleet.py``), and every name it writes comes from the wire contract (``common/contract.py``).
 
 Chain ``input`` (and its mirror ``output``) evaluates, in order: conntrack established/related accept, invalid
 drop, loopback accept, ICMPv6 neighbour discovery accept, management accept (input only), ``log`` rules, ``deny``
@@ -17,10 +20,9 @@ from __future__ import annotations
 
 import functools
 import heapq
-import socket
+import weakref
 
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
-from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import cidr_text
 from ansible_collections.mseg.fleet.plugins.module_utils.nft import model as nft
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.bypass import bypass_table
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.table import new_table
@@ -41,14 +43,35 @@ _DIRECTION = {
 }
 
 
+def element(cidr):
+    """An address or prefix as nft lists it in a set: a single address without its /32 or /128 (the recorded
+    listing is compared with what was rendered, so the two must agree)."""
+    text = str(cidr)
+    if cidr.prefixlen == (32 if cidr.version == 4 else 128):
+        return text[:text.rindex("/")]
+    return text
+
+
+# AddressSet -> {version: nft.Elements}: a set shared by many hosts is formatted once; an entry goes with its set.
+_ELEMENTS = weakref.WeakKeyDictionary()
+
+
+def _elements(address_set, version):
+    """The prefixes of one family of ``address_set`` as nft set elements, formatted once per set."""
+    derived = _ELEMENTS.get(address_set)
+    if derived is None:
+        derived = _ELEMENTS[address_set] = {}
+    elements = derived.get(version)
+    if elements is None:
+        elements = derived[version] = nft.Elements([element(cidr) for cidr in address_set.family(version)])
+    return elements
+
+
 def _set_elements(table, name, address_set, version):
     """Declare the interval set ``name`` holding one family of ``address_set``; returns ``@name``."""
     _proto, _nfproto, addr_type, _icmp = _FAMILY[version]
     if name not in table.sets:
-        elements = address_set.memo.get(("nft", version))
-        if elements is None:
-            elements = address_set.memo[("nft", version)] = nft.Elements(address_set.family(version))
-        table.add_set(nft.Set(name, addr_type, ("interval",), elements))
+        table.add_set(nft.Set(name, addr_type, ("interval",), _elements(address_set, version)))
     return "@" + name
 
 
@@ -107,7 +130,7 @@ def _direction(table, plan, direction):
         else:
             _plan_rule(table, chain, run[0], direction, peer_field, local_field, observe)
     default_counter = contract.default_counter(direction)
-    if plan.policy.defaults[direction] == "allow":
+    if plan.defaults[direction] == "allow":
         table.counter(default_counter)
         chain.add("counter name %s accept" % nft.quote(default_counter), "ID=0")
     elif observe:
@@ -140,12 +163,11 @@ def _plan_rule(table, chain, item, direction, peer_field, local_field, observe):
     table.counter(counter)
     for version in (4, 6):
         proto, nfproto = _FAMILY[version][0], _FAMILY[version][1]
-        peers = item.peers.family(version)
-        if not peers:
+        if not item.peers.family(version):
             continue
         local = ""
         if item.local is not None:
-            own = item.local.family(version)
+            own = _elements(item.local, version).items
             if not own:
                 continue
             local = "%s %s %s" % (proto, local_field, _inline(own))
@@ -189,18 +211,10 @@ def _allow_runs(items):
     return runs
 
 
-def _span(text, version):
-    """The first and last address of an address or prefix as written in a set, as integers."""
-    address, _slash, length = text.partition("/")
-    bits = 32 if version == 4 else 128
-    first = int.from_bytes(socket.inet_pton(socket.AF_INET if version == 4 else socket.AF_INET6, address), "big")
-    return first, first | ((1 << (bits - int(length or bits))) - 1)
-
-
 def _first_match(run, version):
     """``(element, item)`` pairs, disjoint: each address belongs to the first rule of ``run`` that names it."""
-    spans = sorted(_span(text, version) + (order, text) for order, item in enumerate(run)
-                   for text in item.peers.family(version))
+    spans = sorted((cidr.first, cidr.last, order, text) for order, item in enumerate(run)
+                   for cidr, text in zip(item.peers.family(version), _elements(item.peers, version).items))
     if all(left[1] < right[0] for left, right in zip(spans, spans[1:])):
         return [(text, run[order]) for _first, _last, order, text in spans]
     points = sorted({edge for first, last, _order, _net in spans for edge in (first, last + 1)})
@@ -220,7 +234,7 @@ def _first_match(run, version):
             pieces[-1][1] = end - 1
         else:
             pieces.append([start, end - 1, order])
-    return [(cidr_text(net), run[order]) for first, last, order in pieces
+    return [(element(net), run[order]) for first, last, order in pieces
             for net in netaddr.iprange_to_cidrs(netaddr.IPAddress(first, version), netaddr.IPAddress(last, version))]
 
 
