@@ -1,6 +1,5 @@
 """The observe report: kernel log lines to a summary per rule and per label pair."""
 
-from ansible_collections.mseg.fleet.plugins.module_utils.common.logline import parse_line
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.observe import summarise, to_csv
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import compile_fleet
 
@@ -10,17 +9,6 @@ EGRESS = ("[MSEG-AUDIT] ID=0 IN= OUT=eth0 SRC=fd00:0001:0000:0000:0000:0000:0000
           "DST=fd00:0002:0000:0000:0000:0000:0000:0001 LEN=80 TC=0 HOPLIMIT=64 FLOWLBL=1 "
           "PROTO=UDP SPT=5000 DPT=53 LEN=40")
 ICMP = "[MSEG-DROP] ID=0 IN=eth0 OUT= SRC=192.0.2.7 DST=10.0.3.1 LEN=84 TTL=64 ID=1 PROTO=ICMP TYPE=8 CODE=0"
-
-
-def test_parse_lines():
-    event = parse_line(INGRESS)
-    assert (event.kind, event.rule, event.direction, event.src, event.dst, event.port) == (
-        "AUDIT", 30, "ingress", "10.0.1.2", "10.0.2.1", "tcp/8080")
-    # the kernel expands IPv6 addresses; they come back in the form the inventory uses
-    assert parse_line(EGRESS)[:5] == ("AUDIT", 0, "egress", "fd00:1::1", "fd00:2::1")
-    assert parse_line(EGRESS).port == "udp/53"
-    assert parse_line(ICMP).port == "icmp"
-    assert parse_line("kernel: eth0: link up") is None
 
 
 def test_summary_per_rule_and_label_pair(load_fleet):
