@@ -27,6 +27,9 @@ description:
     veths named after O(name) that no other lab's host uses; a bridge that still has other ports is kept.
   - O(state=absent) never deletes O(state_dir) while anything is still mounted below it; it fails naming the
     mount instead.
+  - O(state=absent) returns only once every C(systemd-nspawn) of the lab has exited and been collected by its parent,
+    and its interfaces and mounts are gone, so a lab or Molecule scenario started right after it never meets a
+    dying one; when that takes longer than O(stop_timeout) more seconds it fails naming what is still there.
   - Without fixed addresses the lab takes the first free /24 of C(10.213.0.0/16) starting at an index derived from
     O(name); C(10.213.0.0/24) is left for inventories with fixed addresses.
 author:
@@ -123,7 +126,9 @@ options:
     type: int
     default: 1200
   stop_timeout:
-    description: Seconds each host gets to power off after SIGTERM before it is killed.
+    description:
+      - Seconds each host gets to power off after SIGTERM before it is killed; with O(state=absent), as many
+        seconds again for every process, interface and mount of the lab to be gone.
     type: int
     default: 30
 notes:

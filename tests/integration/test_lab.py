@@ -288,3 +288,42 @@ def test_the_bridge_address_is_the_hosts_gateway(scratch):
         assert sock.recv(8).startswith(b"SSH-2.0")
     finally:
         sock.close()
+
+
+def _nspawn_alive(pid):
+    """True while ``pid`` is a systemd-nspawn, running or exited but not yet collected (a zombie has no cmdline)."""
+    try:
+        with open("/proc/%d/comm" % pid) as handle:
+            return handle.read().strip() == "systemd-nspawn"
+    except OSError:
+        return False
+
+
+def test_make_lab_down_returns_only_once_every_process_interface_and_mount_is_gone(scratch):
+    """make lab-up, then make lab-down: checked the moment the playbook returns, nothing of the lab is left.
+
+    The lab is started by another process that exits, as 'make lab-up' does, so its systemd-nspawn processes
+    belong to PID 1 of this machine, which collects them in its own time; before the fix the playbook returned
+    while they were still listed (as zombies).
+    """
+    name, state_dir = scratch("itmkdown")
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from ansible_collections.mseg.fleet.plugins.module_utils._lab import lab\n"
+            "lab.lab_up(%r, [{'name': 'a'}, {'name': 'b'}], %r, %r)\n"
+            % (os.path.join(ROOT, ".build", "collections"), name, state_dir, CACHE))
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    records = lab.LabState(state_dir).data["hosts"]
+    pids = [rec["pid"] for rec in records.values()]
+    links = [rec["host_veth"] for rec in records.values()] + [lab.bridge_name(name)]
+    assert pids and all(_nspawn_alive(pid) for pid in pids)
+
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
+               ANSIBLE_NOCOLOR="1", MSEG_LAB_STATE_DIR=os.path.dirname(state_dir))
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
+                           os.path.join(ROOT, "playbooks", "lab", "down.yml"), "-e", "lab_name=" + name],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    alive = [pid for pid in pids if _nspawn_alive(pid)]
+    present = [ifname for ifname in links if lab.link_exists(ifname)]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert alive == [] and present == [], "right after lab-down: processes %s, interfaces %s" % (alive, present)
+    assert leftovers(name, state_dir) == []

@@ -224,6 +224,42 @@ def nspawn_command(pid):
     return None
 
 
+def process_start(pid):
+    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat), or None once it is gone.
+
+    A PID with its start time names one process for good: a recycled PID starts later.  A zombie (exited, not
+    yet collected by its parent) still has both.
+    """
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            stat = handle.read()
+    except (IOError, OSError):
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces or parentheses itself.
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[19])
+
+
+def process_summary(pid):
+    """``'<name>, <running|exited: not yet collected by PID <ppid> (<name>)>'`` for an error message."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            stat = handle.read()
+    except (IOError, OSError):
+        return "gone"
+    comm = stat[stat.index("(") + 1:stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] != "Z":
+        return "%s, running" % comm
+    ppid = int(fields[1])
+    try:
+        with open("/proc/%d/comm" % ppid) as handle:
+            parent = handle.read().strip()
+    except (IOError, OSError):
+        parent = "?"
+    return "%s, exited but not yet collected by its parent PID %d (%s)" % (comm, ppid, parent)
+
+
 def nspawn_option(cmd, option):
     """Value of ``--option=value`` on a command line, or None."""
     for part in cmd:
@@ -398,9 +434,10 @@ def _state_problem(data):
         if not isinstance(rec, dict):
             return "has a record for host %r that is not a mapping" % hname
         wrong = [k for k, kind in _HOST_FIELDS.items() if k in rec and not isinstance(rec[k], kind)]
-        pid = rec.get("pid")
-        if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)):
-            wrong.append("pid")
+        for key in ("pid", "start_time"):
+            value = rec.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                wrong.append(key)
         cgroups = rec.get("cgroups", [])
         if not isinstance(cgroups, list) or not all(isinstance(c, str) for c in cgroups):
             wrong.append("cgroups")
@@ -732,6 +769,7 @@ def lab_up(name, hosts, state_dir, cache_dir, packages=DEFAULT_PACKAGES, suite=D
         _host_files(root, host, name, planned, pubkey, v4, v6)
         proc = _start_host(host, root, bridge, os.path.join(hdir, "console.log"), capabilities, rec["cgroups"])
         rec["pid"] = proc.pid
+        rec["start_time"] = process_start(proc.pid)
         state.save()
         procs.append((host, proc))
         changed = True
@@ -829,11 +867,65 @@ def _host_pids(rec):
     return pids or find_lab_processes(root)
 
 
+def _host_processes(hname, rec):
+    """The systemd-nspawn processes of a host as {label: (pid, start time)}, taken before they are stopped.
+
+    A running one is found by its command line (_host_pids); the recorded one by its PID and start time as well,
+    so that a process that has exited but is not yet collected by its parent (a zombie has no command line) is
+    still waited for when a teardown is run again.
+    """
+    found = {}
+    for pid in _host_pids(rec):
+        start = process_start(pid)
+        if start is not None:
+            found["systemd-nspawn PID %d of host %s" % (pid, hname)] = (pid, start)
+    pid, start = rec.get("pid"), rec.get("start_time")
+    if pid and start is not None and process_start(pid) == start:
+        found["systemd-nspawn PID %d of host %s" % (pid, hname)] = (pid, start)
+    return found
+
+
+def _still_present(processes, links, state_dir):
+    """What of a stopped lab the kernel still holds: processes (zombies too), interfaces, mounts below state_dir."""
+    left = []
+    for label, (pid, start) in sorted(processes.items()):
+        _reap(pid)
+        if process_start(pid) == start:
+            left.append("%s (%s)" % (label, process_summary(pid)))
+    left += ["interface %s" % ifname for ifname in sorted(set(links)) if link_exists(ifname)]
+    if state_dir and os.path.exists(state_dir):
+        left += ["mount %s" % path for path in mounts_under(state_dir)]
+    return left
+
+
+def _wait_until_gone(name, processes, links, state_dir, timeout):
+    """Return once every process, interface and mount of a stopped lab is gone; fail naming them after ``timeout``.
+
+    A systemd-nspawn that exits is a zombie until its parent collects it; after 'make lab-up' that parent is
+    PID 1 of the control node (the module that started it has exited), which may take a moment.  Until then the
+    process is there for everyone who lists processes, so a teardown is not over before it is collected.
+    """
+    deadline = time.time() + timeout
+    while True:
+        left = _still_present(processes, links, state_dir)
+        if not left or time.time() >= deadline:
+            break
+        time.sleep(0.05)
+    if left:
+        raise LabError("lab %r: %s still present %d s after the teardown: %s. A running process can be stopped "
+                       "with 'kill -KILL PID', an exited one only by its parent collecting it; then run "
+                       "'make lab-down' again" % (name, "this is" if len(left) == 1 else "these are", timeout,
+                                                  "; ".join(left)))
+
+
 def _remove_host(state, hname, timeout):
     rec = state.data["hosts"].get(hname, {})
     pids = _host_pids(rec)
+    processes = _host_processes(hname, rec)
     killed = _terminate(dict(("%s#%d" % (hname, p), (p, rec["root"])) for p in pids), timeout)
     _cleanup_host_objects(rec)
+    _wait_until_gone(state.data.get("name"), processes, [rec.get("host_veth")] if rec.get("host_veth") else [],
+                     rec.get("dir"), timeout)
     state.data["hosts"].pop(hname, None)
     state.save()
     return killed
@@ -903,6 +995,9 @@ def _derived_objects(state_dir, name):
 def lab_down(state_dir, timeout=30, name=None):
     """Remove exactly what the lab recorded; a lab that is not up is a no-op.
 
+    Returns only once every systemd-nspawn of the lab has exited and been collected, and its interfaces and
+    mounts are gone; after ``timeout`` s more it fails naming what is still there (and keeps the state file).
+
     With an unusable state file (damaged or edited by hand), remove what can be tied to the state directory
     instead (see _derived_objects).  Nothing is deleted while something is still mounted below it.
     """
@@ -916,19 +1011,26 @@ def lab_down(state_dir, timeout=30, name=None):
     else:
         hosts, bridges, cgroups = _derived_objects(state_dir, name)
     targets = {}
+    processes = {}
     for hname, rec in hosts.items():
         for pid in _host_pids(rec):
             targets["%s#%d" % (hname, pid)] = (pid, rec["root"])
+        processes.update(_host_processes(hname, rec))
     killed = _terminate(targets, timeout)
     removed = sorted(hosts)
     for hname in removed:
         _cleanup_host_objects(hosts[hname])
     for path in cgroups:
         remove_cgroup(path)
+    links = [rec["host_veth"] for rec in hosts.values() if rec.get("host_veth")]
     for bridge in bridges:
         # A recorded bridge is the lab's; a derived one is left alone while something else is attached to it.
         if link_exists(bridge) and (state.problem is None or not _bridge_ports(bridge)):
             run(["ip", "link", "del", bridge], timeout=10)
+            links.append(bridge)
+    # Only once the kernel has let go of all of it may a next lab (or Molecule scenario) start.
+    _wait_until_gone(name or state.data.get("name") or os.path.basename(state_dir), processes, links, state_dir,
+                     timeout)
     # The key and state go last: a failure above leaves the record for the next attempt.
     remove_tree(state_dir)
     return {"changed": True, "removed_hosts": removed, "killed": killed, "state_dir": state_dir}

@@ -4,6 +4,8 @@ import ipaddress
 import json
 import os
 import stat
+import subprocess
+import sys
 import threading
 import time
 
@@ -218,3 +220,71 @@ def test_inotify_limits_are_raised_never_lowered(tmp_path):
     assert (tmp_path / "fs" / "inotify" / "max_user_instances").read_text() == "8192\n"
     assert (tmp_path / "fs" / "inotify" / "max_user_watches").read_text() == "1048576\n"
     assert lab.raise_inotify_limits(str(tmp_path)) == {}
+
+
+def test_a_teardown_waits_for_a_process_until_its_parent_collects_it():
+    # 'sh' starts 'true' in the background and becomes 'sleep', which never collects it: a zombie whose
+    # parent is not us, as a host's systemd-nspawn is after 'make lab-up' (its parent is PID 1).
+    parent = subprocess.Popen(["sh", "-c", "/bin/true & exec sleep 0.3"])
+    try:
+        deadline = time.time() + 5
+        zombie = None
+        while zombie is None and time.time() < deadline:
+            with open("/proc/%d/task/%d/children" % (parent.pid, parent.pid)) as handle:
+                children = [int(pid) for pid in handle.read().split()]
+            if children and lab.process_summary(children[0]).startswith("true, exited"):
+                zombie = children[0]
+            time.sleep(0.01)
+        assert zombie, "no zombie to wait for"
+        start = lab.process_start(zombie)
+        assert lab.process_summary(zombie) == ("true, exited but not yet collected by its parent PID %d (sleep)"
+                                               % parent.pid)
+        with pytest.raises(lab.LabError, match=r"lab 'x': this is still present 0 s after the teardown: "
+                                               r"systemd-nspawn PID %d of host a \(true, exited but not yet "
+                                               r"collected by its parent PID %d \(sleep\)\)\. .*make lab-down"
+                                               % (zombie, parent.pid)):
+            lab._wait_until_gone("x", {"systemd-nspawn PID %d of host a" % zombie: (zombie, start)}, [], None, 0)
+        # Once 'sleep' exits, its own parent (us) collects it, and the orphaned zombie is collected: the wait ends.
+        started = time.time()
+        lab._wait_until_gone("x", {"systemd-nspawn PID %d of host a" % zombie: (zombie, start)}, [], None, 10)
+        assert lab.process_start(zombie) != start
+        assert time.time() - started < 5
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_a_teardown_names_a_running_process_and_an_interface_left_behind():
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        started = time.time()
+        with pytest.raises(lab.LabError, match=r"these are still present 0 s after the teardown: systemd-nspawn PID "
+                                               r"%d of host a \(sleep, running\); interface lo\." % child.pid):
+            lab._wait_until_gone("x", {"systemd-nspawn PID %d of host a" % child.pid:
+                                       (child.pid, lab.process_start(child.pid))}, ["lo", "mslb-gone"], None, 0)
+        assert time.time() - started < 1
+        # A recycled PID (another start time) is not the process that was waited for.
+        lab._wait_until_gone("x", {"systemd-nspawn PID %d of host a" % child.pid:
+                                   (child.pid, lab.process_start(child.pid) - 1)}, [], None, 0)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_process_start_reads_past_a_command_name_with_spaces_and_parentheses():
+    code = ("import ctypes, sys, time\n"
+            "ctypes.CDLL(None).prctl(15, b'a) 9 (b', 0, 0, 0)\n"  # PR_SET_NAME
+            "sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(30)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline() == b"ready\n"
+        with open("/proc/%d/stat" % child.pid) as handle:
+            fields = handle.read().split()
+        assert fields[:4] == [str(child.pid), "(a)", "9", "(b)"]
+        # Field 22 is the start time; the name's two spaces shift it by two words.
+        assert lab.process_start(child.pid) == int(fields[21 + 2])
+        assert lab.process_summary(child.pid) == "a) 9 (b, running"
+    finally:
+        child.kill()
+        child.wait()
+    assert lab.process_start(child.pid) is None
