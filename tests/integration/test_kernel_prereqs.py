@@ -294,7 +294,9 @@ def test_too_many_virtual_functions(failures, case, count):
 
 NETNS_OK, NETNS_REASON = netns.available()
 needs_netns = pytest.mark.skipif(not NETNS_OK, reason=NETNS_REASON)
-SYSCTLS = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables")
+SYSCTLS = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding", "net.bridge.bridge-nf-call-iptables",
+           "net.bridge.bridge-nf-call-ip6tables")
+SYSCTL_TASK = "Set the bridge sysctls, and forwarding where the host asks for it, live and in sysctl.d"
 
 
 def read_sysctls(fleet):
@@ -312,23 +314,28 @@ def test_converge_idempotence_and_check_mode_in_a_network_namespace(tmp_path):
         machine_forwarding = handle.read()
     with netns.Fleet(["kp"]) as fleet:
         prefix = fleet.exec_prefix("kp")
+        # A host whose operator turned IPv4 forwarding on keeps it; IPv6 forwarding, off, stays off.
         fleet.run("kp", ["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=0",
-                         "net.bridge.bridge-nf-call-ip6tables=0"])
-        assert set(read_sysctls(fleet).values()) == {"0"}
+                         "net.bridge.bridge-nf-call-ip6tables=0", "net.ipv4.ip_forward=1",
+                         "net.ipv6.conf.all.forwarding=0"])
+        before = {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "0",
+                  "net.bridge.bridge-nf-call-iptables": "0", "net.bridge.bridge-nf-call-ip6tables": "0"}
+        assert read_sysctls(fleet) == before
         role_vars = {"kernel_prereqs_underlay_interfaces": ["eth0"]}
 
         rc, result = play(tmp_path, role_vars, check=True, prefix=prefix)
         assert rc == 0, result["stats"]
-        assert changed_tasks(result) == ["Load br_netfilter at boot", "Set the forwarding and bridge sysctls live and in sysctl.d"]
-        assert set(read_sysctls(fleet).values()) == {"0"}, "check mode changed a sysctl"
+        assert changed_tasks(result) == ["Load br_netfilter at boot", SYSCTL_TASK]
+        assert read_sysctls(fleet) == before, "check mode changed a sysctl"
         assert not (tmp_path / "sysctl.conf").exists() and not (tmp_path / "modules-load.conf").exists()
 
         rc, result = play(tmp_path, role_vars, prefix=prefix)
         assert rc == 0, result["stats"]
         assert result["stats"]["localhost"]["changed"] == 2
-        assert set(read_sysctls(fleet).values()) == {"1"}
+        assert read_sysctls(fleet) == dict(before, **{"net.bridge.bridge-nf-call-iptables": "1",
+                                                      "net.bridge.bridge-nf-call-ip6tables": "1"})
         assert (tmp_path / "sysctl.conf").read_text().splitlines() == [
-            "net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1", "net.bridge.bridge-nf-call-ip6tables=1"]
+            "net.bridge.bridge-nf-call-iptables=1", "net.bridge.bridge-nf-call-ip6tables=1"]
         assert (tmp_path / "modules-load.conf").read_text().splitlines()[-1] == "br_netfilter"
         assert not (tmp_path / "sriov.rules").exists()
         mtu = task_results(result)["Check the MTU headroom of the underlay interfaces"]
@@ -338,12 +345,41 @@ def test_converge_idempotence_and_check_mode_in_a_network_namespace(tmp_path):
         assert rc == 0, result["stats"]
         assert result["stats"]["localhost"]["changed"] == 0, changed_tasks(result)
 
-        fleet.run("kp", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])
+        fleet.run("kp", ["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=0"])
         rc, result = play(tmp_path, role_vars, prefix=prefix)
-        assert changed_tasks(result) == ["Set the forwarding and bridge sysctls live and in sysctl.d"]
-        assert read_sysctls(fleet)["net.ipv4.ip_forward"] == "1", "a live sysctl that drifted was not set again"
+        assert changed_tasks(result) == [SYSCTL_TASK]
+        assert read_sysctls(fleet)["net.bridge.bridge-nf-call-iptables"] == "1", "a drifted sysctl was not set again"
+        assert read_sysctls(fleet)["net.ipv4.ip_forward"] == "1"
     with open("/proc/sys/net/ipv4/ip_forward") as handle:
         assert handle.read() == machine_forwarding, "the role reached outside its network namespace"
+
+
+@needs_netns
+def test_forwarding_only_where_the_host_asks_and_never_turned_off(tmp_path):
+    """Forwarding on by default let forwarded traffic through unfiltered: only a host that asks gets it.
+
+    By default a host keeps what it has (the converge test above: IPv4 on stays on, IPv6 off stays off).
+    """
+    forwarding = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
+    with netns.Fleet(["kp"]) as fleet:
+        prefix = fleet.exec_prefix("kp")
+        fleet.run("kp", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0"])
+        role_vars = {"kernel_prereqs_underlay_interfaces": ["eth0"], "kernel_prereqs_forwarding": ["ipv4", "ipv6"]}
+        rc, result = play(tmp_path, role_vars, prefix=prefix)
+        assert rc == 0, result["stats"]
+        assert [read_sysctls(fleet)[name] for name in forwarding] == ["1", "1"]
+        lines = (tmp_path / "sysctl.conf").read_text().splitlines()
+        assert "net.ipv4.ip_forward=1" in lines and "net.ipv6.conf.all.forwarding=1" in lines
+
+        # Asked no longer (or upgraded from a release that turned IPv4 forwarding on everywhere through this file):
+        # not turned off, since something may route through the host; only the next boot no longer turns it on.
+        del role_vars["kernel_prereqs_forwarding"]
+        rc, result = play(tmp_path, role_vars, prefix=prefix)
+        assert rc == 0, result["stats"]
+        assert "Take the forwarding sysctls nobody asked for out of this role's sysctl.d file" in changed_tasks(result)
+        assert [read_sysctls(fleet)[name] for name in forwarding] == ["1", "1"]
+        assert (tmp_path / "sysctl.conf").read_text().splitlines() == [
+            "net.bridge.bridge-nf-call-iptables=1", "net.bridge.bridge-nf-call-ip6tables=1"]
 
 
 @needs_netns

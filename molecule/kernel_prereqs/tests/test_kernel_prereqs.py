@@ -15,10 +15,11 @@ testinfra_hosts = RUNNER.get_hosts("kernel_nodes")
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 FIXTURES = os.path.join(ROOT, "tests", "unit", "fixtures", "kernel")
 SYSCTLS = {
-    "net.ipv4.ip_forward": 1,
     "net.bridge.bridge-nf-call-iptables": 1,
     "net.bridge.bridge-nf-call-ip6tables": 1,
 }
+# Only the host that asks (kernel_prereqs_forwarding) forwards; the other keeps the lab guest's default, off.
+FORWARDS = {"kp-ebpf": "1", "kp-nft": "0"}
 
 
 # The interface of the IPv4 default route, as a shell command substitution (host0 on the lab, eth0 under docker).
@@ -57,20 +58,24 @@ def _lines(host, *commands):
 
 def test_sysctls_are_set_live_in_the_hosts_own_namespace(host):
     assert host.check_output("sysctl -n " + " ".join(SYSCTLS)).split() == ["1"] * len(SYSCTLS)
+    assert host.check_output("sysctl -n net.ipv4.ip_forward net.ipv6.conf.all.forwarding").split() == [
+        FORWARDS[_name(host)], "0"]
 
 
 def test_sysctls_persist_through_the_boot_path(host):
     conf = "/etc/sysctl.d/90-mseg-kernel-prereqs.conf"
     owner_mode, content = _lines(host, "stat -c '%U %a' " + conf, "cat %s" % conf)
     assert owner_mode == "root 644"
-    assert content.split() == ["%s=%s" % item for item in SYSCTLS.items()]
+    forwarding = ["net.ipv4.ip_forward=1"] if FORWARDS[_name(host)] == "1" else []
+    assert content.split() == ["%s=%s" % item for item in SYSCTLS.items()] + forwarding
     # What happens at boot: systemd-sysctl applies sysctl.d. Drift the live value, then let it restore it.
+    name = "net.bridge.bridge-nf-call-iptables"
     try:
-        restored = host.check_output("sysctl -q -w net.ipv4.ip_forward=0 && systemctl restart systemd-sysctl.service"
-                                     " && sysctl -n net.ipv4.ip_forward")
-        assert restored == "1"
+        restored = host.check_output("sysctl -q -w %s=0 && systemctl restart systemd-sysctl.service"
+                                     " && sysctl -n %s net.ipv4.ip_forward" % (name, name))
+        assert restored.split() == ["1", FORWARDS[_name(host)]]
     finally:
-        host.run("sysctl -q -w net.ipv4.ip_forward=1")
+        host.run("sysctl -q -w %s=1" % name)
 
 
 def test_br_netfilter_active_listed_for_the_boot_and_no_sriov_rule(host):
@@ -98,7 +103,7 @@ def test_facts_describe_the_running_kernel(host):
     assert facts["nftables"]["works"] is True, facts["nftables"]
     assert facts["nftables"]["version"] in nft_version
     assert facts["br_netfilter"]["active"] is True
-    assert facts["sysctls"]["net.ipv4.ip_forward"] == "1"
+    assert facts["sysctls"]["net.ipv4.ip_forward"] == FORWARDS[_name(host)]
     links = json.loads(links)
     assert sorted(facts["interfaces"]) == sorted(link["ifname"].split("@")[0] for link in links)
     for link in links:
