@@ -95,7 +95,7 @@ lab-matrix: setup ## measure who reaches whom in lab "demo" with real packets (L
 
 # Every scenario under molecule/ (the lab's own first: its create builds the cached root file system),
 # each bounded by MOLECULE_TIMEOUT seconds; all run, the stage fails if any failed.
-MOLECULE_SCENARIOS ?= $(sort $(filter-out lab resources,$(notdir $(patsubst %/,%,$(dir $(wildcard molecule/*/molecule.yml))))))
+MOLECULE_SCENARIOS ?= $(sort $(filter-out default lab resources,$(notdir $(patsubst %/,%,$(dir $(wildcard molecule/*/molecule.yml))))))
 MOLECULE_TIMEOUT ?= 1500
 .PHONY: molecule
 molecule: setup forget-installed-copy ## every Molecule scenario on the lab (molecule test -s <name>)
