@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, COLLECTIONS)
 
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope as bundle  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.common.contract import CONTROLLER_IDENTITY  # noqa: E402
 from netns import CONNECTED, TIMEOUT, Fleet, available  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs root and network namespaces")
@@ -105,7 +106,8 @@ def world(tmp_path):
     ca_name = x509.load_pem_x509_certificate(ca_pem).subject
     files = {"ca.crt": ca_pem}
     for name, usage, san in (("controller", ExtendedKeyUsageOID.SERVER_AUTH,
-                              [x509.IPAddress(ipaddress.ip_address("10.77.0.1"))]),
+                              [x509.IPAddress(ipaddress.ip_address("10.77.0.1")),
+                               x509.UniformResourceIdentifier(CONTROLLER_IDENTITY)]),
                              ("agent", ExtendedKeyUsageOID.CLIENT_AUTH, [x509.DNSName("host")])):
         key = ec.generate_private_key(ec.SECP256R1())
         files[name + ".key"] = _pem_key(key)

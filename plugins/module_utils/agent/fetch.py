@@ -9,6 +9,7 @@ import http.client
 import ssl
 
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.errors import AgentError
+from ansible_collections.mseg.fleet.plugins.module_utils.agent.pin import require_controller
 
 
 def tls_context(config):
@@ -55,6 +56,7 @@ class Fetcher:
             conn = self.connections[controller]
             try:
                 conn.request("GET", controller[2], headers=headers)
+                require_controller(conn.sock.getpeercert())
                 response = conn.getresponse()
                 body = response.read()
             except (OSError, http.client.HTTPException, ssl.SSLError) as exc:

@@ -174,6 +174,12 @@ TXN_DIR = "txn"                       # commit-confirmed transactions
 RESTORE_UNIT = "mseg-restore.service"
 HASH_HEADER = "# mseg-sha256: "
 
+# --- identities in certificates -------------------------------------------------------------------------------
+# The name only a controller's certificate carries (a URI subject alternative name, in SPIFFE's form). The pki role
+# puts it in the controller profile's certificates and refuses it in any other CSR; agents require it of every
+# controller they fetch from (agent/pin.py), so a host's own certificate cannot pose as a controller.
+CONTROLLER_IDENTITY = "spiffe://mseg.fleet/controller"
+
 # --- the host CLI ----------------------------------------------------------------------------------------------
 HOST_CLI = "mseg"                     # the operator's command on an agent host
 AGENT_COMMAND = "mseg-agent"          # the service's command (run, restore)
