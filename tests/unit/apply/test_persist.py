@@ -9,6 +9,7 @@ from ansible_collections.mseg.fleet.plugins.module_utils.apply import persist
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.errors import ApplyError
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract, files
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
+from ansible_collections.mseg.fleet.tests.unit.nft.samples import json_form
 
 
 def test_write_atomic_and_state_dir(tmp_path):
@@ -66,5 +67,5 @@ def test_the_fail_closed_table_of_the_boot_restore_keeps_to_the_contract(tmp_pat
     script = open(paths.script).read()
     table = script.split("<<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
     assert "counter %s {" % contract.FAILSAFE_MARKER in table and "tcp dport { 22, 2222 } accept" in table
-    assert contract.check_ruleset(table) == []
+    assert contract.check_ruleset(json_form(table)) == []
     assert "ExecStart=/bin/sh %s\n" % paths.script in open(paths.unit).read()
