@@ -6,8 +6,10 @@
 Plain Python (no Ansible imports): the ``nft_apply`` module wraps it and the per-host agent
 reuses it. Guarantees (DESIGN section 5):
 
-* scope: content that touches anything but table ``inet mseg`` is refused before ``nft`` runs;
-* atomic: ``nft -c -f`` validates, one ``nft -f`` transaction replaces the table;
+* scope: nft reads the content in a scratch namespace, its JSON form is judged object by object against the wire
+  contract's allowlist, and only that JSON is ever loaded (``nft/jsonform.py``): anything but table ``inet mseg``
+  is refused before the host's ruleset is touched;
+* atomic: ``nft -j -c -f`` validates, one ``nft -j -f`` transaction replaces the table;
 * idempotent: the sha256 of the desired transaction and the live table listed without counters
   (``nft -s``) are recorded; a run is unchanged when both still match. The kernel's ruleset
   generation id (netlink ``NFT_MSG_GETGEN``) is recorded too, so an unchanged run on an unchanged
@@ -46,7 +48,6 @@ from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.files import FileLock, read_text, sha256_text, unlink, write_atomic
 from ansible_collections.mseg.fleet.plugins.module_utils.nft import runner
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft, count_listing, namespace_identity
-from ansible_collections.mseg.fleet.plugins.module_utils.nft.scope import check_scope
 
 STATES = ("present", "absent", "previous")
 
@@ -102,7 +103,6 @@ class Engine:
         if self.req.state == "present":
             if not self.req.content.strip():
                 raise ApplyError("content is empty: pass the rendered ruleset (state: present needs it)")
-            check_scope(self.req.content)
             self.transaction = build_transaction(self.req.content, self.req.peers)
         elif self.req.state == "absent":
             self.transaction = PREAMBLE
@@ -111,6 +111,8 @@ class Engine:
         if self.nft is None:
             self.nft = Nft()
         self.nft.probe()
+        if self.req.state == "present":
+            self.nft.judge(self.transaction, require_table=True)
 
     def wants_table(self):
         """Whether the transaction leaves a table (present, or a backup that held one)."""
@@ -163,8 +165,8 @@ class Engine:
                              % (self.paths.prev, PREAMBLE.splitlines()[0]))
         body = backup[len(PREAMBLE):]
         if body.strip():
-            check_scope(body)
             self.transaction = build_transaction(body, self.req.peers)
+            self.nft.judge(self.transaction, require_table=True)
         else:
             self.transaction = PREAMBLE
         self.desired_sha = sha256_text(self.transaction)
