@@ -290,10 +290,10 @@ def test_backup_persist_and_boot_restore(fleet, dirs):
 
 def test_corrupt_persisted_file_fails_closed(fleet, dirs):
     play(fleet, dirs, {"content": ruleset(policy="accept")})
-    path = os.path.join(dirs["state_dir"], "ruleset.nft")
+    path = os.path.join(dirs["state_dir"], "ruleset.json")  # the judged JSON form: what the boot restore loads
     text = open(path).read()
     with open(path, "w") as handle:
-        handle.write(text.replace("tcp dport 8080", "tcp dport 8081"))
+        handle.write(text.replace('"right": 8080', '"right": 8081'))
     proc = fleet.run("b", ["sh", os.path.join(dirs["state_dir"], "restore.sh")], check=False)
     assert proc.returncode == 1
     assert "is corrupt" in proc.stderr and "fail-closed" in proc.stderr
@@ -302,7 +302,7 @@ def test_corrupt_persisted_file_fails_closed(fleet, dirs):
     assert fleet.probe("a", "b", 22) == CONNECTED  # the operator can still repair the host
 
     with open(path, "w") as handle:  # a correct checksum over a ruleset nft rejects
-        body = text.split("\n", 1)[1].replace("policy accept", "policy maybe")
+        body = text.split("\n", 1)[1].replace('"policy": "accept"', '"policy": "maybe"')
         handle.write("# mseg-sha256: %s\n%s" % (hashlib.sha256(body.encode()).hexdigest(), body))
     proc = fleet.run("b", ["sh", os.path.join(dirs["state_dir"], "restore.sh")], check=False)
     assert proc.returncode == 1 and "nft rejects" in proc.stderr

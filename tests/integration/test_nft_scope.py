@@ -92,3 +92,45 @@ def test_a_rendered_ruleset_loads_as_its_judged_json_and_lists_as_its_text(tmp_p
                                   "nft -s list ruleset" % FOREIGN], input=text, capture_output=True, text=True,
                                  check=True).stdout
         assert judged == scratch
+
+
+# ------------------------------------------------------------------ the boot restore loads only the judged JSON
+
+
+def restore(fleet, tmp_path, host):
+    return fleet.run(host, ["sh", str(tmp_path / "etc-mseg" / "restore.sh")], check=False)
+
+
+def test_boot_restore_loads_the_judged_json_and_fails_closed_on_a_truncated_file(tmp_path):
+    """Issue 15, item 10: a truncated (or otherwise unverifiable) persisted ruleset is not loaded; the fail-closed
+    table is, and it keeps the management port open while everything else is dropped."""
+    content = ATTACKS["flush ruleset"].split("flush ruleset")[0].replace("policy accept", "policy drop")
+    content = content.replace("\t}\n}\n", "\t\tct state established,related accept\n\t\ttcp dport 8080 accept\n\t}\n}\n")
+    with Fleet(["a", "b"]) as fleet:
+        assert apply_in(fleet, tmp_path, content).get("changed")
+        proc = restore(fleet, tmp_path, "b")  # a "reboot": namespace b is fresh
+        assert proc.returncode == 0 and "loaded" in proc.stdout, proc.stderr
+        assert fleet.probe("a", "b", 8080) == "connected" and fleet.probe("a", "b", 22) == "timeout"
+        path = tmp_path / "etc-mseg" / "ruleset.json"
+        text = path.read_text()
+        path.write_text(text[:len(text) // 2])
+        fleet.run("b", ["nft", "delete", "table", "inet", "mseg"])
+        proc = restore(fleet, tmp_path, "b")
+        assert proc.returncode == 1 and "is corrupt" in proc.stderr and "fail-closed" in proc.stderr
+        listed = fleet.run("b", ["nft", "list", "table", "inet", "mseg"]).stdout
+        assert "mode_failsafe" in listed
+        assert fleet.probe("a", "b", 22) == "connected" and fleet.probe("a", "b", 8080, timeout=0.5) == "timeout"
+
+
+def test_a_ruleset_persisted_by_the_previous_release_still_restores(tmp_path):
+    """The previous release persisted ruleset.nft only (the format is unchanged) and no JSON form: the next apply of
+    the same policy repairs the persisted copy without touching the live table, and the boot restore loads it."""
+    with Fleet(["a", "b"]) as fleet:
+        assert apply_in(fleet, tmp_path, ATTACKS["flush ruleset"].split("flush ruleset")[0]).get("changed")
+        os.unlink(tmp_path / "etc-mseg" / "ruleset.json")  # the state an older release left behind
+        result = apply_in(fleet, tmp_path, ATTACKS["flush ruleset"].split("flush ruleset")[0])
+        assert result["changed"] and "persisted copy repaired" in result["msg"], result
+        proc = restore(fleet, tmp_path, "b")
+        assert proc.returncode == 0, proc.stderr
+        assert fleet.run("b", ["nft", "-s", "list", "ruleset"]).stdout == \
+            fleet.run("a", ["nft", "-s", "list", "ruleset"]).stdout

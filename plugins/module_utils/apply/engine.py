@@ -14,9 +14,10 @@ reuses it. Guarantees (DESIGN section 5):
   (``nft -s``) are recorded; a run is unchanged when both still match. The kernel's ruleset
   generation id (netlink ``NFT_MSG_GETGEN``) is recorded too, so an unchanged run on an unchanged
   kernel ruleset does not even need to list the table;
-* persistent: the applied transaction lives in ``<state_dir>/ruleset.nft`` (0600, first line
-  carries its own sha256) and ``mseg-restore.service`` reloads it at boot. A file that fails its
-  checksum or ``nft -c`` is not loaded: a fail-closed table is loaded instead (``templates/mseg-restore.sh``);
+* persistent: the applied transaction lives in ``<state_dir>/ruleset.nft`` and its judged JSON form in
+  ``ruleset.json`` (0600, first line carries its own sha256); ``mseg-restore.service`` loads the JSON form at boot
+  (``nft -j -f``, no text parsed). A file that fails its checksum or ``nft -j -c`` is not loaded: a fail-closed
+  table that keeps the management ports open is loaded instead (``templates/mseg-restore.sh``);
 * serialised: one ``flock`` per state directory;
 * reversible: ``state: previous`` restores the backup of the table the last apply replaced, and only while the live
   table is still the one that apply recorded (never over a newer policy or a hand edit);
@@ -247,14 +248,16 @@ class Engine:
     def finish_persist(self):
         if self.persists_table():
             templates = self.req.templates or restore_templates()  # the module gets them from its action plugin
-            return persist(self.paths, self.transaction, self.req.peers, self.nft.path, templates)
+            return persist(self.paths, self.transaction, self.req.peers, self.nft.path, templates,
+                           self.nft.judge(self.transaction))
         return unpersist(self.paths)
 
     def persist_in_sync(self):
         if self.persists_table():
-            return persisted_ok(self.paths, self.transaction) and (
+            return persisted_ok(self.paths, self.transaction, self.nft.judge(self.transaction)) and (
                 not self.paths.unit or (os.path.exists(self.paths.unit) and os.path.lexists(self.paths.wants)))
-        return not any(os.path.lexists(p) for p in (self.paths.ruleset, self.paths.unit, self.paths.wants) if p)
+        return not any(os.path.lexists(p) for p in (self.paths.ruleset, self.paths.ruleset_json, self.paths.unit,
+                                                    self.paths.wants) if p)
 
     def result(self, changed, before, after, counts, drift, msg):
         res = {"changed": changed, "sha256": self.desired_sha if self.wants_table() else None,

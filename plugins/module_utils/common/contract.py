@@ -167,7 +167,8 @@ _DECLARED = {"chain": "chain", "set": "set", "map": "set", "counter": "counter"}
 # --- files on the host -----------------------------------------------------------------------------------------
 STATE_DIR = "/etc/mseg"
 UNIT_DIR = "/etc/systemd/system"
-RULESET_FILE = "ruleset.nft"          # the persisted ruleset (sha256 header + transaction), loaded at boot
+RULESET_FILE = "ruleset.nft"          # the persisted ruleset as text (sha256 header + transaction), for people
+RULESET_JSON_FILE = "ruleset.json"    # its judged JSON form (sha256 header + document), the one thing loaded at boot
 PREVIOUS_FILE = "ruleset.prev.nft"    # the table that was live before the last apply, as a loadable transaction
 LIVE_FILE = "live.nft"                # the live table as listed right after the last apply (drift detection)
 STATE_FILE = "state.json"             # hashes, generation id and counts recorded by the last apply

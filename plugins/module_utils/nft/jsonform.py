@@ -4,9 +4,8 @@
 """The checked load: text is judged in the form nft itself parsed it into, and only what was judged is loaded.
 
 A text ruleset is never loaded into the host's ruleset. ``parse`` has nft read it in a scratch network namespace
-(a fresh, empty one, as an unprivileged user holding only CAP_NET_ADMIN, so an ``include`` cannot read a root-only
-file), beside canary tables in every family, and lists the result in the libnftables JSON form. ``check`` judges
-that form object by object against the wire contract's allowlist (``contract.check_ruleset``: table inet mseg only,
+(a fresh, empty one, without root's file access, so an ``include`` cannot read a root-only file), beside
+canary tables in every family, and lists the result in the libnftables JSON form. ``check`` judges that form object by object against the wire contract's allowlist (``contract.check_ruleset``: table inet mseg only,
 the contract's names, filter chains, allowed statements, marks and log channels); a text that removed or changed a
 canary (``flush ruleset``, ``delete table ...``) is refused too. ``transaction`` builds the JSON document that is
 loaded (``nft -j -f``): add and delete table inet mseg, then add each judged object. Whatever lexer tricks the text
@@ -18,6 +17,7 @@ Cost: one scratch load and one JSON listing per distinct text, linear in its siz
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -43,12 +43,19 @@ _ERROR_AT_RE = re.compile(r"^(?P<file>\S+?):\d+:\d+(?:-\d+)?: Error: ")
 
 
 def sandbox_argv(nft_path):
-    """The argv that runs a shell script in a fresh network namespace as an unprivileged user with CAP_NET_ADMIN."""
+    """The argv that runs a shell script in a fresh network namespace without the caller's file access.
+
+    As root: a new network namespace, then nobody with only CAP_NET_ADMIN (no CAP_DAC_OVERRIDE, so root-only files
+    stay unreadable). As the agent's user (CAP_NET_ADMIN, no CAP_SYS_ADMIN): a new user namespace that maps that
+    user to root inside it, and a network namespace it owns; files keep that user's own permissions.
+    """
     unshare = shutil.which("unshare") or shutil.which("unshare", path="/usr/bin:/bin")
     setpriv = shutil.which("setpriv") or shutil.which("setpriv", path="/usr/bin:/bin")
     if not unshare or not setpriv:
         raise ScopeError("unshare and setpriv (util-linux) are needed to check a ruleset before it is loaded: "
                          "install util-linux; nothing was changed")
+    if os.geteuid() != 0:
+        return [unshare, "--user", "--map-root-user", "--net"]
     return [unshare, "--net", setpriv, "--reuid=%d" % SANDBOX_UID, "--regid=%d" % SANDBOX_UID, "--clear-groups",
             "--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin"]
 

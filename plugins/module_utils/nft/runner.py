@@ -73,15 +73,20 @@ class Nft:
         """The JSON transaction ``text`` stands for, judged by ``jsonform`` (NftError when the contract refuses it).
 
         Every text this runner loads or checks goes through here: nft reads it in a scratch namespace, the JSON form
-        is judged object by object, and only that JSON reaches the host's ruleset (``jsonform``).
+        is judged object by object, and only that JSON reaches the host's ruleset (``jsonform``). ``require_table``:
+        the text must leave table inet mseg (not only remove it).
         """
-        key = (text, require_table)
-        if key not in self._judged:
+        if text not in self._judged:
             try:
-                self._judged = {key: jsonform.checked(text, self.path, self.runner, require_table)}
+                objects = jsonform.check(jsonform.parse(text, self.path, self.runner), require_table=False)
             except jsonform.ScopeError as exc:
                 raise NftError(str(exc))
-        return self._judged[key]
+            self._judged = {text: (jsonform.transaction(objects), any(list(o) == ["table"] for o in objects))}
+        document, has_table = self._judged[text]
+        if require_table and not has_table:
+            raise NftError("the ruleset does not define table %s: pass the ruleset rendered by mseg.fleet; nothing "
+                           "was changed" % contract.TABLE)
+        return document
 
     def check(self, text, what="ruleset"):
         document = self.judge(text)
