@@ -5,8 +5,9 @@
 
 A text ruleset is never loaded into the host's ruleset. ``parse`` has nft read it in a scratch network namespace
 (a fresh, empty one, without root's file access, so an ``include`` cannot read a root-only file), beside
-canary tables in every family, and lists the result in the libnftables JSON form. ``check`` judges that form object by object against the wire contract's allowlist (``contract.check_ruleset``: table inet mseg only,
-the contract's names, filter chains, allowed statements, marks and log channels); a text that removed or changed a
+canary tables in every family, and lists the result in the libnftables JSON form. ``check`` judges that form
+object by object against the wire contract's allowlist (``contract.check_ruleset``: table inet mseg only, the
+contract's names, filter chains, allowed statements, marks and log channels); a text that removed or changed a
 canary (``flush ruleset``, ``delete table ...``) is refused too. ``transaction`` builds the JSON document that is
 loaded (``nft -j -f``): add and delete table inet mseg, then add each judged object. Whatever lexer tricks the text
 plays (strings spanning lines, ``include`` inside a block, ``define``), what reaches the kernel is the judged JSON.
