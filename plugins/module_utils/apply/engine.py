@@ -6,15 +6,18 @@
 Plain Python (no Ansible imports): the ``nft_apply`` module wraps it and the per-host agent
 reuses it. Guarantees (DESIGN section 5):
 
-* scope: content that touches anything but table ``inet mseg`` is refused before ``nft`` runs;
-* atomic: ``nft -c -f`` validates, one ``nft -f`` transaction replaces the table;
+* scope: nft reads the content in a scratch namespace, its JSON form is judged object by object against the wire
+  contract's allowlist, and only that JSON is ever loaded (``nft/jsonform.py``): anything but table ``inet mseg``
+  is refused before the host's ruleset is touched;
+* atomic: ``nft -j -c -f`` validates, one ``nft -j -f`` transaction replaces the table;
 * idempotent: the sha256 of the desired transaction and the live table listed without counters
   (``nft -s``) are recorded; a run is unchanged when both still match. The kernel's ruleset
   generation id (netlink ``NFT_MSG_GETGEN``) is recorded too, so an unchanged run on an unchanged
   kernel ruleset does not even need to list the table;
-* persistent: the applied transaction lives in ``<state_dir>/ruleset.nft`` (0600, first line
-  carries its own sha256) and ``mseg-restore.service`` reloads it at boot. A file that fails its
-  checksum or ``nft -c`` is not loaded: a fail-closed table is loaded instead (``templates/mseg-restore.sh``);
+* persistent: the applied transaction lives in ``<state_dir>/ruleset.nft`` and its judged JSON form in
+  ``ruleset.json`` (0600, first line carries its own sha256); ``mseg-restore.service`` loads the JSON form at boot
+  (``nft -j -f``, no text parsed). A file that fails its checksum or ``nft -j -c`` is not loaded: a fail-closed
+  table that keeps the management ports open is loaded instead (``templates/mseg-restore.sh``);
 * serialised: one ``flock`` per state directory;
 * reversible: ``state: previous`` restores the backup of the table the last apply replaced, and only while the live
   table is still the one that apply recorded (never over a newer policy or a hand edit);
@@ -46,7 +49,6 @@ from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.files import FileLock, read_text, sha256_text, unlink, write_atomic
 from ansible_collections.mseg.fleet.plugins.module_utils.nft import runner
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft, count_listing, namespace_identity
-from ansible_collections.mseg.fleet.plugins.module_utils.nft.scope import check_scope
 
 STATES = ("present", "absent", "previous")
 
@@ -102,7 +104,6 @@ class Engine:
         if self.req.state == "present":
             if not self.req.content.strip():
                 raise ApplyError("content is empty: pass the rendered ruleset (state: present needs it)")
-            check_scope(self.req.content)
             self.transaction = build_transaction(self.req.content, self.req.peers)
         elif self.req.state == "absent":
             self.transaction = PREAMBLE
@@ -111,6 +112,8 @@ class Engine:
         if self.nft is None:
             self.nft = Nft()
         self.nft.probe()
+        if self.req.state == "present":
+            self.nft.judge(self.transaction, require_table=True)
 
     def wants_table(self):
         """Whether the transaction leaves a table (present, or a backup that held one)."""
@@ -163,8 +166,8 @@ class Engine:
                              % (self.paths.prev, PREAMBLE.splitlines()[0]))
         body = backup[len(PREAMBLE):]
         if body.strip():
-            check_scope(body)
             self.transaction = build_transaction(body, self.req.peers)
+            self.nft.judge(self.transaction, require_table=True)
         else:
             self.transaction = PREAMBLE
         self.desired_sha = sha256_text(self.transaction)
@@ -245,14 +248,16 @@ class Engine:
     def finish_persist(self):
         if self.persists_table():
             templates = self.req.templates or restore_templates()  # the module gets them from its action plugin
-            return persist(self.paths, self.transaction, self.req.peers, self.nft.path, templates)
+            return persist(self.paths, self.transaction, self.req.peers, self.nft.path, templates,
+                           self.nft.judge(self.transaction))
         return unpersist(self.paths)
 
     def persist_in_sync(self):
         if self.persists_table():
-            return persisted_ok(self.paths, self.transaction) and (
+            return persisted_ok(self.paths, self.transaction, self.nft.judge(self.transaction)) and (
                 not self.paths.unit or (os.path.exists(self.paths.unit) and os.path.lexists(self.paths.wants)))
-        return not any(os.path.lexists(p) for p in (self.paths.ruleset, self.paths.unit, self.paths.wants) if p)
+        return not any(os.path.lexists(p) for p in (self.paths.ruleset, self.paths.ruleset_json, self.paths.unit,
+                                                    self.paths.wants) if p)
 
     def result(self, changed, before, after, counts, drift, msg):
         res = {"changed": changed, "sha256": self.desired_sha if self.wants_table() else None,

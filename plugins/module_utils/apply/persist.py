@@ -32,6 +32,7 @@ class Paths:
     def __init__(self, state_dir=contract.STATE_DIR, unit_dir=contract.UNIT_DIR):
         self.dir = state_dir
         self.ruleset = os.path.join(state_dir, contract.RULESET_FILE)
+        self.ruleset_json = os.path.join(state_dir, contract.RULESET_JSON_FILE)
         self.prev = os.path.join(state_dir, contract.PREVIOUS_FILE)
         self.live = os.path.join(state_dir, contract.LIVE_FILE)
         self.state = os.path.join(state_dir, contract.STATE_FILE)
@@ -75,9 +76,10 @@ def persisted_text(transaction):
     return "%s%s\n%s" % (contract.HASH_HEADER, sha256_text(transaction), transaction)
 
 
-def persisted_ok(paths, transaction):
-    text = read_text(paths.ruleset)
-    return text == persisted_text(transaction)
+def persisted_ok(paths, transaction, document):
+    """Whether both persisted files hold ``transaction`` and its judged JSON form ``document``."""
+    return read_text(paths.ruleset) == persisted_text(transaction) and \
+        read_text(paths.ruleset_json) == persisted_text(document)
 
 
 def load_state(paths):
@@ -96,16 +98,19 @@ def _ssh_ports(peers):
     return ", ".join(str(port) for port in ports)
 
 
-def persist(paths, transaction, peers, nft_path, templates):
+def persist(paths, transaction, peers, nft_path, templates, document):
     """Write the persisted ruleset, the restore script and the enabled boot unit. Returns True if anything changed.
 
-    ``templates`` is what ``restore_templates()`` returns (the module receives it from its action plugin).
+    ``document`` is the judged JSON form of ``transaction`` (``Nft.judge``): the boot restore loads only that
+    (``nft -j -f``), from a root-only file it verifies by its sha256, so no text is parsed at boot. ``templates`` is
+    what ``restore_templates()`` returns (the module receives it from its action plugin).
     """
     changed = False
     wanted = {
         paths.ruleset: persisted_text(transaction),
+        paths.ruleset_json: persisted_text(document),
         paths.script: templates["script"].format(
-            unit=contract.RESTORE_UNIT, ruleset=paths.ruleset, nft=nft_path, header=contract.HASH_HEADER,
+            unit=contract.RESTORE_UNIT, ruleset=paths.ruleset_json, nft=nft_path, header=contract.HASH_HEADER,
             ssh_ports=_ssh_ports(peers), table=contract.TABLE, failsafe=contract.FAILSAFE_MARKER),
     }
     for path, text in wanted.items():
@@ -134,7 +139,7 @@ def persist(paths, transaction, peers, nft_path, templates):
 def unpersist(paths):
     """Remove the persisted ruleset, script and boot unit. Returns True if anything was removed."""
     removed = False
-    for path in (paths.ruleset, paths.script, paths.wants, paths.unit):
+    for path in (paths.ruleset, paths.ruleset_json, paths.script, paths.wants, paths.unit):
         if path and unlink(path):
             removed = True
     if removed and paths.unit and os.path.isdir("/run/systemd/system") and shutil.which("systemctl"):

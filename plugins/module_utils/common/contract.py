@@ -17,9 +17,10 @@ out. The contract also reserves what later features use, so that they cannot col
 
 Marks are shared with every other table on the host (kube-proxy, wg-quick and others use bits of them), so a
 ruleset writes only its own bits and keeps the rest: ``meta mark set meta mark & 0xffff0000 | 0x00000400``, never
-``meta mark set 0x400``. ``check_ruleset`` is the allowlist: it names every chain, set, counter, mark write and log
-channel in a ruleset that the contract does not assign (``tests/unit/common/test_contract.py`` runs it on every
-rendered ruleset, and shows that it rejects what it must).
+``meta mark set 0x400``. ``check_ruleset`` is the allowlist, judged on the JSON form nft itself parsed: it names
+every object, chain, statement, mark write and log channel in a ruleset that the contract does not allow
+(``tests/unit/common/test_contract.py`` runs it on the JSON form of every rendered ruleset, and shows that it
+rejects what it must).
 """
 
 from __future__ import annotations
@@ -161,10 +162,13 @@ NAMES = {
         _ID, _DIR, _DIR, MGMT_COUNTER, BYPASS_MARKER, EMERGENCY_MARKER, FAILSAFE_MARKER)),
 }
 
+_DECLARED = {"chain": "chain", "set": "set", "map": "set", "counter": "counter"}  # maps share the sets' names
+
 # --- files on the host -----------------------------------------------------------------------------------------
 STATE_DIR = "/etc/mseg"
 UNIT_DIR = "/etc/systemd/system"
-RULESET_FILE = "ruleset.nft"          # the persisted ruleset (sha256 header + transaction), loaded at boot
+RULESET_FILE = "ruleset.nft"          # the persisted ruleset as text (sha256 header + transaction), for people
+RULESET_JSON_FILE = "ruleset.json"    # its judged JSON form (sha256 header + document), the one thing loaded at boot
 PREVIOUS_FILE = "ruleset.prev.nft"    # the table that was live before the last apply, as a loadable transaction
 LIVE_FILE = "live.nft"                # the live table as listed right after the last apply (drift detection)
 STATE_FILE = "state.json"             # hashes, generation id and counts recorded by the last apply
@@ -187,72 +191,146 @@ HOST_CLI_DIR = "/usr/sbin"
 AGENT_COMMANDS = ("run", "restore")
 HOST_CLI_COMMANDS = ("status", "mode", "rollback", "trace")
 
-# --- the allowlist: what a ruleset may write -------------------------------------------------------------------
-_DECLARED = {"chain": "chain", "set": "set", "map": "set", "counter": "counter"}  # maps share the sets' names
-_TOKEN_RE = re.compile(r'"[^"]*"|[^\s"]+')
-_MARK_SET_RE = re.compile(r"(?:\b(meta|ct)\s+)?\bmark\s+set\b")
-_NUMBER = r"(0x[0-9a-fA-F]+|[0-9]+)"
-_MASKED_SET_RE = re.compile(r"(?:(meta|ct)\s+)?mark\s+set\s+(?:(meta|ct)\s+)?mark\s+(?:&|and)\s+%s"
-                            r"(?:\s+(?:\||or)\s+%s)?(?=\s|$)" % (_NUMBER, _NUMBER))
-_LOG_OPTIONS = ("prefix", "group", "level", "snaplen", "queue-threshold", "flags")
+# --- the allowlist: what a ruleset may contain ------------------------------------------------------------------
+# Judged on the libnftables JSON form (``nft -j list``) object by object, never on text: what nft itself parsed is
+# what is judged, and only what was judged is loaded (``nft/jsonform.py``). Later features extend these on purpose.
+# Base chains: name -> the hook it may use; every base chain is a filter chain (no nat, no route chains).
+BASE_CHAIN_HOOKS = {"input": "input", "output": "output", FORWARD_CHAIN: "forward", IDENTITY_CHAIN: "prerouting"}
+BASE_CHAIN_TYPES = ("filter",)
+# Statements a rule may hold (JSON keys). Everything else is refused, among them dnat, snat, masquerade, redirect,
+# notrack, queue, dup, fwd, tproxy, synproxy, reject, set/map updates, xt, secmark and ct helpers.
+RULE_STATEMENTS = ("match", "counter", "log", "limit", "accept", "drop", "continue", "return", "jump", "goto",
+                   "vmap", "mangle")
+# Keys each object may carry in the JSON form; ``handle`` is nft's own and dropped before a load.
+OBJECT_KEYS = {
+    "table": ("family", "name", "handle"),
+    "counter": ("family", "table", "name", "handle", "packets", "bytes"),
+    "set": ("family", "table", "name", "handle", "type", "flags", "elem", "policy", "size", "comment"),
+    "map": ("family", "table", "name", "handle", "type", "map", "flags", "elem", "policy", "size", "comment"),
+    "chain": ("family", "table", "name", "handle", "type", "hook", "prio", "policy"),
+    "rule": ("family", "table", "chain", "handle", "expr", "comment"),
+}
+_LOG_KEYS = ("prefix", "group", "level", "snaplen", "queue-threshold", "flags")
+_MARK_SELECTORS = {("meta", "mark"): "meta mark", ("ct", "mark"): "ct mark"}
 
 
-def check_ruleset(text):
-    """What an ``nft -f`` text writes that the contract does not assign, one sentence each (empty when it keeps
-    to the contract): chain, set, map and counter names outside ``NAMES``; a mark written other than in its
-    assigned bits (``ASSIGNED_MARKS``, keeping every other bit); a log statement without a contract prefix, or
-    with an NFLOG group that is not its kind's (``NFLOG_GROUP``)."""
+def check_ruleset(objects):
+    """What a ruleset in the JSON form (``nft -j list`` items, ``[{"chain": {...}}, ...]``) holds that the
+    contract does not allow, one sentence each (empty when it keeps to the contract): any object outside table
+    inet mseg or of a kind the contract does not list, chain, set, map and counter names outside ``NAMES``, base
+    chains other than ``BASE_CHAIN_HOOKS``' filter chains, statements outside ``RULE_STATEMENTS``, a mark written
+    other than in its assigned bits (``ASSIGNED_MARKS``, keeping every other bit), a log statement without a
+    contract prefix or with an NFLOG group that is not its kind's (``NFLOG_GROUP``)."""
     problems = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
+    for item in objects:
+        if not isinstance(item, dict) or len(item) != 1:
+            problems.append("%s is not one nftables object" % _short(item))
             continue
-        tokens = _TOKEN_RE.findall(line)
-        where = "line %d (%s)" % (number, line if len(line) <= 80 else line[:77] + "...")
-        if len(tokens) == 3 and tokens[0] in _DECLARED and tokens[2] == "{":
-            kind = _DECLARED[tokens[0]]
-            if not NAMES[kind].match(tokens[1]):
-                problems.append("%s: %s %s is not a %s name of the contract" % (where, tokens[0], tokens[1], kind))
+        (kind, body), = item.items()
+        if kind == "metainfo":
             continue
-        problems.extend("%s: %s" % (where, p) for p in _mark_problems(" ".join(
-            '""' if t.startswith('"') else t for t in tokens)))
-        problems.extend("%s: %s" % (where, p) for p in _log_problems(tokens))
+        if kind not in OBJECT_KEYS or not isinstance(body, dict):
+            problems.append("a %s is not allowed (a ruleset holds only %s)" % (kind, ", ".join(sorted(OBJECT_KEYS))))
+            continue
+        where = _where(kind, body)
+        if (body.get("family"), body.get("name" if kind == "table" else "table")) != (TABLE_FAMILY, TABLE_NAME):
+            problems.append("%s is outside table %s" % (where, TABLE))
+            continue
+        extra = sorted(set(body) - set(OBJECT_KEYS[kind]))
+        if extra:
+            problems.append("%s carries %s, which the contract does not allow" % (where, ", ".join(extra)))
+        if kind in ("chain", "set", "map", "counter"):
+            named = _DECLARED[kind]
+            if not NAMES[named].match(str(body.get("name", ""))):
+                problems.append("%s is not a %s name of the contract" % (where, named))
+        if kind == "chain" and "hook" in body:
+            if body.get("type") not in BASE_CHAIN_TYPES or BASE_CHAIN_HOOKS.get(body.get("name")) != body["hook"]:
+                problems.append("%s is a %s chain on hook %s; the contract allows only filter chains %s" % (
+                    where, body.get("type"), body["hook"],
+                    ", ".join("%s (hook %s)" % pair for pair in sorted(BASE_CHAIN_HOOKS.items()))))
+        if kind == "rule":
+            problems.extend("%s: %s" % (where, p) for p in _rule_problems(body.get("expr")))
     return problems
 
 
-def _mark_problems(line):
-    found = []
-    for write in _MARK_SET_RE.finditer(line):
-        selector = "%s mark" % (write.group(1) or "meta")
-        masked = _MASKED_SET_RE.match(line, write.start())
-        assigned = ASSIGNED_MARKS[selector]
-        if masked and "%s mark" % (masked.group(2) or "meta") == selector:
-            keep = int(masked.group(3), 0)
-            value = int(masked.group(4) or "0", 0)
-            if keep == MARK_BITS & ~assigned and not value & ~assigned:
-                continue
-        keep = MARK_BITS & ~assigned
-        found.append("writes %s outside the bits the contract assigns it (write it as '%s set %s & 0x%08x | "
-                     "VALUE' with VALUE inside 0x%08x)" % (selector, selector, selector, keep, assigned))
-    return found
+def _short(value, limit=80):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _log_problems(tokens):
+def _where(kind, body):
+    if kind == "rule":
+        return "a rule in chain %s" % body.get("chain")
+    if kind == "table":
+        return "table %s %s" % (body.get("family"), body.get("name"))
+    return "%s %s" % (kind, body.get("name"))
+
+
+def _rule_problems(expr):
+    if not isinstance(expr, list):
+        return ["has no statement list"]
     found = []
-    for index, token in enumerate(tokens):
-        if token != "log":
+    for statement in expr:
+        if not isinstance(statement, dict) or len(statement) != 1:
+            found.append("%s is not one statement" % _short(statement))
             continue
-        options = {}
-        at = index + 1
-        while at + 1 < len(tokens) and tokens[at] in _LOG_OPTIONS:
-            options[tokens[at]] = tokens[at + 1]
-            at += 2
-        prefix = options.get("prefix", "")
-        named = LOG_PREFIX_RE.match(prefix[1:-1] if prefix.startswith('"') else "")
-        if named is None:
-            found.append("logs with prefix %s, not one of the contract's (log_prefix(kind, rule_id))" % (
-                prefix or "(none)"))
-        elif "group" in options and options["group"] != str(NFLOG_GROUP[named.group("kind")]):
-            found.append("logs %s to NFLOG group %s; the contract assigns group %d to %s records" % (
-                prefix, options["group"], NFLOG_GROUP[named.group("kind")], named.group("kind")))
+        (name, value), = statement.items()
+        if name not in RULE_STATEMENTS:
+            found.append("statement %s is not allowed (a rule may hold %s)" % (name, ", ".join(RULE_STATEMENTS)))
+        elif name == "mangle":
+            found.extend(_mark_problems(value))
+        elif name == "log":
+            found.extend(_log_problems(value))
     return found
+
+
+def _mark_selector(expr):
+    """``meta mark`` / ``ct mark`` for a JSON mark expression, else None."""
+    if isinstance(expr, dict) and len(expr) == 1:
+        (family, inner), = expr.items()
+        if isinstance(inner, dict) and set(inner) == {"key"}:
+            return _MARK_SELECTORS.get((family, inner["key"]))
+    return None
+
+
+def _mark_problems(value):
+    """A mark write keeps every bit outside its assigned ones: ``MARK set MARK & KEEP | VALUE`` (nft folds VALUE's
+    bits into KEEP when it lists the rule) with KEEP covering every unassigned bit and VALUE inside the assigned."""
+    value = value if isinstance(value, dict) else {}
+    selector = _mark_selector(value.get("key"))
+    if selector is None:
+        return ["writes %s, which is not a mark the contract assigns" % _short(value.get("key"))]
+    assigned = ASSIGNED_MARKS[selector]
+    written = value.get("value")
+    bits = 0
+    if isinstance(written, dict) and list(written) == ["|"] and isinstance(written["|"], list) \
+            and len(written["|"]) == 2 and isinstance(written["|"][1], int):
+        written, bits = written["|"]
+    keep = None
+    if _mark_selector(written) == selector:  # nft lists "MARK & 0xffffffff | VALUE" as "MARK | VALUE"
+        keep = MARK_BITS
+    elif isinstance(written, dict) and list(written) == ["&"] and isinstance(written["&"], list) \
+            and len(written["&"]) == 2 and _mark_selector(written["&"][0]) == selector \
+            and isinstance(written["&"][1], int):
+        keep = written["&"][1]
+    outside = MARK_BITS & ~assigned
+    if keep is not None and not isinstance(bits, bool) and keep & outside == outside and not bits & ~assigned:
+        return []
+    return ["writes %s outside the bits the contract assigns it (write it as '%s set %s & 0x%08x | VALUE' with "
+            "VALUE inside 0x%08x)" % (selector, selector, selector, MARK_BITS & ~assigned, assigned)]
+
+
+def _log_problems(value):
+    options = value if isinstance(value, dict) else {}
+    extra = sorted(set(options) - set(_LOG_KEYS))
+    if extra:
+        return ["logs with %s, which the contract does not allow" % ", ".join(extra)]
+    prefix = options.get("prefix")
+    named = LOG_PREFIX_RE.match(prefix) if isinstance(prefix, str) else None
+    if named is None:
+        return ['logs with prefix %s, not one of the contract\'s (log_prefix(kind, rule_id))'
+                % ('"%s"' % prefix if isinstance(prefix, str) else "(none)")]
+    if "group" in options and options["group"] != NFLOG_GROUP[named.group("kind")]:
+        return ['logs "%s" to NFLOG group %s; the contract assigns group %d to %s records' % (
+            prefix, options["group"], NFLOG_GROUP[named.group("kind")], named.group("kind"))]
+    return []

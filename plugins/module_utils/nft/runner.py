@@ -4,7 +4,8 @@
 """The one ``nft`` runner: check, load and list table ``inet mseg``, list its counters, read the generation id.
 
 Everything that runs ``nft`` on a host goes through ``Nft`` (the apply engine, the agent, its trace, the counter
-readers); ``runner`` is replaceable, and ``tests/unit/nft/fake.py`` is the fake the unit tests use.
+readers); ``check`` and ``load`` take a text but load only its judged JSON form (``jsonform``). ``runner`` is
+replaceable, and ``tests/unit/nft/fake.py`` is the fake the unit tests use.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import subprocess
 
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
+from ansible_collections.mseg.fleet.plugins.module_utils.nft import jsonform
 
 
 class NftError(MsegError):
@@ -48,6 +50,7 @@ class Nft:
         self.path = path or find_nft()
         self.runner = runner or subprocess.run
         self.prefix = ["ip", "netns", "exec", netns] if netns else []
+        self._judged = {}
 
     def _run(self, args, text=None):
         proc = self.runner(self.prefix + [self.path] + args, input=text, capture_output=True, text=True,
@@ -66,14 +69,35 @@ class Nft:
                                % err.strip().splitlines()[-1])
             raise NftError("nft cannot read the ruleset: %s; nothing was changed" % err.strip())
 
+    def judge(self, text, require_table=False):
+        """The JSON transaction ``text`` stands for, judged by ``jsonform`` (NftError when the contract refuses it).
+
+        Every text this runner loads or checks goes through here: nft reads it in a scratch namespace, the JSON form
+        is judged object by object, and only that JSON reaches the host's ruleset (``jsonform``). ``require_table``:
+        the text must leave table inet mseg (not only remove it).
+        """
+        if text not in self._judged:
+            try:
+                objects = jsonform.check(jsonform.parse(text, self.path, self.runner), require_table=False)
+            except jsonform.ScopeError as exc:
+                raise NftError(str(exc))
+            self._judged = {text: (jsonform.transaction(objects), any(list(o) == ["table"] for o in objects))}
+        document, has_table = self._judged[text]
+        if require_table and not has_table:
+            raise NftError("the ruleset does not define table %s: pass the ruleset rendered by mseg.fleet; nothing "
+                           "was changed" % contract.TABLE)
+        return document
+
     def check(self, text, what="ruleset"):
-        rc, _out, err = self._run(["-c", "-f", "-"], text)
+        document = self.judge(text)
+        rc, _out, err = self._run(["-j", "-c", "-f", "-"], document)
         if rc != 0:
             raise NftError("nft rejected the %s (nft -c -f): %s; nothing was changed"
                            % (what, _clip(err.strip().replace("/dev/stdin", "content"))))
 
     def load(self, text):
-        rc, _out, err = self._run(["-f", "-"], text)
+        document = self.judge(text)
+        rc, _out, err = self._run(["-j", "-f", "-"], document)
         if rc != 0:
             raise NftError("nft failed to load the ruleset (the kernel kept the previous one): %s"
                            % _clip(err.strip().replace("/dev/stdin", "content")))

@@ -95,7 +95,7 @@ def test_the_first_apply_changes_the_table_and_records_it(host):
     assert state["previous_sha256"] == sha256_text(PREAMBLE)
     assert read_text(host.paths.ruleset) == persist.persisted_text(transaction)
     assert os.path.realpath(host.paths.wants) == host.paths.unit
-    assert "-c" in [argv[0] for argv in host.fake.commands()]  # validated before the load
+    assert ["-j", "-c", "-f", "-"] in host.fake.commands()  # validated before the load
 
 
 def test_in_sync_reports_no_change_and_neither_loads_nor_lists(host):

@@ -9,6 +9,7 @@ from ansible_collections.mseg.fleet.plugins.module_utils.apply import persist
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.errors import ApplyError
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract, files
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
+from ansible_collections.mseg.fleet.tests.unit.nft.samples import json_form
 
 
 def test_write_atomic_and_state_dir(tmp_path):
@@ -53,8 +54,11 @@ def test_persisted_file_carries_its_checksum(tmp_path):
     text = persist.persisted_text("table inet mseg {}\n")
     assert text.splitlines()[0] == contract.HASH_HEADER + files.sha256_text("table inet mseg {}\n")
     files.write_atomic(paths.ruleset, text)
-    assert persist.persisted_ok(paths, "table inet mseg {}\n")
-    assert not persist.persisted_ok(paths, "table inet mseg { }\n")
+    assert not persist.persisted_ok(paths, "table inet mseg {}\n", "{}")  # no JSON form: written by an older release
+    files.write_atomic(paths.ruleset_json, persist.persisted_text("{}"))
+    assert persist.persisted_ok(paths, "table inet mseg {}\n", "{}")
+    assert not persist.persisted_ok(paths, "table inet mseg { }\n", "{}")
+    assert not persist.persisted_ok(paths, "table inet mseg {}\n", "{ }")
 
 
 def test_the_fail_closed_table_of_the_boot_restore_keeps_to_the_contract(tmp_path):
@@ -62,9 +66,9 @@ def test_the_fail_closed_table_of_the_boot_restore_keeps_to_the_contract(tmp_pat
     paths = persist.Paths(str(tmp_path / "mseg"), str(tmp_path / "units"))
     persist.prepare_state_dir(paths)
     persist.persist(paths, "table inet mseg {\n}\n", [("192.0.2.10", 2222)], "/usr/sbin/nft",
-                    persist.restore_templates())
+                    persist.restore_templates(), "{}")
     script = open(paths.script).read()
     table = script.split("<<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
     assert "counter %s {" % contract.FAILSAFE_MARKER in table and "tcp dport { 22, 2222 } accept" in table
-    assert contract.check_ruleset(table) == []
+    assert contract.check_ruleset(json_form(table)) == []
     assert "ExecStart=/bin/sh %s\n" % paths.script in open(paths.unit).read()

@@ -16,6 +16,7 @@ from ansible_collections.mseg.fleet.plugins.module_utils.compile.observe import 
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.bypass import bypass_ruleset
 from ansible_collections.mseg.fleet.plugins.module_utils.render.nftables import render_plan
 from ansible_collections.mseg.fleet.plugins.modules.nft_counters import report
+from ansible_collections.mseg.fleet.tests.unit.nft.samples import json_form
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 OUTSIDE = "192.0.2.7"
@@ -199,7 +200,7 @@ def test_the_policy_role_keeps_the_emergency_bypass_by_what_nft_counters_reports
 
 def test_every_rendered_ruleset_keeps_to_the_contract(rulesets):
     for mode, text in rulesets.items():
-        assert contract.check_ruleset(text) == [], mode
+        assert contract.check_ruleset(json_form(text)) == [], mode
         assert declared(text, "chain") and all(contract.NAMES["chain"].match(c) for c in declared(text, "chain"))
         names = declared(text, "set") + declared(text, "map")
         assert names and all(contract.NAMES["set"].match(n) for n in names)
@@ -213,20 +214,32 @@ def test_every_rendered_ruleset_keeps_to_the_contract(rulesets):
     ("meta mark set meta mark & 0xff000000 | 0x00000400", "writes meta mark outside the bits"),
     ("ct mark set 42", "writes ct mark outside the bits"),
     ("ct mark set meta mark", "writes ct mark outside the bits"),
-    ("ct mark set ct mark & 0xffff0000 | 0x00000005", "writes ct mark outside the bits"),
+    ("ct mark set ct mark & 0xfff00000 | 0x00000005", "writes ct mark outside the bits"),
+    ("meta priority set 1", "writes {'meta': {'key': 'priority'}}, which is not a mark the contract assigns"),
     ('log group 5 prefix "[MSEG-DROP] ID=30 "', "to NFLOG group 5; the contract assigns group 2710"),
     ('log prefix "[MSEG-DROP] ID=30 " group 2711', "to NFLOG group 2711; the contract assigns group 2710"),
     ('log prefix "dropped: " drop', 'logs with prefix "dropped: ", not one of the contract\'s'),
     ('log prefix "[MSEG-DROP] ID=70000 "', "not one of the contract's"),
     ("limit rate 10/second log", "logs with prefix (none)"),
+    ("meta l4proto tcp notrack", "statement notrack is not allowed"),
 ])
-def test_the_allowlist_rejects_marks_and_log_channels_the_contract_does_not_assign(rulesets, line, problem):
+def test_the_allowlist_rejects_marks_statements_and_log_channels_outside_the_contract(rulesets, line, problem):
     text = rulesets["enforce"]
     at = text.index("\t\tct state established,related accept\n")
     tampered = text[:at] + "\t\t" + line + "\n" + text[at:]
-    problems = contract.check_ruleset(tampered)
+    problems = contract.check_ruleset(json_form(tampered))
     assert len(problems) == 1 and problem in problems[0], problems
-    assert problems[0].startswith("line %d (%s)" % (text[:at].count("\n") + 1, line[:77]))
+    assert problems[0].startswith("a rule in chain input: ")
+
+
+@pytest.mark.parametrize("chain, problem", [
+    ("chain input {\n type nat hook prerouting priority dstnat;\n dnat ip to 10.0.0.1\n }",
+     "chain input is a nat chain on hook prerouting"),
+    ("chain output {\n type route hook output priority mangle;\n }", "chain output is a route chain on hook output"),
+])
+def test_the_allowlist_rejects_nat_and_route_chains(chain, problem):
+    problems = contract.check_ruleset(json_form("table inet mseg {\n %s\n}\n" % chain))
+    assert any(problem in p for p in problems), problems
 
 
 @pytest.mark.parametrize("line", [
@@ -235,17 +248,34 @@ def test_the_allowlist_rejects_marks_and_log_channels_the_contract_does_not_assi
     "ct mark set ct mark & 0xfffe0000 | 0x0001001e",
     'log prefix "[MSEG-DROP] ID=30 " group 2710 drop',
     'limit rate 10/second burst 20 packets log prefix "[MSEG-AUDIT] ID=0 " log prefix "[MSEG-AUDIT] ID=0 " '
-    'group 2711 comment "log prefix \\"x\\""',
+    'group 2711 comment "log prefix [MSEG-DROP] group 5"',
 ])
 def test_the_allowlist_accepts_what_the_contract_assigns(line):
-    assert contract.check_ruleset("table inet mseg {\n\tchain input {\n\t\t%s\n\t}\n}\n" % line) == []
+    assert contract.check_ruleset(json_form("table inet mseg {\n\tchain input {\n\t\t%s\n\t}\n}\n" % line)) == []
 
 
-def test_the_allowlist_rejects_names_outside_the_contract():
-    text = "table inet mseg {\n\tcounter hits {\n\t}\n\tset peers {\n\t}\n\tchain mine {\n\t}\n}\n"
-    assert [p.split(": ", 1)[1] for p in contract.check_ruleset(text)] == [
-        "counter hits is not a counter name of the contract", "set peers is not a set name of the contract",
-        "chain mine is not a chain name of the contract"]
+def test_the_allowlist_rejects_names_and_tables_outside_the_contract():
+    text = ("table inet mseg {\n\tcounter hits {\n\t}\n\tset peers {\n\t\ttype ipv4_addr\n\t}\n\tchain mine {\n\t}\n}\n"
+            "table ip nat {\n}\n")
+    assert sorted(contract.check_ruleset(json_form(text))) == [
+        "chain mine is not a chain name of the contract", "counter hits is not a counter name of the contract",
+        "set peers is not a set name of the contract", "table ip nat is outside table inet mseg"]
+
+
+def test_the_allowlist_judges_objects_not_text():
+    assert contract.check_ruleset([{"flowtable": {"family": "inet", "table": "mseg", "name": "ft"}}]) == [
+        "a flowtable is not allowed (a ruleset holds only chain, counter, map, rule, set, table)"]
+    assert contract.check_ruleset(["flush ruleset"]) == ["'flush ruleset' is not one nftables object"]
+    for statement in ("queue", "dup", "fwd", "redirect", "dnat", "snat", "masquerade", "tproxy", "synproxy", "notrack",
+                      "reject", "set", "xt"):
+        rule = {"rule": {"family": "inet", "table": "mseg", "chain": "input", "expr": [{statement: {}}]}}
+        assert contract.check_ruleset([rule]) == ["a rule in chain input: statement %s is not allowed (a rule may "
+                                                  "hold %s)" % (statement, ", ".join(contract.RULE_STATEMENTS))]
+    assert contract.check_ruleset([{"rule": {"family": "inet", "table": "mseg", "chain": "input",
+                                             "expr": [{"mangle": {"key": {"meta": {"key": "mark"}},
+                                                                  "value": {"|": [{"&": [{"meta": {"key": "mark"}},
+                                                                                         0xFFFF0400]}, 0x400]}}}]}}]) \
+        == []
 
 
 def test_the_reserved_bits_do_not_overlap():

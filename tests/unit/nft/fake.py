@@ -3,8 +3,12 @@
 ``Nft(path, runner=FakeNft())`` runs every command of the apply engine against it instead of the kernel. Like
 knftables' ``fake.go`` it does not parse nftables, it records. What it models is exactly what the engine relies on:
 
-* ``-c -f -`` validates: accepted, unless ``reject`` holds an error message (nft's own wording, ``/dev/stdin:…``);
-* ``-f -`` loads a transaction that opens with the preamble (``table inet mseg {}`` / ``delete table inet mseg``):
+* the scratch parse of ``nft/jsonform.py`` (``unshare --net setpriv ... sh -c SCRIPT``): its JSON form is the
+  untouched canaries, table inet mseg, and one rule whose comment carries the text (``CARRIER``), so the judged
+  JSON ``-j -f -`` loads stands for exactly that text; ``scratch_items`` replaces the listing (a test of the
+  checked path), ``scratch_error`` makes nft refuse the text;
+* ``-j -c -f -`` validates: accepted, unless ``reject`` holds an error message (nft's own wording, ``/dev/stdin:…``);
+* ``-j -f -`` loads a transaction that opens with the preamble (``table inet mseg {}`` / ``delete table inet mseg``):
   whatever follows the last ``delete table inet mseg`` becomes the table, and nothing the absent table. Any other
   text is refused loudly (the engine never sends one), so a test cannot pass on something the fake does not model;
 * ``-s list table inet mseg`` lists the table: a deterministic function of the loaded text (its lines without
@@ -30,6 +34,7 @@ TABLE = "inet mseg"
 PREAMBLE = "table inet mseg {}\ndelete table inet mseg\n"
 MISSING = "Error: No such file or directory\nlist table inet mseg\n                 ^^^^\n"
 _COUNTER_RE = re.compile(r"^counter (\S+) \{")
+CARRIER = "fake-nft-text"
 
 
 def listing_of(text):
@@ -50,6 +55,8 @@ class FakeNft:
         self.fail_load = None
         self.kernel_error = None
         self.counters = {}
+        self.scratch_items = None
+        self.scratch_error = None
         self.calls = []
         self.loads = []
 
@@ -79,14 +86,18 @@ class FakeNft:
 
     def __call__(self, argv, input=None, capture_output=False, text=False, check=False, **_kwargs):
         self.calls.append((list(argv), input))
+        if argv[0].endswith("/unshare") and "list ruleset" in argv[-1]:
+            return self._scratch(argv, input or "")
         if argv[0] != self.path:
             return self._done(argv, 127, err="fake nft: %s is not modelled\n" % argv[0])
         args = list(argv[1:])
         if self.kernel_error:
             return self._done(argv, 1, err=self.kernel_error)
-        if args == ["-c", "-f", "-"]:
+        if args == ["-j", "-c", "-f", "-"]:
             return self._done(argv, 1, err=self.reject) if self.reject else self._done(argv, 0)
-        if args == ["-f", "-"]:
+        if args == ["-j", "-f", "-"]:
+            return self._load(argv, self._carried(input or ""))
+        if args == ["-f", "-"]:  # a text loaded by another tool (the engine loads only judged JSON)
             return self._load(argv, input or "")
         if args == ["-s", "list", "table"] + TABLE.split():
             return self._done(argv, 0, out=self.table) if self.table else self._done(argv, 1, err=MISSING)
@@ -95,6 +106,30 @@ class FakeNft:
         if args == ["list", "tables"]:
             return self._done(argv, 0, out="table %s\n" % TABLE if self.table else "")
         return self._done(argv, 1, err="fake nft: %r is not modelled\n" % (args,))
+
+    def _scratch(self, argv, text):
+        if self.scratch_error:
+            return self._done(argv, 1, err=self.scratch_error)
+        from ansible_collections.mseg.fleet.plugins.module_utils.nft import jsonform
+        items = self.scratch_items
+        if items is None:
+            canaries = [{kind: {"family": family, "table" if kind == "chain" else "name": jsonform.CANARY_NAME,
+                                **({"name": "keep"} if kind == "chain" else {})}}
+                        for family in jsonform.CANARY_FAMILIES for kind in ("table", "chain")]
+            items = canaries + [{"table": {"family": "inet", "name": "mseg"}},
+                                {"chain": {"family": "inet", "table": "mseg", "name": "input"}},
+                                {"rule": {"family": "inet", "table": "mseg", "chain": "input", "expr": [],
+                                          "comment": CARRIER + "\n" + text}}]
+        return self._done(argv, 0, out=json.dumps({"nftables": items}))
+
+    @staticmethod
+    def _carried(document):
+        """The text a judged JSON transaction stands for (``CARRIER``), or the document itself."""
+        for command in json.loads(document)["nftables"]:
+            rule = command.get("add", {}).get("rule", {})
+            if str(rule.get("comment", "")).startswith(CARRIER + "\n"):
+                return rule["comment"][len(CARRIER) + 1:]
+        return document
 
     def _load(self, argv, text):
         if not text.startswith(PREAMBLE):

@@ -1,4 +1,11 @@
-"""Texts shaped like what the renderer writes, shared by the nft and apply tests."""
+"""Texts shaped like what the renderer writes, shared by the nft and apply tests; their JSON form as nft reads it."""
+
+import os
+
+import pytest
+
+from ansible_collections.mseg.fleet.plugins.module_utils.nft import jsonform
+from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import find_nft
 
 # A rendered ruleset: its own preamble, the management sets, comments that look like statements.
 RULESET = """#!/usr/sbin/nft -f
@@ -20,3 +27,12 @@ table inet mseg {
     }
 }
 """
+
+
+def json_form(text):
+    """The JSON form nft itself makes of ``text`` (the form the allowlist judges), read in a scratch namespace."""
+    if os.geteuid() != 0:
+        pytest.skip("reading a ruleset's JSON form takes a scratch network namespace (root)")
+    return [item for item in jsonform.parse(text, find_nft())
+            if list(item)[0] == "metainfo" or (list(item.values())[0].get("name") != jsonform.CANARY_NAME
+                                               and list(item.values())[0].get("table") != jsonform.CANARY_NAME)]

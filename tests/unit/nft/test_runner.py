@@ -24,7 +24,7 @@ def test_invalid_ruleset_message_names_the_error():
     with pytest.raises(MsegError) as err:
         runner.Nft(PATH, fake).check("x")
     assert str(err.value).startswith("nft rejected the ruleset (nft -c -f): content:7:20-25: Error: syntax error")
-    assert fake.calls == [([PATH, "-c", "-f", "-"], "x")]
+    assert [argv for argv, _input in fake.calls][1:] == [[PATH, "-j", "-c", "-f", "-"]]
     assert fake.table is None
 
 

@@ -1,0 +1,136 @@
+"""The scope guarantee against real nft (issue 15, item 1): texts that nft reads differently from any pre-lexer
+never reach the kernel; only the judged JSON form is loaded.
+
+Each attack ran against the regex pre-lexer that nft/scope.py used to be: it accepted the first two (a quoted
+string spanning lines hid ``flush ruleset``; an ``include`` inside a block) and the apply flushed the ruleset, or
+echoed the first line of a root-only file into the error. Here the engine runs inside a network namespace that
+holds a foreign table, and the test checks that nothing changed and nothing was echoed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from netns import Fleet, available
+
+OK, WHY = available()
+pytestmark = pytest.mark.skipif(not OK, reason=WHY)
+
+DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "apply_driver.py")
+SECRET = "SECRET-mseg-first-line"
+FOREIGN = "table ip docker {\n\tchain keep {\n\t}\n}\n"
+HEAD = "table inet mseg {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n"
+# nft's quoted strings run across newlines, the old pre-lexer's stopped at the end of a line: nft closes the
+# comment on the second line and runs "flush ruleset"; the pre-lexer saw a string there.
+SPANNING = HEAD + ('\t\tcounter comment "spans\n'
+                   '"; }; }; flush ruleset; table inet mseg { chain input { counter comment "\n'
+                   '"\n\t}\n}\n')
+ATTACKS = {
+    "string spanning lines": SPANNING,
+    "include inside a block": HEAD + '\t\tinclude "%(secret)s"\n\t}\n}\n',
+    "flush ruleset": HEAD + "\t}\n}\nflush ruleset\n",
+    "foreign table": HEAD + "\t}\n}\ndelete table ip docker\n",
+    "define": "define fam = ip\n" + HEAD + "\t}\n}\nadd chain $fam docker evil\n",
+    "nat chain": "table inet mseg {\n\tchain input {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
+                 "\t\tdnat ip to 10.0.0.1\n\t}\n}\n",
+}
+
+
+@pytest.fixture(name="secret")
+def fixture_secret(tmp_path):
+    path = tmp_path / "root-only.conf"
+    path.write_text(SECRET + "\n")
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+def apply_in(fleet, tmp_path, content):
+    proc = fleet.run("a", [sys.executable, DRIVER, str(tmp_path / "etc-mseg"), str(tmp_path / "units")],
+                     input=content)
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_an_attack_is_refused_before_anything_reaches_the_kernel(tmp_path, secret, attack):
+    with Fleet(["a"]) as fleet:
+        fleet.run("a", ["nft", "-f", "-"], input=FOREIGN)
+        before = fleet.run("a", ["nft", "list", "ruleset"]).stdout
+        result = apply_in(fleet, tmp_path, ATTACKS[attack] % {"secret": secret})
+        assert result.get("failed"), result
+        assert SECRET not in result["msg"]
+        assert fleet.run("a", ["nft", "list", "ruleset"]).stdout == before
+        assert not os.path.exists(tmp_path / "etc-mseg" / "ruleset.nft")
+
+
+def test_the_attacks_are_real_for_nft_itself(tmp_path, secret):
+    """Loaded as text, the spanning string flushes the foreign table and the include echoes the root-only file:
+    the attack tests above refuse something nft would really have done."""
+    with Fleet(["a"]) as fleet:
+        fleet.run("a", ["nft", "-f", "-"], input=FOREIGN)
+        fleet.run("a", ["nft", "-f", "-"], input=SPANNING)
+        assert "docker" not in fleet.run("a", ["nft", "list", "ruleset"]).stdout
+        loaded = fleet.run("a", ["nft", "-f", "-"], input=ATTACKS["include inside a block"] % {"secret": secret},
+                           check=False)
+        assert SECRET in loaded.stderr
+
+
+def test_a_rendered_ruleset_loads_as_its_judged_json_and_lists_as_its_text(tmp_path):
+    """Writer to reader: a golden ruleset goes through the checked load and the kernel holds what its text says."""
+    golden = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "unit", "fixtures", "golden",
+                          "web-01.nft")
+    with open(golden, encoding="utf-8") as handle:
+        text = handle.read()
+    with Fleet(["a"]) as fleet:
+        fleet.run("a", ["nft", "-f", "-"], input=FOREIGN)
+        result = apply_in(fleet, tmp_path, text)
+        assert result.get("changed"), result
+        judged = fleet.run("a", ["nft", "-s", "list", "ruleset"]).stdout
+        scratch = subprocess.run(["unshare", "--net", "sh", "-c", "nft -f - <<'EOF'\n%sEOF\nnft -f - && "
+                                  "nft -s list ruleset" % FOREIGN], input=text, capture_output=True, text=True,
+                                 check=True).stdout
+        assert judged == scratch
+
+
+# ------------------------------------------------------------------ the boot restore loads only the judged JSON
+
+
+def restore(fleet, tmp_path, host):
+    return fleet.run(host, ["sh", str(tmp_path / "etc-mseg" / "restore.sh")], check=False)
+
+
+def test_boot_restore_loads_the_judged_json_and_fails_closed_on_a_truncated_file(tmp_path):
+    """Issue 15, item 10: a truncated (or otherwise unverifiable) persisted ruleset is not loaded; the fail-closed
+    table is, and it keeps the management port open while everything else is dropped."""
+    content = ATTACKS["flush ruleset"].split("flush ruleset")[0].replace("policy accept", "policy drop")
+    content = content.replace("\t}\n}\n", "\t\tct state established,related accept\n\t\ttcp dport 8080 accept\n\t}\n}\n")
+    with Fleet(["a", "b"]) as fleet:
+        assert apply_in(fleet, tmp_path, content).get("changed")
+        proc = restore(fleet, tmp_path, "b")  # a "reboot": namespace b is fresh
+        assert proc.returncode == 0 and "loaded" in proc.stdout, proc.stderr
+        assert fleet.probe("a", "b", 8080) == "connected" and fleet.probe("a", "b", 22) == "timeout"
+        path = tmp_path / "etc-mseg" / "ruleset.json"
+        text = path.read_text()
+        path.write_text(text[:len(text) // 2])
+        fleet.run("b", ["nft", "delete", "table", "inet", "mseg"])
+        proc = restore(fleet, tmp_path, "b")
+        assert proc.returncode == 1 and "is corrupt" in proc.stderr and "fail-closed" in proc.stderr
+        listed = fleet.run("b", ["nft", "list", "table", "inet", "mseg"]).stdout
+        assert "mode_failsafe" in listed
+        assert fleet.probe("a", "b", 22) == "connected" and fleet.probe("a", "b", 8080, timeout=0.5) == "timeout"
+
+
+def test_a_ruleset_persisted_by_the_previous_release_still_restores(tmp_path):
+    """The previous release persisted ruleset.nft only (the format is unchanged) and no JSON form: the next apply of
+    the same policy repairs the persisted copy without touching the live table, and the boot restore loads it."""
+    with Fleet(["a", "b"]) as fleet:
+        assert apply_in(fleet, tmp_path, ATTACKS["flush ruleset"].split("flush ruleset")[0]).get("changed")
+        os.unlink(tmp_path / "etc-mseg" / "ruleset.json")  # the state an older release left behind
+        result = apply_in(fleet, tmp_path, ATTACKS["flush ruleset"].split("flush ruleset")[0])
+        assert result["changed"] and "persisted copy repaired" in result["msg"], result
+        proc = restore(fleet, tmp_path, "b")
+        assert proc.returncode == 0, proc.stderr
+        assert fleet.run("b", ["nft", "-s", "list", "ruleset"]).stdout == \
+            fleet.run("a", ["nft", "-s", "list", "ruleset"]).stdout
