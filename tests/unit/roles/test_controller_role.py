@@ -54,8 +54,8 @@ def directives(text, context=None):
         name, _sep, value = line.rstrip(";").partition(" ")
         if server is not None and name == "listen":
             server.append(value)
-        if (context is None and depth == 0) or (context is not None and server is not None and depth == 1
-                                                 and any(v.startswith(str(context)) for v in server)):
+        in_server = server is not None and depth == 1 and any(v.startswith(str(context)) for v in server)
+        if (context is None and depth == 0) or (context is not None and in_server):
             found.setdefault(name, []).append(value.strip())
     return found
 
