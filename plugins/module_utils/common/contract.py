@@ -40,6 +40,14 @@ HOOK = {"ingress": "input", "egress": "output"}
 FORWARD_CHAIN = "forward"
 IDENTITY_CHAIN = "identity"
 
+# --- IP protocols ----------------------------------------------------------------------------------------------
+# The IP protocols a policy names by word besides tcp, udp and icmp (``ports: [vrrp]``); any other one is written
+# ``proto/<number>``. Rulesets match them by number (``meta l4proto 112``): minimal hosts have no /etc/protocols.
+IP_PROTOCOLS = {"vrrp": 112, "gre": 47, "esp": 50, "ah": 51}
+# The numbers the policy spells with their own words (tcp/udp with ports, icmp for ICMP and ICMPv6): proto/<n> may
+# not name them, so that one flow has one spelling and trace matches what the ruleset matches.
+WORD_PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
+
 # --- marks -----------------------------------------------------------------------------------------------------
 MARK_BITS = 0xFFFFFFFF
 PACKET_MARK_IDENTITY_MASK = 0x0000FFFF

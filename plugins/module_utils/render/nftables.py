@@ -23,6 +23,7 @@ import heapq
 import weakref
 
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
+from ansible_collections.mseg.fleet.plugins.module_utils.common.ports import IP_PROTOCOL
 from ansible_collections.mseg.fleet.plugins.module_utils.nft import model as nft
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.bypass import bypass_table
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.table import new_table
@@ -92,6 +93,9 @@ def port_matches(ports, version):
         specs = [p for p in ports if p.proto == proto]
         if proto == "icmp":
             matches.append("meta l4proto %d" % _FAMILY[version][3])
+        elif proto == IP_PROTOCOL:
+            items = ["%d" % p.first if p.first == p.last else "%d-%d" % (p.first, p.last) for p in specs]
+            matches.append("meta l4proto %s" % _inline(items))
         elif any(p.first is None for p in specs):
             matches.append("meta l4proto %d" % _L4PROTO[proto])
         else:
