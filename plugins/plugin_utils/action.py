@@ -18,7 +18,7 @@ from ansible.plugins.action import ActionBase
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.common.files import read_text, write_if_changed
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import compile_fleet
-from ansible_collections.mseg.fleet.plugins.plugin_utils.inventory import gather_fleet
+from ansible_collections.mseg.fleet.plugins.plugin_utils.inventory import gather_fleet, gather_system
 
 _COLLECTION = "ansible_collections.mseg.fleet.plugins"
 _FRAGMENT_PREFIX = "mseg.fleet."
@@ -97,13 +97,13 @@ class FleetAction(ActionBase):
         return validation.validated_parameters
 
     def compile_fleet(self, task_vars, policy=None):
-        """Gather the inventory and compile it (the policy defaults to mseg_policy); raise MsegError with every
-        problem found in the inventory and the policy together."""
+        """Gather the inventory, the roles' system flows among it, and compile it (the policy defaults to
+        mseg_policy); raise MsegError with every problem found in the inventory and the policy together."""
         if policy is None:
             policy = task_vars.get("mseg_policy")
         fleet, problems = gather_fleet(task_vars, self._templar)
         try:
-            result = compile_fleet(self._templar.template(policy), fleet)
+            result = compile_fleet(self._templar.template(policy), fleet, gather_system(task_vars, self._templar))
         except MsegError as exc:
             raise MsegError(problems + exc.messages)
         if problems:
