@@ -41,7 +41,9 @@ options:
     description:
       - When set, write C(<inventory_hostname>.nft) for every rendered host and C(plan.json) (the compiled plans)
         into this directory on the controller. Files are written atomically with mode 0600 and only when their
-        content changes.
+        content changes. The directory is created 0700; an existing one must belong to the user running Ansible,
+        be writable by no one else, and sit under no world-writable directory without the sticky bit (so not a
+        name another user could create first in /tmp).
     type: path
   return_rulesets:
     description:
@@ -71,7 +73,7 @@ seealso:
 EXAMPLES = r"""
 - name: Render every host's ruleset into a directory
   mseg.fleet.compile:
-    render_dir: /tmp/mseg-render
+    render_dir: ~/.mseg/render
   run_once: true
   delegate_to: localhost
 

@@ -32,7 +32,9 @@ options:
     choices: [AUDIT, DROP, LOG]
     default: [AUDIT]
   dest:
-    description: Directory on the controller to write C(observe-report.json) and C(observe-report.csv) into.
+    description:
+      - Directory on the controller to write C(observe-report.json) and C(observe-report.csv) into, created 0700.
+        An existing one must belong to the user running Ansible and be writable by no one else (as O(mseg.fleet.compile#module:render_dir)).
     type: path
 extends_documentation_fragment:
   - mseg.fleet.controller_side
@@ -48,7 +50,7 @@ EXAMPLES = r"""
 - name: Summarise the audit lines collected from the hosts
   mseg.fleet.observe_report:
     lines: "{{ audit_lines }}"
-    dest: /var/tmp/mseg-observe
+    dest: ~/.mseg/observe
   run_once: true
 """
 

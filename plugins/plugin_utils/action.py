@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import stat
 
 import yaml
 from ansible.errors import AnsibleActionFail
@@ -18,7 +19,7 @@ from ansible.plugins.action import ActionBase
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.common.files import read_text, write_if_changed
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import compile_fleet
-from ansible_collections.mseg.fleet.plugins.plugin_utils.inventory import gather_fleet
+from ansible_collections.mseg.fleet.plugins.plugin_utils.inventory import gather_fleet, gather_system
 
 _COLLECTION = "ansible_collections.mseg.fleet.plugins"
 _FRAGMENT_PREFIX = "mseg.fleet."
@@ -50,6 +51,31 @@ def argument_spec(options):
         if "options" in doc:
             spec[name]["options"] = argument_spec(doc["options"])
     return spec
+
+
+def private_directory(directory):
+    """Create ``directory`` (0700, parents as needed) or check the one that exists: None when only this user can
+    change what is in it, else the problem in one sentence. Rulesets, plans and reports written into a directory
+    someone else controls can be replaced before anyone reads or applies them: in a shared directory such as /tmp
+    another user can create the directory first, or make it a symbolic link to theirs."""
+    directory = os.path.abspath(directory)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    found = os.lstat(directory)
+    if not stat.S_ISDIR(found.st_mode):
+        return "%s is not a directory (a symbolic link or a file)" % directory
+    if found.st_uid != os.geteuid():
+        return ("%s belongs to uid %d, not to this user (uid %d): in a shared directory another user can create it "
+                "first" % (directory, found.st_uid, os.geteuid()))
+    if found.st_mode & 0o022:
+        return "%s is writable by others (mode %04o); chmod 0700 it" % (directory, stat.S_IMODE(found.st_mode))
+    ancestor = os.path.dirname(directory)
+    while True:
+        mode = os.stat(ancestor).st_mode
+        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+            return ("%s is writable by everyone without the sticky bit: anyone can replace %s" % (ancestor, directory))
+        if ancestor == os.path.dirname(ancestor):
+            return None
+        ancestor = os.path.dirname(ancestor)
 
 
 class FleetAction(ActionBase):
@@ -97,13 +123,13 @@ class FleetAction(ActionBase):
         return validation.validated_parameters
 
     def compile_fleet(self, task_vars, policy=None):
-        """Gather the inventory and compile it (the policy defaults to mseg_policy); raise MsegError with every
-        problem found in the inventory and the policy together."""
+        """Gather the inventory, the roles' system flows among it, and compile it (the policy defaults to
+        mseg_policy); raise MsegError with every problem found in the inventory and the policy together."""
         if policy is None:
             policy = task_vars.get("mseg_policy")
         fleet, problems = gather_fleet(task_vars, self._templar)
         try:
-            result = compile_fleet(self._templar.template(policy), fleet)
+            result = compile_fleet(self._templar.template(policy), fleet, gather_system(task_vars, self._templar))
         except MsegError as exc:
             raise MsegError(problems + exc.messages)
         if problems:
@@ -113,13 +139,17 @@ class FleetAction(ActionBase):
     def write_files(self, directory, texts, option, fix="choose a writable directory"):
         """Write ``texts`` (file name -> text) into ``directory`` (created 0700), each file atomically, 0600, and
         only when its content changes; in check mode only tell whether one would change. Returns (changed, paths
-        written or kept); a directory that cannot be written fails the task naming ``option`` and ``fix``."""
+        written or kept); a directory that cannot be written, or that someone else could change
+        (``private_directory``), fails the task naming ``option`` and ``fix``."""
         paths = [(os.path.join(directory, name), texts[name]) for name in sorted(texts)]
         if self._task.check_mode:
             return any(read_text(path) != text for path, text in paths), []
         changed = False
         try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
+            problem = private_directory(directory)
+            if problem:
+                raise AnsibleActionFail("mseg.fleet.%s: refusing %s %s: %s; %s (e.g. a directory under your home)"
+                                        % (self.NAME, option, directory, problem, fix))
             for path, text in paths:
                 changed = write_if_changed(path, text) or changed
         except (IOError, OSError) as exc:

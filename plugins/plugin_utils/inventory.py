@@ -10,9 +10,15 @@ inventory objects; every other variable is read from ``hostvars`` with Ansible's
 
 from __future__ import annotations
 
+import os
+
+import yaml
 from ansible.inventory.helpers import sort_groups
 from ansible.vars.plugins import get_vars_from_inventory_sources, get_vars_from_path
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import merge_tags
+from ansible_collections.mseg.fleet.plugins.module_utils.compile.system import DECLARED, role_settings
+
+_ROLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "roles")
 
 HOST_VARIABLES = {
     "addresses": "mseg_addresses",
@@ -81,3 +87,30 @@ def gather_fleet(task_vars, templar):
         raw["tags"] = tags
         fleet[name] = raw
     return fleet, problems
+
+
+def _role_defaults(role):
+    with open(os.path.join(_ROLES, role, "defaults", "main.yml"), encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def gather_system(task_vars, templar):
+    """What the inventory says of each role that declares system flows (compile/system.py): its hosts (members of
+    the role's group) and its settings, read from the first of them with the role's defaults underneath, so that
+    the port a system rule opens is the port the role configures."""
+    hostvars = task_vars["hostvars"]
+    groups = task_vars.get("groups", {})
+    system = {}
+    for role, (group, _variables, _flows) in sorted(DECLARED.items()):
+        members = sorted(groups.get(group) or ())
+        if not members:
+            continue
+        defaults = _role_defaults(role)
+        variables = hostvars[members[0]]
+
+        def lookup(name, variables=variables, defaults=defaults):
+            value = variables.get(name, defaults.get(name))
+            return templar.template(value) if isinstance(value, (str, list)) else value
+
+        system[role] = {"hosts": members, "settings": role_settings(role, lookup)}
+    return system

@@ -41,6 +41,39 @@ HOOK = {"ingress": "input", "egress": "output"}
 FORWARD_CHAIN = "forward"
 IDENTITY_CHAIN = "identity"
 
+# --- IP protocols ----------------------------------------------------------------------------------------------
+# The IP protocols a policy names by word besides tcp, udp and icmp (``ports: [vrrp]``); any other one is written
+# ``proto/<number>``. Rulesets match them by number (``meta l4proto 112``): minimal hosts have no /etc/protocols.
+IP_PROTOCOLS = {"vrrp": 112, "gre": 47, "esp": 50, "ah": 51}
+# The numbers the policy spells with their own words (tcp/udp with ports, icmp for ICMP and ICMPv6): proto/<n> may
+# not name them, so that one flow has one spelling and trace matches what the ruleset matches.
+WORD_PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
+
+# --- system rules ----------------------------------------------------------------------------------------------
+# The product's own flows, declared by the roles that need them (compile/system.py), named ``<role>.<flow>``: trace
+# says "allowed by system rule controller.vrrp", the ruleset counts each into ``sys_<role>_<flow>_<in|out>``.
+SYSTEM_RULES = ("controller.vrrp", "controller.agents", "controller.operators")
+# The inventory group whose hosts are the controller replicas (the controller role's default cluster).
+CONTROLLER_GROUP = "controllers"
+_SYSTEM = "(?:%s)" % "|".join(name.replace(".", "_") for name in SYSTEM_RULES)
+
+
+def system_counter(name, direction):
+    """``sys_controller_vrrp_in``: the packets system rule ``controller.vrrp`` accepted on ``direction``."""
+    if name not in SYSTEM_RULES:
+        raise ValueError("unknown system rule %r" % (name,))
+    return "sys_%s_%s" % (name.replace(".", "_"), SUFFIX[direction])
+
+
+def system_set(name, direction, version):
+    return "%s_v%d" % (system_counter(name, direction), version)
+
+
+def system_comment(name):
+    """The comment a system rule's nft rules carry: ``SYS=controller.vrrp``."""
+    return "SYS=%s" % name
+
+
 # --- marks -----------------------------------------------------------------------------------------------------
 MARK_BITS = 0xFFFFFFFF
 PACKET_MARK_IDENTITY_MASK = 0x0000FFFF
@@ -156,10 +189,10 @@ def allow_chain(rule_id, direction):
 _DIR = "(?:in|out)"
 NAMES = {
     "chain": re.compile(r"^(?:input|output|%s|%s|(?:deny|allow)_%s_%s)$" % (FORWARD_CHAIN, IDENTITY_CHAIN, _ID, _DIR)),
-    "set": re.compile(r"^(?:mgmt_auto_v[46]|mgmt_[0-9]+_v[46]|r%s_%s_v[46]|allow_%s_%s_v[46])$"
-                      % (_ID, _DIR, _ID, _DIR)),
-    "counter": re.compile(r"^(?:rule_%s_%s|(?:default|invalid)_%s|%s|%s|%s|%s)$" % (
-        _ID, _DIR, _DIR, MGMT_COUNTER, BYPASS_MARKER, EMERGENCY_MARKER, FAILSAFE_MARKER)),
+    "set": re.compile(r"^(?:mgmt_auto_v[46]|mgmt_[0-9]+_v[46]|r%s_%s_v[46]|allow_%s_%s_v[46]|sys_%s_%s_v[46])$"
+                      % (_ID, _DIR, _ID, _DIR, _SYSTEM, _DIR)),
+    "counter": re.compile(r"^(?:rule_%s_%s|(?:default|invalid)_%s|sys_%s_%s|%s|%s|%s|%s)$" % (
+        _ID, _DIR, _DIR, _SYSTEM, _DIR, MGMT_COUNTER, BYPASS_MARKER, EMERGENCY_MARKER, FAILSAFE_MARKER)),
 }
 
 _DECLARED = {"chain": "chain", "set": "set", "map": "set", "counter": "counter"}  # maps share the sets' names

@@ -17,6 +17,7 @@ from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import Ms
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.policy import (
     _describe, _parse_cidrs, _parse_ports, _unknown_keys, parse_network, parse_policy, tag_pairs,
 )
+from ansible_collections.mseg.fleet.plugins.module_utils.compile.system import parse_system
 
 try:
     import netaddr
@@ -110,9 +111,10 @@ class PlanRule(namedtuple("PlanRule", "rule action peers local ports")):
         return any(spec.matches(proto, port) for spec in self.ports)
 
 
-class HostPlan(namedtuple("HostPlan", "host policy mode management ingress egress")):
-    """Everything a host enforces, whatever the backend: its addresses, its mode, its management entries, its rules
-    per direction (each a PlanRule: id, action, peers, local, ports) and the default of each direction.
+class HostPlan(namedtuple("HostPlan", "host policy mode management ingress egress system")):
+    """Everything a host enforces, whatever the backend: its addresses, its mode, its management entries, its
+    system rules and its policy rules per direction (each a PlanRule: rule, action, peers, local, ports; a system
+    rule's ``rule`` is a SystemRule) and the default of each direction.
 
     It holds data only (addresses as ``netaddr`` networks, ports as PortSpec): each backend's renderer
     (``module_utils/render/``) writes it in its own syntax, and trace evaluates it.
@@ -135,6 +137,10 @@ class HostPlan(namedtuple("HostPlan", "host policy mode management ingress egres
 
     def rules(self, direction):
         return self.ingress if direction == "ingress" else self.egress
+
+    def system_rules(self, direction):
+        """The system rules of ``direction`` (compile/system.py), evaluated before the policy's rules."""
+        return self.system[direction] if self.system else ()
 
 
 def merge_tags(group_layers, host_layer, where):
@@ -354,11 +360,12 @@ def _selector_text(selector):
 class FleetPlan(object):
     """The result of compiling a policy for a fleet: a HostPlan per host, and the warnings."""
 
-    def __init__(self, policy, hosts, plans, warnings):
+    def __init__(self, policy, hosts, plans, warnings, system=()):
         self.policy = policy
         self.hosts = hosts
         self.plans = plans
         self.warnings = warnings
+        self.system = system
 
     def to_data(self, names=None):
         """A JSON-ready description of the plans; address sets are listed once and referred to by key."""
@@ -370,6 +377,10 @@ class FleetPlan(object):
                 return None
             sets.setdefault(address_set.key, address_set.to_data())
             return address_set.key
+
+        def system_data(item):
+            return {"system_rule": item.rule.name, "peers": ref(item.peers),
+                    "ports": [str(p) for p in item.ports]}
 
         def rule_data(item):
             return {
@@ -392,6 +403,7 @@ class FleetPlan(object):
                 "management": [{"cidr": e.networks.to_data(),
                                 "ports": None if e.ports is None else [str(p) for p in e.ports]}
                                for e in plan.management],
+                "system": {d: [system_data(r) for r in plan.system_rules(d)] for d in ("ingress", "egress")},
                 "ingress": [rule_data(r) for r in plan.ingress],
                 "egress": [rule_data(r) for r in plan.egress],
             }
@@ -401,14 +413,16 @@ class FleetPlan(object):
                 "defaults": self.policy.defaults,
                 "rules": [r.to_data() for r in self.policy.rules],
             },
+            "system_rules": [rule.to_data() for rule in self.system],
             "address_sets": dict(sorted(sets.items())),
             "hosts": hosts,
             "warnings": list(self.warnings),
         }
 
 
-def compile_fleet(policy_document, raw_hosts):
-    """Validate the policy and the hosts, then compile a plan for every host. Raises MsegError with every problem."""
+def compile_fleet(policy_document, raw_hosts, raw_system=None):
+    """Validate the policy, the hosts and the roles' system flows (``raw_system``, see compile/system.py), then
+    compile a plan for every host. Raises MsegError with every problem."""
     problems = []
     policy = None
     try:
@@ -417,10 +431,21 @@ def compile_fleet(policy_document, raw_hosts):
         problems.extend(exc.messages)
     hosts, host_problems = parse_hosts(raw_hosts)
     problems.extend(host_problems)
+    system = ()
+    warnings = []
+    if not host_problems:
+        system, system_problems, warnings = parse_system(raw_system, hosts, AddressSet)
+        problems.extend(system_problems)
     if problems:
         raise MsegError(problems)
     index = FleetIndex(hosts)
-    warnings = []
+    system_in = {name: [] for name in hosts}
+    system_out = {name: [] for name in hosts}
+    for rule in system:
+        for name in rule.receivers:
+            system_in[name].append(PlanRule(rule, "allow", rule.sources, None, rule.ports))
+        for name in rule.senders:
+            system_out[name].append(PlanRule(rule, "allow", rule.destinations, None, rule.ports))
     ingress = {name: [] for name in hosts}
     egress = {name: [] for name in hosts}
     for rule in policy.rules:
@@ -438,8 +463,9 @@ def compile_fleet(policy_document, raw_hosts):
             host, policy, host.mode, host.management,
             tuple(sorted(ingress[name], key=_plan_order)),
             tuple(sorted(egress[name], key=_plan_order)),
+            {"ingress": tuple(system_in[name]), "egress": tuple(system_out[name])},
         )
-    return FleetPlan(policy, hosts, plans, warnings)
+    return FleetPlan(policy, hosts, plans, warnings, tuple(system))
 
 
 def _attach(per_host, rule, peers, side, direction):

@@ -3,8 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Answer "would S reach D on tcp/5432, and which rule decides?" from the compiled plans, touching no host.
 
-The evaluation walks the same ``HostPlan`` the renderer turns into nftables, in the same order (management, log,
-deny, allow, default), so trace and the rendered rulesets cannot disagree; the integration tests prove it with
+The evaluation walks the same ``HostPlan`` the renderer turns into nftables, in the same order (management, system
+rules, log, deny, allow, default), so trace and the rendered rulesets cannot disagree; the integration tests prove it with
 packets.
 """
 
@@ -29,8 +29,8 @@ class Endpoint(namedtuple("Endpoint", "label host addresses")):
 
 
 class Verdict(namedtuple("Verdict", "accepted rule_id rule_name reason audited logged")):
-    """One direction's decision: ``reason`` is management, rule, default or bypass; ``audited`` is True when
-    observe mode turned a drop into an accept."""
+    """One direction's decision: ``reason`` is management, system (``rule_name`` is the system rule's name), rule,
+    default or bypass; ``audited`` is True when observe mode turned a drop into an accept."""
 
     __slots__ = ()
 
@@ -38,6 +38,8 @@ class Verdict(namedtuple("Verdict", "accepted rule_id rule_name reason audited l
     def decider(self):
         if self.reason == "rule":
             return "rule %d%s" % (self.rule_id, " (%s)" % self.rule_name if self.rule_name else "")
+        if self.reason == "system":
+            return "system rule %s" % self.rule_name
         if self.reason == "default":
             return "default"
         return self.reason
@@ -82,6 +84,9 @@ def evaluate(plan, direction, peer, local, proto, port):
         for entry in plan.management:
             if peer in entry.networks and (entry.ports is None or any(p.matches(proto, port) for p in entry.ports)):
                 return Verdict(True, None, None, "management", False, ())
+    for item in plan.system_rules(direction):
+        if item.matches(peer, local, proto, port):
+            return Verdict(True, None, item.rule.name, "system", False, ())
     logged = []
     observe = plan.mode == "observe"
     for item in plan.rules(direction):
@@ -184,7 +189,8 @@ def parse_trace_port(text):
     if spec is None:
         raise MsegError("mseg_trace_port: %r %s" % (text, reason))
     if not spec.single:
-        raise MsegError("mseg_trace_port: %r must name one port, e.g. tcp/5432 or udp/53 (or icmp)" % (text,))
+        raise MsegError("mseg_trace_port: %r must name one port, e.g. tcp/5432 or udp/53 (or icmp, or an IP "
+                        "protocol such as vrrp)" % (text,))
     return spec
 
 
@@ -232,7 +238,8 @@ def format_table(results, fleet):
 
 
 def _cell(item):
-    """A matrix cell: +ID allowed by a rule, +def by the default, +mgt by management, xID / x denied,
+    """A matrix cell: +ID allowed by a rule, +def by the default, +mgt by management, +sys by a system rule, xID / x
+    denied,
     ~ID / ~ allowed only because the deciding side observes (enforce would drop)."""
     side = None
     if item.decided_at is not None:
@@ -243,6 +250,8 @@ def _cell(item):
         return "+byp"
     if side.reason == "management":
         return "+mgt"
+    if side.reason == "system":
+        return "+sys"
     suffix = "%d" % side.rule_id if side.reason == "rule" else ("def" if item.allowed and not side.audited else "")
     if side.audited:
         return "~" + suffix

@@ -7,9 +7,11 @@ Runs on the controller only (it needs netaddr, which managed hosts lack); the pl
 (``compile/fleet.py``), and every name it writes comes from the wire contract (``common/contract.py``).
 
 Chain ``input`` (and its mirror ``output``) evaluates, in order: conntrack established/related accept, invalid
-drop, loopback accept, ICMPv6 neighbour discovery accept, management accept (input only), ``log`` rules, ``deny``
-rules, ``allow`` rules, then the direction's default. Every policy rule counts into its named counter
-``rule_<id>_<in|out>`` and carries the comment ``ID=<id>``.
+drop, loopback accept, ICMPv6 neighbour discovery accept, management accept (input only), system rules accept,
+``log`` rules, ``deny`` rules, ``allow`` rules, then the direction's default. Every policy rule counts into its
+named counter ``rule_<id>_<in|out>`` and carries the comment ``ID=<id>``; every system rule (the product's own
+flows, compile/system.py) counts into ``sys_<role>_<flow>_<in|out>`` and carries ``SYS=<role>.<flow>``, right after
+management, so an operator reading the chain sees them together and apart from the policy.
 
 Logging is rate-limited, and since ``limit`` is a match that stops its rule when exceeded, a log never shares a rule
 with a verdict: a matching deny rule jumps to a chain ``deny_<id>_<dir>`` holding a rate-limited log rule followed by
@@ -23,6 +25,7 @@ import heapq
 import weakref
 
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
+from ansible_collections.mseg.fleet.plugins.module_utils.common.ports import IP_PROTOCOL
 from ansible_collections.mseg.fleet.plugins.module_utils.nft import model as nft
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.bypass import bypass_table
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.table import new_table
@@ -92,6 +95,9 @@ def port_matches(ports, version):
         specs = [p for p in ports if p.proto == proto]
         if proto == "icmp":
             matches.append("meta l4proto %d" % _FAMILY[version][3])
+        elif proto == IP_PROTOCOL:
+            items = ["%d" % p.first if p.first == p.last else "%d-%d" % (p.first, p.last) for p in specs]
+            matches.append("meta l4proto %s" % _inline(items))
         elif any(p.first is None for p in specs):
             matches.append("meta l4proto %d" % _L4PROTO[proto])
         else:
@@ -124,6 +130,8 @@ def _direction(table, plan, direction):
     chain.add("icmpv6 type { %s } accept" % ND_TYPES)
     if direction == "ingress":
         _management(table, chain, plan)
+    for item in plan.system_rules(direction):
+        _system_rule(table, chain, item, direction, peer_field)
     for run in _allow_runs(plan.rules(direction)):
         if len(run) > 1:
             _allow_map(table, chain, run, direction, peer_field)
@@ -154,6 +162,21 @@ def _management(table, chain, plan):
                                                          entry.networks, version))
             for l4 in port_matches(entry.ports, version):
                 chain.add(" ".join(p for p in (l4, peer, counted) if p), "management")
+
+
+def _system_rule(table, chain, item, direction, peer_field):
+    """A system rule: exactly its declared peers and ports, accepted and counted in every mode but bypass."""
+    name = item.rule.name
+    counter = contract.system_counter(name, direction)
+    table.counter(counter)
+    counted = "counter name %s accept" % nft.quote(counter)
+    for version in (4, 6):
+        if not item.peers.family(version):
+            continue
+        peer = "%s %s %s" % (_FAMILY[version][0], peer_field,
+                             _set_elements(table, contract.system_set(name, direction, version), item.peers, version))
+        for l4 in port_matches(item.ports, version):
+            chain.add(" ".join(p for p in (l4, peer, counted) if p), contract.system_comment(name))
 
 
 def _plan_rule(table, chain, item, direction, peer_field, local_field, observe):

@@ -55,7 +55,8 @@ def test_bad_arguments_are_all_reported(fleet):
     with pytest.raises(MsegError) as raised:
         trace(fleet, "role=nobody", "ghost-01", "tcp/1-9")
     assert raised.value.messages == [
-        "mseg_trace_port: 'tcp/1-9' must name one port, e.g. tcp/5432 or udp/53 (or icmp)",
+        "mseg_trace_port: 'tcp/1-9' must name one port, e.g. tcp/5432 or udp/53 (or icmp, or an IP protocol such as "
+        "vrrp)",
         "mseg_trace_src: no host carries the tags role=nobody",
         "mseg_trace_dst: 'ghost-01' is neither a host, a group, a tag expression (key=value) nor an IP address",
     ]
