@@ -184,8 +184,8 @@ def test_a_vip_the_certificate_does_not_name_is_refused_before_anything_changes(
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     run = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env)
     assert run.returncode != 0
-    assert "does not name controller_vip 10.213.241.99" in run.stdout and "Run mseg.fleet.pki" in run.stdout, \
-        run.stdout[-3000:]
+    output = run.stdout + run.stderr  # the failure message goes to stderr with the default callback
+    assert "does not name controller_vip 10.213.241.99" in output and "Run mseg.fleet.pki" in output, output[-3000:]
     assert "Traceback" not in run.stdout + run.stderr
     assert _host("ctl-01").check_output("md5sum /etc/keepalived/keepalived.conf") == before
 
