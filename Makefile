@@ -57,6 +57,12 @@ demo: setup ## boot the lab fleet, prepare the kernels, roll the policy out, and
 	@timeout --kill-after=30 1200 ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/demo.yml
 	@echo ">>> The lab fleet is still up: ssh in with the key in $(MSEG_LAB_STATE_DIR)/$(LAB_NAME)/, remove it with make lab-down"
 
+.PHONY: demo-agents
+demo-agents: setup ## pull mode on the lab: PKI, controllers (VIP), publish, agents; time a change until every agent has it
+	@$(MAKE) --no-print-directory lab-up
+	@timeout --kill-after=30 1200 ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/demo_agents.yml
+	@echo ">>> The lab fleet is still up (agents pulling from the VIP 10.213.0.100): remove it with make lab-down"
+
 .PHONY: demo-render
 demo-render: setup ## render the example inventory (no hosts needed): ruleset summaries and trace matrices
 	@ansible-playbook -i inventories/example playbooks/demo.yml

@@ -164,14 +164,30 @@ def test_certificate_from_another_ca_is_refused(host):
 
 
 def test_revoked_certificate_is_refused():
+    """converge revoked agent-02 in a run limited to agent-02 (mseg_hosts): the CRL reached both controllers."""
     revoked = _host(REVOKED)
-    reply = _get(revoked, "https://ctl-01:8443/v1/bundle")
-    assert reply.status == 400 and "payload" not in reply.body
+    for controller in ("ctl-01", "ctl-02"):
+        reply = _get(revoked, "https://%s:8443/v1/bundle" % controller)
+        assert reply.status == 400 and "payload" not in reply.body, controller
     # The CRL is what refused it: the certificate itself is still within its validity.
     assert revoked.run("openssl x509 -checkend 3600 -noout -in %s/agent.crt", TLS).rc == 0
     time.sleep(1.5)  # the access log is flushed every second
     log = _host("ctl-01").check_output("cat /var/log/mseg-controller/agents.access.log")
     assert re.search(r'"CN=agent-02" FAILED:certificate revoked', log), log[-2000:]
+
+
+def test_a_vip_the_certificate_does_not_name_is_refused_before_anything_changes():
+    """pki put the VIP (10.213.241.100) into the controller certificates; another VIP would make every agent fail
+    its first controller with an IP address mismatch, so the role stops first and names the fix."""
+    before = _host("ctl-01").check_output("md5sum /etc/keepalived/keepalived.conf")
+    command = ["ansible-playbook", "-i", INVENTORY, "mseg.fleet.controller", "-e", "controller_vip=10.213.241.99"]
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env)
+    assert run.returncode != 0
+    output = run.stdout + run.stderr  # the failure message goes to stderr with the default callback
+    assert "does not name controller_vip 10.213.241.99" in output and "Run mseg.fleet.pki" in output, output[-3000:]
+    assert "Traceback" not in run.stdout + run.stderr
+    assert _host("ctl-01").check_output("md5sum /etc/keepalived/keepalived.conf") == before
 
 
 @pytest.mark.parametrize("port", [8443, 443])

@@ -154,8 +154,8 @@ def test_key_files_and_directories(host):
         pub_key = host.check_output("openssl pkey -in %s/%s.key -pubout", TLS, profile)
         pub_cert = host.check_output("openssl x509 -in %s/%s.crt -noout -pubkey", TLS, profile)
         assert pub_key == pub_cert
-    # The CRL is where it is enforced, on the controller, and nowhere else.
-    assert host.file("%s/crl.pem" % TLS).exists == (name == CONTROLLER)
+    # The CRL is on every host: the controller checks agents with it, agents check the controller.
+    assert host.file("%s/crl.pem" % TLS).exists
 
 
 def test_certificate_names_and_usages(host):

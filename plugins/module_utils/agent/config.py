@@ -62,7 +62,7 @@ class Config:
 
     REQUIRED = ("host", "controllers", "public_key", "tls_cert", "tls_key", "tls_ca")
     DEFAULTS = {"interval": 2.0, "jitter": 0.2, "timeout": 3.0, "state_dir": DEFAULT_STATE_DIR,
-                "log_file": DEFAULT_LOG_FILE, "management_peers": [], "droplog": "journal"}
+                "log_file": DEFAULT_LOG_FILE, "management_peers": [], "droplog": "journal", "tls_crl": ""}
 
     def __init__(self, data, where="the agent configuration", credentials=None):
         problems = []
@@ -103,10 +103,12 @@ class Config:
         if values["droplog"] not in DROPLOG_SOURCES:
             problems.append("droplog must be one of %s, got %r" % (", ".join(DROPLOG_SOURCES), values["droplog"]))
         self.droplog = values["droplog"]
+        if not isinstance(values["tls_crl"], str):
+            problems.append("tls_crl must be a path or empty, got %r" % (values["tls_crl"],))
         self.state_dir = values["state_dir"]
         self.log_file = values["log_file"]
         self.credentials = credentials
-        self.files = {key: values.get(key) for key in ("public_key", "tls_cert", "tls_key", "tls_ca")}
+        self.files = {key: values.get(key) for key in ("public_key", "tls_cert", "tls_key", "tls_ca", "tls_crl")}
         if problems:
             raise AgentError("%s: %s; fix it (the mseg.fleet.agent role writes it from agent_* variables)"
                              % (where, "; ".join(problems)))

@@ -13,11 +13,16 @@ from ansible_collections.mseg.fleet.plugins.module_utils.agent.pin import requir
 
 
 def tls_context(config):
-    """Client context: TLS 1.3 only, the fleet CA only, our certificate for mutual TLS."""
+    """Client context: TLS 1.3 only, the fleet CA only, our certificate for mutual TLS. With ``tls_crl`` (the pki
+    role's CRL) a revoked controller is refused like a foreign one, so a compromised replica that was revoked
+    serves no agent."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     try:
         context.load_verify_locations(cafile=config.file("tls_ca"))
+        if config.files["tls_crl"]:
+            context.load_verify_locations(cafile=config.file("tls_crl"))
+            context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
         context.load_cert_chain(config.file("tls_cert"), config.file("tls_key"))
     except (OSError, ssl.SSLError) as exc:
         raise AgentError("cannot load the agent's TLS files (%s): run the mseg.fleet.pki role with the agent "
