@@ -11,6 +11,7 @@ import os
 from urllib.parse import urlsplit
 
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.errors import AgentError
+from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 
 DEFAULT_CONFIG = "/etc/mseg/agent.json"
 DEFAULT_STATE_DIR = "/var/lib/mseg-agent"
@@ -62,7 +63,8 @@ class Config:
 
     REQUIRED = ("host", "controllers", "public_key", "tls_cert", "tls_key", "tls_ca")
     DEFAULTS = {"interval": 2.0, "jitter": 0.2, "timeout": 3.0, "state_dir": DEFAULT_STATE_DIR,
-                "log_file": DEFAULT_LOG_FILE, "management_peers": [], "droplog": "journal"}
+                "log_file": DEFAULT_LOG_FILE, "management_peers": [], "droplog": "journal",
+                "fleet": contract.DEFAULT_FLEET}
 
     def __init__(self, data, where="the agent configuration", credentials=None):
         problems = []
@@ -103,6 +105,9 @@ class Config:
         if values["droplog"] not in DROPLOG_SOURCES:
             problems.append("droplog must be one of %s, got %r" % (", ".join(DROPLOG_SOURCES), values["droplog"]))
         self.droplog = values["droplog"]
+        if not isinstance(values["fleet"], str) or not contract.FLEET_RE.match(values["fleet"]):
+            problems.append("fleet must be a fleet name (lower-case letters, digits, '-'), got %r" % (values["fleet"],))
+        self.fleet = values["fleet"]
         self.state_dir = values["state_dir"]
         self.log_file = values["log_file"]
         self.credentials = credentials
