@@ -385,7 +385,15 @@ def verify(envelope_bytes, public_key_pem_bytes, host, last_serial, now, max_ske
     kid = outer["key_id"]
     endorsement = None
     public_key = trusted.get(kid) if isinstance(kid, str) else None
-    if public_key is None and "endorsement" in outer:
+    if public_key is not None and "endorsement" in outer:
+        # a reader that trusts both keys (the overlap) still learns when the endorser retires
+        try:
+            endorsement = _endorsed_key(outer["endorsement"], trusted, fleet, current)[1]
+        except BundleError:
+            endorsement = None  # the key is trusted on its own; an endorser it no longer knows does not matter
+        if endorsement is not None and endorsement.key_id != kid:
+            endorsement = None
+    elif public_key is None and "endorsement" in outer:
         public_key, endorsement = _endorsed_key(outer["endorsement"], trusted, fleet, current)
         if endorsement.key_id != kid:
             raise BundleError("the bundle is signed by key %r, but its endorsement vouches for %s (signature "

@@ -110,6 +110,9 @@ def test_old_key_endorses_new_key_with_an_overlap():
     assert item.key_id == bundle.key_id(new[1])
     assert item.endorsement == bundle.Endorsement(bundle.key_id(old[1]), bundle.key_id(new[1]),
                                                   bundle.parse_time("2026-12-01T10:00:00Z"))
+    # a reader that trusts both keys (the overlap) learns the same; one that trusts only the new key ignores it
+    assert bundle.verify(env, old[1] + new[1], "web-01", None, NOW).endorsement == item.endorsement
+    assert bundle.verify(env, new[1], "web-01", None, NOW).endorsement is None
     retired = {item.endorsement.endorser: item.endorsement.endorser_until}
     old_env = _raw_envelope(old, serial=9, passphrase="old-pass")
     assert bundle.verify(old_env, old[1], "web-01", None, NOW, retired=retired).serial == 9  # inside the overlap
