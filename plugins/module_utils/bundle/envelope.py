@@ -58,7 +58,7 @@ _EPOCH = datetime.datetime(1970, 1, 1)
 _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")
 _LEGACY_PAYLOAD_KEYS = frozenset(("format", "host", "serial", "policy_digest", "mode", "created_at",
-                           "valid_until", "ruleset", "ruleset_sha256"))
+                                  "valid_until", "ruleset", "ruleset_sha256"))
 _PAYLOAD_KEYS = _LEGACY_PAYLOAD_KEYS | {"fleet"}
 # The host's ruleset rendered for the other modes (observe, enforce), so its agent can switch mode locally.
 _OPTIONAL_PAYLOAD_KEYS = frozenset(("mode_rulesets",))

@@ -28,8 +28,9 @@ Controller (``install_release``), in ``base_dir`` (``/var/lib/mseg-controller``)
 
 Every envelope is verified with the public key (``bundle.verify``) before anything is written, a serial
 older than the one being served is refused, and so is a release whose serial is installed already with other
-content: a controller cannot be made to serve a forged, rolled-back or conflicting release. File times are set to the release's ``created_at``, so every replica gives a bundle the same
-nginx ETag (modification time and size) and a client keeps its 304 across a failover.
+content: a controller cannot be made to serve a forged, rolled-back or conflicting release. File times are set to
+the release's ``created_at``, so every replica gives a bundle the same nginx ETag (modification time and size) and
+a client keeps its 304 across a failover.
 """
 
 from __future__ import absolute_import, division, print_function
