@@ -49,7 +49,7 @@ def test_two_concurrent_publishes_never_sign_one_serial_twice(tmp_path):
     workers = [context.Process(target=_slow_publish, args=(tmp_path, key, digest, results)) for digest in ("a", "b")]
     for worker in workers:
         worker.start()
-    outcomes = sorted(results.get(timeout=20) for _ in workers)
+    outcomes = sorted(results.get(timeout=20) for _worker in workers)
     for worker in workers:
         worker.join(10)
     assert sorted(serial for _digest, serial, _data in outcomes) == [1, 2]
