@@ -20,7 +20,8 @@ description:
     and replaces the symlink C(<path>/current) with C(rename(2)). A reader
     therefore always sees one whole release, never a mixture.
   - A release older than the one C(current) points to is refused, so a controller cannot be rolled back to old
-    policy. A bundle that fails verification (logged as a signature mismatch when its signature or key is wrong)
+    policy, and so is a release whose serial is installed already with other content (two publishes that signed
+    one serial). A bundle that fails verification (logged as a signature mismatch when its signature or key is wrong)
     leaves the controller as it was and fails the task.
   - File times are set to the release's creation time, so every replica gives a bundle the same ETag.
   - Each change (and each refusal) is logged to O(log).
@@ -42,9 +43,15 @@ options:
     type: path
     required: true
   public_key:
-    description: Path of the PEM Ed25519 public key the bundles must be signed with.
+    description:
+      - Path of the PEM Ed25519 public key the bundles must be signed with; during a key rotation the file holds
+        the new and the previous key.
     type: path
     required: true
+  fleet:
+    description: The fleet this controller serves; a release signed for another fleet is refused.
+    type: str
+    default: default
   path:
     description: Base directory that holds C(releases/) and C(current).
     type: path
@@ -91,7 +98,9 @@ hosts:
 kind:
   description:
     - Why a release was refused. V(signature) (a bundle's signature or key is wrong, logged as a signature
-      mismatch), V(host), V(expired), V(not_yet_valid), V(format) or V(replay) (older than the served release).
+      mismatch), V(fleet) (signed for another fleet), V(host), V(bounds) (validity window beyond the bound),
+      V(expired), V(not_yet_valid), V(format), V(replay) (older than the served release) or V(conflict) (its serial
+      is installed already with other content).
   returned: failure
   type: str
   sample: signature
@@ -103,6 +112,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope as bundle
+from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle import release as bundle_release
 
 
@@ -119,6 +129,7 @@ def main():
         argument_spec=dict(
             archive=dict(type="path", required=True),
             public_key=dict(type="path", required=True),
+            fleet=dict(type="str", default=contract.DEFAULT_FLEET),
             path=dict(type="path", default="/var/lib/mseg-controller"),
             group=dict(type="str", default="www-data"),
             keep=dict(type="int", default=3),
@@ -142,7 +153,7 @@ def main():
     except (IOError, OSError) as exc:
         module.fail_json(msg="cannot read %s: %s" % (exc.filename, exc.strerror))
     try:
-        meta, bundles = bundle_release.load_archive(data, public_key, time.time())
+        meta, bundles = bundle_release.load_archive(data, public_key, time.time(), params["fleet"])
         changed, previous = bundle_release.install_release(params["path"], meta, bundles, keep=params["keep"],
                                                            gid=gid, check_mode=module.check_mode)
     except bundle_release.ReleaseError as exc:

@@ -18,8 +18,12 @@ description:
     signature, and writes them as one release archive C(<state_dir>/releases/<serial>.json), the file
     C(mseg.fleet.bundle_release) installs on the controllers.
   - Idempotent. A new release (the serial grows by one) is signed only when a host, a ruleset, a mode, the policy
-    digest or the signing key changed, or when the current release has less than O(renew) seconds of validity
-    left; otherwise the current release is returned and nothing is written.
+    digest, the fleet, the bundle format or the signing key changed, or when the current release has less than
+    O(renew) seconds of validity left; otherwise the current release is returned and nothing is written.
+  - Holds an exclusive lock (C(<state_dir>/publish.lock)) from reading the last serial to recording the new
+    release, so two publishes never sign one serial with different content.
+  - Never creates the signing key; a missing key fails with how to create it (the C(mseg.fleet.signing_key)
+    playbook).
   - Runs where the signing key is, the control node (C(delegate_to=localhost), C(run_once=true)).
 author:
   - mseg.fleet contributors (@mseg-fleet)
@@ -36,10 +40,29 @@ attributes:
 options:
   signing_key:
     description:
-      - Path of the unencrypted PEM Ed25519 private key (for example made by C(community.crypto.openssl_privatekey)
-        with C(type=Ed25519)).
+      - Path of the PEM (PKCS#8) Ed25519 private key, encrypted with O(signing_key_passphrase) (made by the
+        C(mseg.fleet.signing_key) playbook).
     type: path
     required: true
+  signing_key_passphrase:
+    description:
+      - Passphrase of O(signing_key) (and of O(previous_signing_key)). Leave it out only for an unencrypted key.
+    type: str
+  previous_signing_key:
+    description:
+      - During a key rotation, the previous key (same passphrase). Every bundle then carries its endorsement of
+        O(signing_key), so agents that trust only the previous key accept the new one; the endorsement is made
+        once per rotation (C(<state_dir>/endorsement.json)).
+    type: path
+  rotation_overlap:
+    description:
+      - Seconds, from the endorsement, during which agents that saw it still accept bundles of the previous key.
+    type: int
+    default: 86400
+  fleet:
+    description: Fleet name every bundle carries; agents of another fleet refuse the bundles.
+    type: str
+    default: default
   state_dir:
     description: Directory for C(state.json) and C(releases/). Created (0700) if missing.
     type: path
@@ -60,9 +83,16 @@ options:
     type: str
     required: true
   validity:
-    description: Seconds a new release stays valid; an agent refuses an expired bundle.
+    description:
+      - Seconds a new release stays valid; an agent refuses an expired bundle. At most O(max_validity).
     type: int
     default: 604800
+  max_validity:
+    description:
+      - Longest validity this publish may sign, at most 2592000 (30 days), the bound every agent and controller
+        enforces.
+    type: int
+    default: 2592000
   renew:
     description: Sign a new release when the current one has fewer seconds than this left. Must be less than O(validity).
     type: int
@@ -117,6 +147,11 @@ valid_until:
   returned: success
   type: str
   sample: "2026-12-06T10:00:00Z"
+fleet:
+  description: Fleet the bundles are signed for.
+  returned: success
+  type: str
+  sample: prod
 key_id:
   description: Identifier of the signing key (first 16 hex digits of the sha256 of the raw public key).
   returned: success
@@ -130,8 +165,8 @@ hosts:
   sample: [db-01, web-01]
 reason:
   description:
-    - Why a new release was signed (V(first release), V(policy changed), V(signing key changed), V(renewal ...),
-      V(release archive missing)) or V(unchanged).
+    - Why a new release was signed (V(first release), V(policy changed), V(signing key changed), V(fleet or bundle
+      format changed), V(renewal ...), V(release archive missing)) or V(unchanged).
   returned: success
   type: str
   sample: policy changed
@@ -141,6 +176,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope as bundle
+from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle.release import ReleaseError, sign_release
 
 
@@ -148,6 +184,11 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             signing_key=dict(type="path", required=True),
+            signing_key_passphrase=dict(type="str", no_log=True),
+            previous_signing_key=dict(type="path"),
+            rotation_overlap=dict(type="int", default=86400),
+            fleet=dict(type="str", default=contract.DEFAULT_FLEET),
+            max_validity=dict(type="int", default=bundle.MAX_VALIDITY),
             state_dir=dict(type="path", required=True),
             rulesets=dict(type="dict", required=True),
             modes=dict(type="dict", required=True),
@@ -162,21 +203,30 @@ def main():
     params = module.params
     if bundle.missing_cryptography():
         module.fail_json(msg="mseg.fleet.bundle_sign: %s" % bundle.missing_cryptography())
-    try:
-        with open(params["signing_key"], "rb") as handle:
-            key = handle.read()
-    except (IOError, OSError) as exc:
-        module.fail_json(msg="cannot read the bundle signing key %s: %s; create it with the controller role's "
-                         "publish tasks (docs/bundles.md)" % (params["signing_key"], exc))
+    keys = {}
+    for option in ("signing_key", "previous_signing_key"):
+        if not params[option]:
+            continue
+        try:
+            with open(params[option], "rb") as handle:
+                keys[option] = handle.read()
+        except (IOError, OSError) as exc:
+            module.fail_json(msg="cannot read the bundle signing key %s (%s): create it once with "
+                             "'ansible-playbook mseg.fleet.signing_key' (docs/bundles.md, Signing key); publishing "
+                             "never creates one" % (params[option], exc.strerror or exc))
     if not module.check_mode and not os.path.isdir(params["state_dir"]):
         os.makedirs(params["state_dir"], 0o700)
     modes = dict((host, value.get("mode") if isinstance(value, dict) else value)
                  for host, value in params["modes"].items())
     try:
-        changed, info = sign_release(params["state_dir"], key, params["rulesets"], modes,
+        changed, info = sign_release(params["state_dir"], keys["signing_key"], params["rulesets"], modes,
                                      params["policy_digest"], params["validity"], params["renew"],
                                      keep=params["keep"], check_mode=module.check_mode,
-                                     mode_rulesets=params["mode_rulesets"])
+                                     mode_rulesets=params["mode_rulesets"],
+                                     passphrase=params["signing_key_passphrase"], fleet=params["fleet"],
+                                     max_validity=params["max_validity"],
+                                     endorsing_key=keys.get("previous_signing_key"),
+                                     overlap=params["rotation_overlap"])
     except (ReleaseError, ValueError) as exc:
         module.fail_json(msg="mseg.fleet.bundle_sign: %s" % exc)
     module.exit_json(changed=changed, **info)

@@ -11,6 +11,7 @@ import os
 from urllib.parse import urlsplit
 
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.errors import AgentError
+from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 
 DEFAULT_CONFIG = "/etc/mseg/agent.json"
 DEFAULT_STATE_DIR = "/var/lib/mseg-agent"
@@ -62,7 +63,8 @@ class Config:
 
     REQUIRED = ("host", "controllers", "public_key", "tls_cert", "tls_key", "tls_ca")
     DEFAULTS = {"interval": 2.0, "jitter": 0.2, "timeout": 3.0, "state_dir": DEFAULT_STATE_DIR,
-                "log_file": DEFAULT_LOG_FILE, "management_peers": [], "droplog": "journal", "tls_crl": ""}
+                "log_file": DEFAULT_LOG_FILE, "management_peers": [], "droplog": "journal", "tls_crl": "",
+                "fleet": contract.DEFAULT_FLEET}
 
     def __init__(self, data, where="the agent configuration", credentials=None):
         problems = []
@@ -105,6 +107,9 @@ class Config:
         self.droplog = values["droplog"]
         if not isinstance(values["tls_crl"], str):
             problems.append("tls_crl must be a path or empty, got %r" % (values["tls_crl"],))
+        if not isinstance(values["fleet"], str) or not contract.FLEET_RE.match(values["fleet"]):
+            problems.append("fleet must be a fleet name (lower-case letters, digits, '-'), got %r" % (values["fleet"],))
+        self.fleet = values["fleet"]
         self.state_dir = values["state_dir"]
         self.log_file = values["log_file"]
         self.credentials = credentials

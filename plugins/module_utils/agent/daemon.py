@@ -67,8 +67,9 @@ class Agent:
     """Polls, verifies, applies. ``fetcher``, ``applier`` and ``clock`` are replaceable in unit tests."""
 
     def __init__(self, host, state_dir, public_key, log, peers=(), controllers=(), interval=2.0, jitter=0.2,
-                 fetcher=None, applier=None, clock=time.time):
+                 fetcher=None, applier=None, clock=time.time, fleet=contract.DEFAULT_FLEET):
         self.host = host
+        self.fleet = fleet
         self.state = State(state_dir)
         self.public_key = public_key
         self.log = log
@@ -89,7 +90,7 @@ class Agent:
         context = tls_context(config) if with_tls else None
         agent = cls(config.host, config.state_dir, config.read("public_key"), log, config.peers,
                     config.controllers, config.interval, config.jitter,
-                    fetcher=Fetcher(context, config.timeout) if with_tls else None)
+                    fetcher=Fetcher(context, config.timeout) if with_tls else None, fleet=config.fleet)
         return agent
 
     @classmethod
@@ -101,13 +102,14 @@ class Agent:
             raise AgentError("%s has no identity.json: the agent has never started on this host; start it with "
                              "'systemctl start mseg-agent'" % state_dir)
         return cls(identity["host"], state_dir, identity["public_key"].encode("ascii"), log,
-                   [tuple(p) for p in identity.get("peers", [])])
+                   [tuple(p) for p in identity.get("peers", [])],
+                   fleet=identity.get("fleet", contract.DEFAULT_FLEET))
 
     # -- files -----------------------------------------------------------------
 
     def record_identity(self):
         self.state.ensure()
-        identity = {"host": self.host, "peers": [list(p) for p in self.peers],
+        identity = {"host": self.host, "fleet": self.fleet, "peers": [list(p) for p in self.peers],
                     "public_key": self.public_key.decode("ascii"),
                     "controllers": [controller_url(c) for c in self.controllers]}
         if self.state.read_json("identity.json") != identity:
@@ -149,7 +151,8 @@ class Agent:
         except ValueError:
             when = self.clock()
         try:
-            return raw, bundles.verify(raw, self.public_key, self.host, None, when)
+            return raw, bundles.verify(raw, self.public_key, self.host, None, when, fleet=self.fleet,
+                                       max_validity=None)
         except bundles.BundleError as exc:
             raise AgentError("the stored bundle %s failed verification (%s: %s); it is not applied"
                              % (self.state.path(name), REFUSED_WORD[exc.kind], exc.reason))
@@ -213,7 +216,8 @@ class Agent:
             if raw == self.state.read_bytes("current.json"):
                 return "unchanged"
             try:
-                item = bundles.verify(raw, self.public_key, self.host, meta.get("serial"), self.clock())
+                item = bundles.verify(raw, self.public_key, self.host, self.state.replay_state(meta), self.clock(),
+                                      fleet=self.fleet, retired=self.state.retired_keys(meta))
             except bundles.BundleError as exc:
                 self.log.error("bundle refused from %s: %s (%s); keeping serial %s and the live policy",
                                source, REFUSED_WORD[exc.kind], exc.reason, meta.get("serial"))
@@ -254,7 +258,7 @@ class Agent:
             self.state.write_json("previous.meta.json", self.state.read_json("current.meta.json", {}))
         self.state.write("current.json", raw)
         self.state.write_json("current.meta.json", bundle_fields(item))
-        meta = dict(meta, serial=item.serial, bundle=bundle_fields(item))
+        meta = dict(self.state.accepted(meta, item), bundle=bundle_fields(item))
         self.state.write_json("meta.json", meta)
 
     # -- polling -------------------------------------------------------------------

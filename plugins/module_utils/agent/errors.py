@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 
-REFUSED_WORD = {"signature": "signature mismatch", "host": "names another host", "replay": "replay or rollback",
+REFUSED_WORD = {"signature": "signature mismatch", "fleet": "names another fleet", "host": "names another host",
+                "replay": "replay or rollback", "bounds": "out of bounds (serial jump or validity too long)",
                 "expired": "expired", "not_yet_valid": "not yet valid", "format": "malformed"}
 
 

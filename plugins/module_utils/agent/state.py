@@ -7,7 +7,9 @@
 
     current.json    the last good envelope (verified, applied unless an override holds it back)
     previous.json   the good envelope before it (``mseg rollback``)
-    meta.json       serial (the highest ever accepted: replay and rollback protection), etag, bundle fields
+    meta.json       serial (the last accepted), serials (the last serial accepted from each signing key: replay and
+                    rollback protection, per key so a rotated key starts afresh), retired (key id -> when a key
+                    rotation retires it), etag, bundle fields
     override.json   a local override (``mseg mode bypass``, ``mseg rollback``) that survives restarts
     status.json     what ``mseg status`` shows: mode, serial, policy digest, last poll, last apply, last error
     identity.json   host name, management peers and the public key, so the CLI works without the credentials
@@ -61,6 +63,38 @@ class State:
             return json.loads(raw.decode("utf-8"))
         except ValueError:
             return default
+
+    def replay_state(self, meta):
+        """``{key_id: last serial}`` for ``bundle.verify``. A meta.json written before per-key replay state holds
+        one serial: it counts for the key that signed the stored bundle (current.json), which it came from."""
+        serials = meta.get("serials")
+        if isinstance(serials, dict):
+            return {kid: serial for kid, serial in serials.items()
+                    if isinstance(kid, str) and isinstance(serial, int) and not isinstance(serial, bool)}
+        serial = meta.get("serial")
+        stored = self.read_json("current.json")
+        kid = stored.get("key_id") if isinstance(stored, dict) else None
+        if isinstance(serial, int) and not isinstance(serial, bool) and isinstance(kid, str):
+            return {kid: serial}
+        return {}
+
+    @staticmethod
+    def retired_keys(meta):
+        """``{key_id: epoch}``: keys a rotation retired, refused from that time on."""
+        retired = meta.get("retired")
+        if not isinstance(retired, dict):
+            return {}
+        return {kid: when for kid, when in retired.items() if isinstance(kid, str) and isinstance(when, int)}
+
+    def accepted(self, meta, item):
+        """``meta`` updated for the accepted bundle ``item``: its key's serial, and the retirement of the key that
+        endorsed it (the earliest time any endorsement named, so a later statement cannot extend an overlap)."""
+        serials = dict(self.replay_state(meta), **{item.key_id: item.serial})
+        retired = self.retired_keys(meta)
+        if item.endorsement is not None:
+            old = item.endorsement.endorser
+            retired[old] = min(retired.get(old, item.endorsement.endorser_until), item.endorsement.endorser_until)
+        return dict(meta, serial=item.serial, serials=serials, retired=retired)
 
     def write(self, name, data):
         text = data.decode("utf-8") if isinstance(data, bytes) else data

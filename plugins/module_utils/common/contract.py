@@ -217,6 +217,14 @@ HASH_HEADER = "# mseg-sha256: "
 # controller they fetch from (agent/pin.py), so a host's own certificate cannot pose as a controller.
 CONTROLLER_IDENTITY = "spiffe://mseg.fleet/controller"
 
+# --- the fleet ----------------------------------------------------------------------------------------------
+# Which fleet a signed bundle (and, on the certificate side, a controller's name) belongs to: the inventory variable
+# FLEET_VAR, DEFAULT_FLEET when unset. An agent refuses a bundle of another fleet, so a stage release signed with a
+# key that prod also trusts is still refused by prod.
+FLEET_VAR = "mseg_fleet"
+DEFAULT_FLEET = "default"
+FLEET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
 # --- the host CLI ----------------------------------------------------------------------------------------------
 HOST_CLI = "mseg"                     # the operator's command on an agent host
 AGENT_COMMAND = "mseg-agent"          # the service's command (run, restore)

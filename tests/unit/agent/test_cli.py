@@ -5,6 +5,7 @@ nft apply is replaced by a recording fake. ``mseg trace`` needs root and namespa
 """
 
 import json
+import time
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -102,7 +103,8 @@ def host(tmp_path, monkeypatch):
     agent.record_identity()
     for serial in (1, 2):
         answers.append((200, bundle.make_envelope("web-01", serial, "d" * 64, "enforce",
-                                                  RULESET + "# serial %d\n" % serial, 0, 4102444800, key), None))
+                                                  RULESET + "# serial %d\n" % serial, time.time() - 60,
+                                                  time.time() + 86400, key), None))
         assert agent.poll_once() == "applied"
     yield ["--state-dir", str(state), "--log-file", str(tmp_path / "runtime.log")], applied
 

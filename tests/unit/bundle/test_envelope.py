@@ -48,7 +48,7 @@ def test_payload_is_canonical_json_with_the_contract_fields():
     fields = json.loads(data)
     assert data == json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
     assert fields == {
-        "format": 1, "host": "web-01", "serial": 3, "policy_digest": "d1", "mode": "observe",
+        "format": 2, "fleet": "default", "host": "web-01", "serial": 3, "policy_digest": "d1", "mode": "observe",
         "created_at": CREATED, "valid_until": UNTIL, "ruleset": RULESET,
         "ruleset_sha256": hashlib.sha256(RULESET.encode()).hexdigest(),
     }
@@ -114,7 +114,7 @@ def test_other_key_is_a_signature_mismatch_even_with_a_forged_key_id(keys):
     env = _env(other)
     with pytest.raises(bundle.BundleError) as err:
         bundle.verify(env, keys[1], "web-01", 0, NOW)
-    assert err.value.kind == "signature" and "not by the trusted key" in err.value.reason
+    assert err.value.kind == "signature" and "not by a trusted key" in err.value.reason
     outer = json.loads(env)
     outer["key_id"] = bundle.key_id(keys[1])
     with pytest.raises(bundle.BundleError) as err:
@@ -170,7 +170,7 @@ def test_bad_base64_is_format(keys):
 
 @pytest.mark.parametrize("changes", [
     {"serial": "7"}, {"serial": True}, {"serial": 0}, {"mode": "open"}, {"valid_until": "tomorrow"},
-    {"ruleset_sha256": "0" * 64}, {"extra": 1}, {"format": 2},
+    {"ruleset_sha256": "0" * 64}, {"extra": 1}, {"format": 3}, {"format": 1},
 ])
 def test_signed_but_malformed_payloads(keys, changes):
     with pytest.raises(bundle.BundleError) as err:
@@ -199,7 +199,7 @@ def test_keys_of_the_wrong_kind_are_refused(tmp_path):
                     "-out", str(path)], check=True)
     with pytest.raises(ValueError, match="not an Ed25519 key"):
         bundle.sign(b"x", path.read_bytes())
-    with pytest.raises(ValueError, match="not an unencrypted PEM"):
+    with pytest.raises(ValueError, match="not a PEM private key"):
         bundle.sign(b"x", b"garbage")
     with pytest.raises(ValueError, match="the verification key is not a PEM public key"):
         bundle.key_id(b"garbage")
