@@ -18,6 +18,7 @@ DEFAULT_LOG_FILE = "/var/log/mseg-agent/runtime.log"
 DEFAULT_PORT = 8443
 DEFAULT_PATH = "/v1/bundle"
 DROPLOG_SOURCES = ("journal", "kmsg", "none")
+DEFAULT_MAX_BODY = 16 * 1024 * 1024  # the largest response the agent reads from a controller
 
 
 def parse_controller(text):
@@ -62,7 +63,8 @@ class Config:
 
     REQUIRED = ("host", "controllers", "public_key", "tls_cert", "tls_key", "tls_ca")
     DEFAULTS = {"interval": 2.0, "jitter": 0.2, "timeout": 3.0, "state_dir": DEFAULT_STATE_DIR,
-                "log_file": DEFAULT_LOG_FILE, "management_peers": [], "droplog": "journal"}
+                "log_file": DEFAULT_LOG_FILE, "management_peers": [], "droplog": "journal",
+                "max_body": DEFAULT_MAX_BODY, "tls_crl": None}
 
     def __init__(self, data, where="the agent configuration", credentials=None):
         problems = []
@@ -94,6 +96,12 @@ class Config:
         if isinstance(numbers["jitter"], (int, float)) and numbers["jitter"] >= 1:
             problems.append("jitter is a fraction of the interval and must be below 1, got %r" % numbers["jitter"])
         self.interval, self.jitter, self.timeout = numbers["interval"], numbers["jitter"], numbers["timeout"]
+        self.max_body = values["max_body"]
+        if isinstance(self.max_body, bool) or not isinstance(self.max_body, int) or self.max_body < 1024:
+            problems.append("max_body is the largest response in bytes and must be an integer >= 1024, got %r"
+                            % (self.max_body,))
+        if values["tls_crl"] is not None and not isinstance(values["tls_crl"], str):
+            problems.append("tls_crl must be the path of the CA's CRL (PEM), got %r" % (values["tls_crl"],))
         self.peers = []
         for item in values.get("management_peers") or []:
             try:
@@ -106,7 +114,7 @@ class Config:
         self.state_dir = values["state_dir"]
         self.log_file = values["log_file"]
         self.credentials = credentials
-        self.files = {key: values.get(key) for key in ("public_key", "tls_cert", "tls_key", "tls_ca")}
+        self.files = {key: values.get(key) for key in ("public_key", "tls_cert", "tls_key", "tls_ca", "tls_crl")}
         if problems:
             raise AgentError("%s: %s; fix it (the mseg.fleet.agent role writes it from agent_* variables)"
                              % (where, "; ".join(problems)))

@@ -23,7 +23,7 @@ import socket
 import time
 
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.errors import REFUSED_WORD, AgentError
-from ansible_collections.mseg.fleet.plugins.module_utils.agent.fetch import Fetcher, controller_url, tls_context
+from ansible_collections.mseg.fleet.plugins.module_utils.agent.fetch import Credentials, Fetcher, controller_url
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.state import State
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.engine import Request, apply
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope as bundles
@@ -34,6 +34,9 @@ from ansible_collections.mseg.fleet.plugins.module_utils.nft.bypass import bypas
 
 # How the operator ends a local override; the agent's messages name it.
 CLEAR_OVERRIDE = "'%s mode clear'" % contract.HOST_CLI
+# The controllers that answered and failed last, by URL, so a restart starts after a controller that failed
+# (``{"last_good": url, "last_failed": url}``, written only when one of them changes).
+FAILOVER_FILE = "controllers.json"
 
 
 def utcnow_text(now=None):
@@ -83,13 +86,13 @@ class Agent:
         self._last_problem = None
         self._refused = {}  # controller index -> ETag of the bundle refused from it (None: it sent none)
         self._refusal = None  # why the last bundle was refused
+        self._tls_problem = None  # why renewed TLS files could not be used (logged once)
 
     @classmethod
     def from_config(cls, config, log, with_tls=True):
-        context = tls_context(config) if with_tls else None
+        fetcher = Fetcher(Credentials(config), config.timeout, config.max_body) if with_tls else None
         agent = cls(config.host, config.state_dir, config.read("public_key"), log, config.peers,
-                    config.controllers, config.interval, config.jitter,
-                    fetcher=Fetcher(context, config.timeout) if with_tls else None)
+                    config.controllers, config.interval, config.jitter, fetcher=fetcher)
         return agent
 
     @classmethod
@@ -213,7 +216,7 @@ class Agent:
             if raw == self.state.read_bytes("current.json"):
                 return "unchanged"
             try:
-                item = bundles.verify(raw, self.public_key, self.host, meta.get("serial"), self.clock())
+                item = self._verify(raw, meta.get("serial"))
             except bundles.BundleError as exc:
                 self.log.error("bundle refused from %s: %s (%s); keeping serial %s and the live policy",
                                source, REFUSED_WORD[exc.kind], exc.reason, meta.get("serial"))
@@ -247,6 +250,13 @@ class Agent:
                 "why": "new bundle", "changed": bool(result.get("changed")), "msg": result.get("msg")})
             return "applied"
 
+    def _verify(self, raw, last_serial):
+        """``bundles.verify``, with a nesting too deep for the parser refused as a format error, never raised."""
+        try:
+            return bundles.verify(raw, self.public_key, self.host, last_serial, self.clock())
+        except RecursionError:
+            raise bundles.BundleError("the bundle nests JSON too deeply to parse", "format")
+
     def _store(self, raw, item, meta):
         current = self.state.read_bytes("current.json")
         if current is not None:
@@ -264,6 +274,37 @@ class Agent:
         count = len(self.controllers)
         return [self.controllers[(self.preferred + i) % count] for i in range(count)]
 
+    def resume_order(self):
+        """At start: begin at the controller that answered last, unless it is the one that failed last; else
+        right after the one that failed last. A controller that broke the agent is not the first one asked."""
+        urls = [controller_url(c) for c in self.controllers]
+        recorded = self.state.read_json(FAILOVER_FILE, {}) or {}
+        good, failed = recorded.get("last_good"), recorded.get("last_failed")
+        if good in urls and good != failed:
+            self.preferred = urls.index(good)
+        elif failed in urls:
+            self.preferred = (urls.index(failed) + 1) % len(urls)
+
+    def _remember(self, **changes):
+        """Record the last good / last failed controller (only when it changes: no write per poll)."""
+        recorded = self.state.read_json(FAILOVER_FILE, {}) or {}
+        if all(recorded.get(key) == value for key, value in changes.items()):
+            return
+        recorded.update(changes)
+        self.state.write_json(FAILOVER_FILE, recorded)
+
+    def refresh_credentials(self):
+        """Pick up renewed TLS files before a fetch cycle (the fetcher rebuilds its context when they changed)."""
+        refresh = getattr(self.fetcher, "refresh", None)
+        if refresh is None:
+            return
+        if refresh():
+            self.log.info("the TLS files changed: new connections use the renewed certificate, key, CA and CRL")
+        problem = getattr(getattr(self.fetcher, "credentials", None), "problem", None)
+        if problem and problem != self._tls_problem:
+            self.log.error(problem)
+        self._tls_problem = problem
+
     def poll_once(self):
         """One poll with failover. Returns the outcome (see ``accept``), or ``refused`` / ``unreachable`` when no
         controller gave a bundle that could be accepted.
@@ -273,6 +314,7 @@ class Agent:
         back from the good ones. It is asked again with the refused bundle's ETag, which keeps the refusal from
         being downloaded and logged again on every poll while it lasts.
         """
+        self.refresh_credentials()
         meta = self.meta()
         etag = meta.get("etag") if self.state.read_bytes("current.json") is not None else None
         failures = []
@@ -283,8 +325,9 @@ class Agent:
             still_refused = index in self._refused
             try:
                 status, body, new_etag = self.fetcher(controller, self._refused[index] if still_refused else etag)
-            except OSError as exc:
-                failures.append("%s: %s" % (url, exc))
+            except Exception as exc:  # whatever a controller does is a failover to the next one, never an exit
+                failures.append("%s: %s" % (url, str(exc) or exc.__class__.__name__))
+                self._remember(last_failed=url)
                 continue
             if status == 304 and still_refused and self._refused[index] is not None:
                 failures.append("%s: still serves the bundle refused before" % url)
@@ -297,6 +340,7 @@ class Agent:
                 if outcome == "refused":
                     self._refused[index] = new_etag
                     failures.append("%s: bundle refused (%s)" % (url, self._refusal))
+                    self._remember(last_failed=url)
                     refused = True
                     continue
                 if outcome in ("applied", "unchanged", "held") and new_etag:
@@ -304,9 +348,11 @@ class Agent:
                         self.state.write_json("meta.json", dict(self.meta(), etag=new_etag))
             else:
                 failures.append("%s: HTTP %d" % (url, status))
+                self._remember(last_failed=url)
                 continue
             self._refused.pop(index, None)
             self.preferred = index
+            self._remember(last_good=url)
             if failures:
                 self._problem("failover to %s after %s" % (url, "; ".join(failures)), logging.WARNING)
             else:
@@ -335,6 +381,7 @@ class Agent:
 
     def run(self, stop):
         self.record_identity()
+        self.resume_order()
         with self.state.locked():
             try:
                 self.apply_desired("start")
@@ -346,6 +393,9 @@ class Agent:
                 self.poll_once()
             except MsegError as exc:
                 self._problem(str(exc), logging.ERROR)
+            except Exception as exc:  # one bad poll must not stop the agent: log it, keep the policy, poll again
+                self._problem("poll failed (%s: %s); keeping the live policy" % (exc.__class__.__name__, exc),
+                              logging.ERROR)
             stop.wait(self.next_delay())
 
     # -- local overrides ---------------------------------------------------------------
