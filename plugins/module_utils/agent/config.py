@@ -11,8 +11,9 @@ import os
 from urllib.parse import urlsplit
 
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.errors import AgentError
+from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 
-DEFAULT_CONFIG = "/etc/mseg/agent.json"
+DEFAULT_CONFIG = os.path.join(contract.STATE_DIR, contract.AGENT_CONFIG_FILE)
 DEFAULT_STATE_DIR = "/var/lib/mseg-agent"
 DEFAULT_LOG_FILE = "/var/log/mseg-agent/runtime.log"
 DEFAULT_PORT = 8443

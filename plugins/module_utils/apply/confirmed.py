@@ -49,7 +49,7 @@ def arm(request, token, confirm_timeout):
     engine = Engine(request)
     engine.prepare()
     prepare_state_dir(request.paths)
-    with lock(request.paths, request.lock_timeout):
+    with lock(request.paths, request.lock_timeout, request.table_lock):
         ev = engine.evaluate()
         if ev["in_sync"] and engine.persist_in_sync():
             res = engine._run_locked()
@@ -91,7 +91,7 @@ def _worker(request, engine, txn, confirm_timeout, status_fd):  # pragma: no cov
         write_atomic(os.path.join(txn, "result.json"), json.dumps(text))
 
     try:
-        held = lock(request.paths, request.lock_timeout).acquire()
+        held = lock(request.paths, request.lock_timeout, request.table_lock).acquire()
     except ApplyError as exc:
         os.write(status_fd, str(exc).encode())
         os.close(status_fd)
