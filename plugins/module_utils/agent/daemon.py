@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import socket
 import time
 
@@ -29,7 +30,9 @@ from ansible_collections.mseg.fleet.plugins.module_utils.apply.engine import Req
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope as bundles
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
+from ansible_collections.mseg.fleet.plugins.module_utils.common.files import read_text
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.bypass import bypass_ruleset
+from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft
 
 
 # How the operator ends a local override; the agent's messages name it.
@@ -37,6 +40,9 @@ CLEAR_OVERRIDE = "'%s mode clear'" % contract.HOST_CLI
 # The controllers that answered and failed last, by URL, so a restart starts after a controller that failed
 # (``{"last_good": url, "last_failed": url}``, written only when one of them changes).
 FAILOVER_FILE = "controllers.json"
+_EMERGENCY_RE = re.compile(r"^\s*counter\s+%s\s*\{" % re.escape(contract.EMERGENCY_MARKER), re.M)
+# How an operator hands a foreign emergency bypass back to the agent (the agent's own bypass replaces it, then clear).
+HAND_BACK = "'%s mode bypass' then %s" % (contract.HOST_CLI, CLEAR_OVERRIDE)
 
 
 def utcnow_text(now=None):
@@ -70,7 +76,7 @@ class Agent:
     """Polls, verifies, applies. ``fetcher``, ``applier`` and ``clock`` are replaceable in unit tests."""
 
     def __init__(self, host, state_dir, public_key, log, peers=(), controllers=(), interval=2.0, jitter=0.2,
-                 fetcher=None, applier=None, clock=time.time):
+                 fetcher=None, applier=None, clock=time.time, lister=None):
         self.host = host
         self.state = State(state_dir)
         self.public_key = public_key
@@ -82,6 +88,9 @@ class Agent:
         self.fetcher = fetcher
         self.applier = applier or self._apply_engine
         self.clock = clock
+        # The live table without counters (None: no table). A replaced applier is a fake kernel: no table to list.
+        self.lister = lister or (None if applier else lambda: Nft().listing())
+        self._standing_down = False
         self.preferred = 0
         self._last_problem = None
         self._refused = {}  # controller index -> ETag of the bundle refused from it (None: it sent none)
@@ -157,6 +166,33 @@ class Agent:
             raise AgentError("the stored bundle %s failed verification (%s: %s); it is not applied"
                              % (self.state.path(name), REFUSED_WORD[exc.kind], exc.reason))
 
+    def foreign_bypass(self):
+        """True when the live table is an emergency bypass the agent did not put there (mseg.fleet.bypass before the
+        agent came, a boot restore of /etc/mseg's persisted bypass, a hand): the agent never replaces it."""
+        if self.lister is None:
+            return False
+        try:
+            live = self.lister()
+        except MsegError:
+            return False  # no readable table: nothing to protect; the apply itself reports the kernel's problem
+        if not live or not _EMERGENCY_RE.search(live):
+            return False
+        return live != read_text(os.path.join(self.state.nft_dir, contract.LIVE_FILE))
+
+    def _stand_down(self, what):
+        """Whether to leave the table alone because of a foreign emergency bypass (logged once while it lasts)."""
+        if not self.foreign_bypass():
+            if self._standing_down:
+                self.log.warning("the foreign emergency bypass is gone; the agent applies its policy again")
+            self._standing_down = False
+            return False
+        if not self._standing_down:
+            self.log.warning("the live table inet mseg is an emergency bypass the agent did not apply (counter %s): "
+                             "the agent stands down and does not apply %s until it is lifted (%s hands the table "
+                             "back to the agent)", contract.EMERGENCY_MARKER, what, HAND_BACK)
+        self._standing_down = True
+        return True
+
     def _apply_engine(self, content):
         request = Request(content, "present", persist=False, peers=self.peers, state_dir=self.state.nft_dir,
                           unit_dir=None, lock_timeout=60)
@@ -202,6 +238,9 @@ class Agent:
         if content is None:
             self.log.info("%s: %s; the table stays as it is", why, what)
             return None
+        override = self.state.read_json("override.json")
+        if not (override and override.get("kind") == "bypass") and self._stand_down(what):
+            return None
         result = self.applier(content)
         if result.get("changed"):
             self.log.info("%s: applied %s (%s)", why, what, result.get("msg"))
@@ -226,6 +265,12 @@ class Agent:
                 return "refused"
             override = self.state.read_json("override.json")
             local_mode = override.get("mode") if override and override.get("kind") == "mode" else None
+            if (not override or local_mode) and self._stand_down("bundle serial %d" % item.serial):
+                self._store(raw, item, meta)
+                self.update_status(last_error={"at": utcnow_text(self.clock()), "kind": "bypass",
+                                               "msg": "a foreign emergency bypass holds the table",
+                                               "source": source})
+                return "held"
             if not override or local_mode:
                 try:
                     result = self.applier(self.ruleset_in_mode(item, local_mode) if local_mode else item.ruleset)
@@ -315,6 +360,9 @@ class Agent:
         being downloaded and logged again on every poll while it lasts.
         """
         self.refresh_credentials()
+        if self._standing_down:
+            with self.state.locked():
+                self.apply_desired("emergency bypass check")  # applies the held policy once the bypass is lifted
         meta = self.meta()
         etag = meta.get("etag") if self.state.read_bytes("current.json") is not None else None
         failures = []

@@ -284,3 +284,66 @@ def test_unusable_renewed_files_keep_the_working_credentials(tmp_path, pki, cont
     assert "keeping the previous ones" in credentials.problem
     assert fetcher(config.controllers[0], None)[0] == 200
     assert server.peers == ["03E9"]
+
+
+class Kernel:
+    """The live table as the agent's lister sees it; the applier loads into it (the engine records its listing)."""
+
+    def __init__(self, agent_state):
+        self.table = None
+        self.state = agent_state
+        self.applied = []
+
+    def apply(self, content):
+        import os
+        os.makedirs(self.state.nft_dir, exist_ok=True)
+        self.table = content
+        self.applied.append(content)
+        with open(os.path.join(self.state.nft_dir, "live.nft"), "w") as handle:
+            handle.write(content)
+        return {"changed": True, "msg": "replaced table inet mseg"}
+
+
+def test_the_agent_never_replaces_a_foreign_emergency_bypass(tmp_path, log):
+    from ansible_collections.mseg.fleet.plugins.module_utils.nft.bypass import bypass_ruleset
+    from test_agent import NOW
+    agent = daemon.Agent("web-01", str(tmp_path / "state"), PUB, log, controllers=[("c1", 8443, "/v1/bundle")],
+                         clock=lambda: NOW)
+    kernel = Kernel(agent.state)
+    agent.applier, agent.lister = kernel.apply, lambda: kernel.table
+    agent.state.ensure()
+    answers = {"c1": (200, envelope(1), '"e1"')}
+    agent.fetcher = lambda controller, etag: answers["c1"]
+    assert agent.poll_once() == "applied"
+    # mseg.fleet.bypass (or the boot restore of its persisted table) puts the emergency bypass in, behind the agent
+    kernel.table = bypass_ruleset("web-01")
+    answers["c1"] = (200, envelope(2), '"e2"')
+    assert agent.poll_once() == "held"
+    assert "emergency_bypass" in kernel.table and len(kernel.applied) == 1
+    assert agent.apply_desired("start") is None  # a restart does not replace it either
+    assert agent.meta()["serial"] == 2  # verified and kept for when the bypass is lifted
+    text = log.stream.getvalue()
+    assert text.count("stands down") == 1 and "'mseg mode bypass' then 'mseg mode clear'" in text
+    # the operator hands the table back: the agent's own bypass replaces the foreign one, clear applies serial 2
+    agent.bypass("operator")
+    assert kernel.applied[-1] == bypass_ruleset("web-01")
+    agent.clear_override("operator")
+    assert "# serial 2" in kernel.applied[-1]
+
+
+def test_the_agent_resumes_once_the_foreign_bypass_is_lifted(tmp_path, log):
+    from ansible_collections.mseg.fleet.plugins.module_utils.nft.bypass import bypass_ruleset
+    from test_agent import NOW
+    agent = daemon.Agent("web-01", str(tmp_path / "state"), PUB, log, controllers=[("c1", 8443, "/v1/bundle")],
+                         clock=lambda: NOW)
+    kernel = Kernel(agent.state)
+    agent.applier, agent.lister = kernel.apply, lambda: kernel.table
+    agent.state.ensure()
+    kernel.table = bypass_ruleset("web-01")
+    agent.fetcher = lambda controller, etag: (200, envelope(1), '"e1"')
+    assert agent.poll_once() == "held" and kernel.applied == []
+    kernel.table = None  # lifted (mseg.fleet.mode from before the agent, or by hand)
+    agent.fetcher = lambda controller, etag: (304, b"", '"e1"')
+    assert agent.poll_once() == "unchanged"
+    assert "# serial 1" in kernel.applied[-1]
+    assert "the foreign emergency bypass is gone" in log.stream.getvalue()
