@@ -40,7 +40,14 @@ description:
     connections to the SSH port(s) (22 and the port the controller used), so the host stays repairable.
     Outbound traffic is accepted. The unit exits non-zero and writes the reason to the journal
     (C(journalctl -u mseg-restore)). Re-running the apply repairs it.
-  - Concurrent applies on one host are serialised with a lock on C(<state_dir>/lock).
+  - Concurrent applies on one host are serialised with a lock on C(<state_dir>/lock) and the host-wide lock of the
+    table (C(/run/mseg/inet-mseg.lock)), which the agent and the commit-confirmed worker take too, so writers with
+    different state directories never interleave.
+  - On a host whose table the M(mseg.fleet.agent) role handed to the agent (C(<state_dir>/agent.json) exists) the
+    module refuses and changes nothing; change such hosts through the agent (a published bundle, or
+    M(mseg.fleet.host_cli) for a local mode or bypass), so a playbook and the agent never undo each other.
+  - A commit-confirmed rollback restores the previous table only while the live table is still the one its apply
+    loaded; over a newer table (the agent, a bypass, another writer) it changes nothing and the task fails saying so.
   - The controller's SSH source address and the SSH server port, as the host sees them
     (C(SSH_CONNECTION), or the environment of the sshd session process when C(become) stripped it), are
     added to the set C(mgmt_auto_v4) or C(mgmt_auto_v6) in the same transaction unless
@@ -249,7 +256,7 @@ msg:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.confirmed import arm, confirm
-from ansible_collections.mseg.fleet.plugins.module_utils.apply.engine import Request, apply
+from ansible_collections.mseg.fleet.plugins.module_utils.apply.engine import Request, apply, refuse_on_agent_host
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.peers import detect_ssh_peer, ssh_connection_started
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.persist import Paths
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
@@ -282,6 +289,7 @@ def main():
             if result.get("rolled_back"):
                 module.fail_json(changed=False, **result)
             module.exit_json(**result)
+        refuse_on_agent_host(params["state_dir"])
         if params["confirm_timeout"] is not None and params["confirm_timeout"] < 1:
             module.fail_json(msg="confirm_timeout must be at least 1 second (or unset for no commit-confirmed)")
         if params["state"] == "present" and not params["content"]:

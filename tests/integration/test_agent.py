@@ -262,3 +262,24 @@ def test_trace_runs_the_hosts_own_ruleset_in_the_kernel(world):
                      env=dict(os.environ, PYTHONPATH=COLLECTIONS))
     assert proc.returncode == 1 and "must be an address of this host" in proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_agent_stands_down_for_an_emergency_bypass_it_did_not_apply(world):
+    """Issue 15 item 7: a bypass loaded behind the agent (mseg.fleet.bypass before the agent came, the boot restore of
+    a persisted bypass, a hand) is never replaced by the agent's next bundle; lifting it hands the table back."""
+    from ansible_collections.mseg.fleet.plugins.module_utils.nft.bypass import bypass_ruleset
+    fleet, publish, tmp = world
+    publish(RULESET % 7101)
+    _wait("serial 1 applied", lambda: _status(tmp).get("serial") == 1)
+    fleet.run("host", ["nft", "-f", "-"], input=bypass_ruleset("host"))
+    publish(RULESET % 7102)
+    _wait("serial 2 verified and held", lambda: _status(tmp).get("serial") == 2)
+    time.sleep(1.5)  # several polls
+    listing = fleet.run("host", ["nft", "list", "table", "inet", "mseg"]).stdout
+    assert "emergency_bypass" in listing and "7102" not in listing
+    assert fleet.probe("ctl", "host", 7102, timeout=0.5) == CONNECTED
+    assert "stands down" in (tmp / "runtime.log").read_text()
+    fleet.run("host", ["nft", "delete", "table", "inet", "mseg"])  # lifted
+    _wait("the held policy applied", lambda: "tcp dport 7102 drop" in fleet.run(
+        "host", ["nft", "list", "ruleset"]).stdout)
+    assert "the foreign emergency bypass is gone" in (tmp / "runtime.log").read_text()

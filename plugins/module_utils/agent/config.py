@@ -13,12 +13,13 @@ from urllib.parse import urlsplit
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.errors import AgentError
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 
-DEFAULT_CONFIG = "/etc/mseg/agent.json"
+DEFAULT_CONFIG = os.path.join(contract.STATE_DIR, contract.AGENT_CONFIG_FILE)
 DEFAULT_STATE_DIR = "/var/lib/mseg-agent"
 DEFAULT_LOG_FILE = "/var/log/mseg-agent/runtime.log"
 DEFAULT_PORT = 8443
 DEFAULT_PATH = "/v1/bundle"
 DROPLOG_SOURCES = ("journal", "kmsg", "none")
+DEFAULT_MAX_BODY = 16 * 1024 * 1024  # the largest response the agent reads from a controller
 
 
 def parse_controller(text):
@@ -63,8 +64,8 @@ class Config:
 
     REQUIRED = ("host", "controllers", "public_key", "tls_cert", "tls_key", "tls_ca")
     DEFAULTS = {"interval": 2.0, "jitter": 0.2, "timeout": 3.0, "state_dir": DEFAULT_STATE_DIR,
-                "log_file": DEFAULT_LOG_FILE, "management_peers": [], "droplog": "journal", "tls_crl": "",
-                "fleet": contract.DEFAULT_FLEET}
+                "log_file": DEFAULT_LOG_FILE, "management_peers": [], "droplog": "journal",
+                "max_body": DEFAULT_MAX_BODY, "tls_crl": "", "fleet": contract.DEFAULT_FLEET}
 
     def __init__(self, data, where="the agent configuration", credentials=None):
         problems = []
@@ -96,6 +97,10 @@ class Config:
         if isinstance(numbers["jitter"], (int, float)) and numbers["jitter"] >= 1:
             problems.append("jitter is a fraction of the interval and must be below 1, got %r" % numbers["jitter"])
         self.interval, self.jitter, self.timeout = numbers["interval"], numbers["jitter"], numbers["timeout"]
+        self.max_body = values["max_body"]
+        if isinstance(self.max_body, bool) or not isinstance(self.max_body, int) or self.max_body < 1024:
+            problems.append("max_body is the largest response in bytes and must be an integer >= 1024, got %r"
+                            % (self.max_body,))
         self.peers = []
         for item in values.get("management_peers") or []:
             try:
@@ -105,8 +110,8 @@ class Config:
         if values["droplog"] not in DROPLOG_SOURCES:
             problems.append("droplog must be one of %s, got %r" % (", ".join(DROPLOG_SOURCES), values["droplog"]))
         self.droplog = values["droplog"]
-        if not isinstance(values["tls_crl"], str):
-            problems.append("tls_crl must be a path or empty, got %r" % (values["tls_crl"],))
+        if values["tls_crl"] is not None and not isinstance(values["tls_crl"], str):
+            problems.append("tls_crl must be the path of the CA's CRL (PEM) or empty, got %r" % (values["tls_crl"],))
         if not isinstance(values["fleet"], str) or not contract.FLEET_RE.match(values["fleet"]):
             problems.append("fleet must be a fleet name (lower-case letters, digits, '-'), got %r" % (values["fleet"],))
         self.fleet = values["fleet"]

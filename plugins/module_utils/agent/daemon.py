@@ -19,21 +19,30 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import socket
 import time
 
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.errors import REFUSED_WORD, AgentError
-from ansible_collections.mseg.fleet.plugins.module_utils.agent.fetch import Fetcher, controller_url, tls_context
+from ansible_collections.mseg.fleet.plugins.module_utils.agent.fetch import Credentials, Fetcher, controller_url
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.state import State
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.engine import Request, apply
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope as bundles
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
+from ansible_collections.mseg.fleet.plugins.module_utils.common.files import read_text
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.bypass import bypass_ruleset
+from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft
 
 
 # How the operator ends a local override; the agent's messages name it.
 CLEAR_OVERRIDE = "'%s mode clear'" % contract.HOST_CLI
+# The controllers that answered and failed last, by URL, so a restart starts after a controller that failed
+# (``{"last_good": url, "last_failed": url}``, written only when one of them changes).
+FAILOVER_FILE = "controllers.json"
+_EMERGENCY_RE = re.compile(r"^\s*counter\s+%s\s*\{" % re.escape(contract.EMERGENCY_MARKER), re.M)
+# How an operator hands a foreign emergency bypass back to the agent (the agent's own bypass replaces it, then clear).
+HAND_BACK = "'%s mode bypass' then %s" % (contract.HOST_CLI, CLEAR_OVERRIDE)
 
 
 def utcnow_text(now=None):
@@ -67,7 +76,7 @@ class Agent:
     """Polls, verifies, applies. ``fetcher``, ``applier`` and ``clock`` are replaceable in unit tests."""
 
     def __init__(self, host, state_dir, public_key, log, peers=(), controllers=(), interval=2.0, jitter=0.2,
-                 fetcher=None, applier=None, clock=time.time, fleet=contract.DEFAULT_FLEET):
+                 fetcher=None, applier=None, clock=time.time, lister=None, fleet=contract.DEFAULT_FLEET):
         self.host = host
         self.fleet = fleet
         self.state = State(state_dir)
@@ -80,17 +89,20 @@ class Agent:
         self.fetcher = fetcher
         self.applier = applier or self._apply_engine
         self.clock = clock
+        # The live table without counters (None: no table). A replaced applier is a fake kernel: no table to list.
+        self.lister = lister or (None if applier else lambda: Nft().listing())
+        self._standing_down = False
         self.preferred = 0
         self._last_problem = None
         self._refused = {}  # controller index -> ETag of the bundle refused from it (None: it sent none)
         self._refusal = None  # why the last bundle was refused
+        self._tls_problem = None  # why renewed TLS files could not be used (logged once)
 
     @classmethod
     def from_config(cls, config, log, with_tls=True):
-        context = tls_context(config) if with_tls else None
+        fetcher = Fetcher(Credentials(config), config.timeout, config.max_body) if with_tls else None
         agent = cls(config.host, config.state_dir, config.read("public_key"), log, config.peers,
-                    config.controllers, config.interval, config.jitter,
-                    fetcher=Fetcher(context, config.timeout) if with_tls else None, fleet=config.fleet)
+                    config.controllers, config.interval, config.jitter, fetcher=fetcher, fleet=config.fleet)
         return agent
 
     @classmethod
@@ -157,6 +169,33 @@ class Agent:
             raise AgentError("the stored bundle %s failed verification (%s: %s); it is not applied"
                              % (self.state.path(name), REFUSED_WORD[exc.kind], exc.reason))
 
+    def foreign_bypass(self):
+        """True when the live table is an emergency bypass the agent did not put there (mseg.fleet.bypass before the
+        agent came, a boot restore of /etc/mseg's persisted bypass, a hand): the agent never replaces it."""
+        if self.lister is None:
+            return False
+        try:
+            live = self.lister()
+        except MsegError:
+            return False  # no readable table: nothing to protect; the apply itself reports the kernel's problem
+        if not live or not _EMERGENCY_RE.search(live):
+            return False
+        return live != read_text(os.path.join(self.state.nft_dir, contract.LIVE_FILE))
+
+    def _stand_down(self, what):
+        """Whether to leave the table alone because of a foreign emergency bypass (logged once while it lasts)."""
+        if not self.foreign_bypass():
+            if self._standing_down:
+                self.log.warning("the foreign emergency bypass is gone; the agent applies its policy again")
+            self._standing_down = False
+            return False
+        if not self._standing_down:
+            self.log.warning("the live table inet mseg is an emergency bypass the agent did not apply (counter %s): "
+                             "the agent stands down and does not apply %s until it is lifted (%s hands the table "
+                             "back to the agent)", contract.EMERGENCY_MARKER, what, HAND_BACK)
+        self._standing_down = True
+        return True
+
     def _apply_engine(self, content):
         request = Request(content, "present", persist=False, peers=self.peers, state_dir=self.state.nft_dir,
                           unit_dir=None, lock_timeout=60)
@@ -202,6 +241,9 @@ class Agent:
         if content is None:
             self.log.info("%s: %s; the table stays as it is", why, what)
             return None
+        override = self.state.read_json("override.json")
+        if not (override and override.get("kind") == "bypass") and self._stand_down(what):
+            return None
         result = self.applier(content)
         if result.get("changed"):
             self.log.info("%s: applied %s (%s)", why, what, result.get("msg"))
@@ -216,8 +258,7 @@ class Agent:
             if raw == self.state.read_bytes("current.json"):
                 return "unchanged"
             try:
-                item = bundles.verify(raw, self.public_key, self.host, self.state.replay_state(meta), self.clock(),
-                                      fleet=self.fleet, retired=self.state.retired_keys(meta))
+                item = self._verify(raw, meta)
             except bundles.BundleError as exc:
                 self.log.error("bundle refused from %s: %s (%s); keeping serial %s and the live policy",
                                source, REFUSED_WORD[exc.kind], exc.reason, meta.get("serial"))
@@ -227,6 +268,12 @@ class Agent:
                 return "refused"
             override = self.state.read_json("override.json")
             local_mode = override.get("mode") if override and override.get("kind") == "mode" else None
+            if (not override or local_mode) and self._stand_down("bundle serial %d" % item.serial):
+                self._store(raw, item, meta)
+                self.update_status(last_error={"at": utcnow_text(self.clock()), "kind": "bypass",
+                                               "msg": "a foreign emergency bypass holds the table",
+                                               "source": source})
+                return "held"
             if not override or local_mode:
                 try:
                     result = self.applier(self.ruleset_in_mode(item, local_mode) if local_mode else item.ruleset)
@@ -251,6 +298,14 @@ class Agent:
                 "why": "new bundle", "changed": bool(result.get("changed")), "msg": result.get("msg")})
             return "applied"
 
+    def _verify(self, raw, meta):
+        """``bundles.verify``, with a nesting too deep for the parser refused as a format error, never raised."""
+        try:
+            return bundles.verify(raw, self.public_key, self.host, self.state.replay_state(meta), self.clock(),
+                                  fleet=self.fleet, retired=self.state.retired_keys(meta))
+        except RecursionError:
+            raise bundles.BundleError("the bundle nests JSON too deeply to parse", "format")
+
     def _store(self, raw, item, meta):
         current = self.state.read_bytes("current.json")
         if current is not None:
@@ -268,6 +323,37 @@ class Agent:
         count = len(self.controllers)
         return [self.controllers[(self.preferred + i) % count] for i in range(count)]
 
+    def resume_order(self):
+        """At start: begin at the controller that answered last, unless it is the one that failed last; else
+        right after the one that failed last. A controller that broke the agent is not the first one asked."""
+        urls = [controller_url(c) for c in self.controllers]
+        recorded = self.state.read_json(FAILOVER_FILE, {}) or {}
+        good, failed = recorded.get("last_good"), recorded.get("last_failed")
+        if good in urls and good != failed:
+            self.preferred = urls.index(good)
+        elif failed in urls:
+            self.preferred = (urls.index(failed) + 1) % len(urls)
+
+    def _remember(self, **changes):
+        """Record the last good / last failed controller (only when it changes: no write per poll)."""
+        recorded = self.state.read_json(FAILOVER_FILE, {}) or {}
+        if all(recorded.get(key) == value for key, value in changes.items()):
+            return
+        recorded.update(changes)
+        self.state.write_json(FAILOVER_FILE, recorded)
+
+    def refresh_credentials(self):
+        """Pick up renewed TLS files before a fetch cycle (the fetcher rebuilds its context when they changed)."""
+        refresh = getattr(self.fetcher, "refresh", None)
+        if refresh is None:
+            return
+        if refresh():
+            self.log.info("the TLS files changed: new connections use the renewed certificate, key, CA and CRL")
+        problem = getattr(getattr(self.fetcher, "credentials", None), "problem", None)
+        if problem and problem != self._tls_problem:
+            self.log.error(problem)
+        self._tls_problem = problem
+
     def poll_once(self):
         """One poll with failover. Returns the outcome (see ``accept``), or ``refused`` / ``unreachable`` when no
         controller gave a bundle that could be accepted.
@@ -277,6 +363,10 @@ class Agent:
         back from the good ones. It is asked again with the refused bundle's ETag, which keeps the refusal from
         being downloaded and logged again on every poll while it lasts.
         """
+        self.refresh_credentials()
+        if self._standing_down:
+            with self.state.locked():
+                self.apply_desired("emergency bypass check")  # applies the held policy once the bypass is lifted
         meta = self.meta()
         etag = meta.get("etag") if self.state.read_bytes("current.json") is not None else None
         failures = []
@@ -287,8 +377,9 @@ class Agent:
             still_refused = index in self._refused
             try:
                 status, body, new_etag = self.fetcher(controller, self._refused[index] if still_refused else etag)
-            except OSError as exc:
-                failures.append("%s: %s" % (url, exc))
+            except Exception as exc:  # whatever a controller does is a failover to the next one, never an exit
+                failures.append("%s: %s" % (url, str(exc) or exc.__class__.__name__))
+                self._remember(last_failed=url)
                 continue
             if status == 304 and still_refused and self._refused[index] is not None:
                 failures.append("%s: still serves the bundle refused before" % url)
@@ -301,6 +392,7 @@ class Agent:
                 if outcome == "refused":
                     self._refused[index] = new_etag
                     failures.append("%s: bundle refused (%s)" % (url, self._refusal))
+                    self._remember(last_failed=url)
                     refused = True
                     continue
                 if outcome in ("applied", "unchanged", "held") and new_etag:
@@ -308,9 +400,11 @@ class Agent:
                         self.state.write_json("meta.json", dict(self.meta(), etag=new_etag))
             else:
                 failures.append("%s: HTTP %d" % (url, status))
+                self._remember(last_failed=url)
                 continue
             self._refused.pop(index, None)
             self.preferred = index
+            self._remember(last_good=url)
             if failures:
                 self._problem("failover to %s after %s" % (url, "; ".join(failures)), logging.WARNING)
             else:
@@ -339,6 +433,7 @@ class Agent:
 
     def run(self, stop):
         self.record_identity()
+        self.resume_order()
         with self.state.locked():
             try:
                 self.apply_desired("start")
@@ -350,6 +445,9 @@ class Agent:
                 self.poll_once()
             except MsegError as exc:
                 self._problem(str(exc), logging.ERROR)
+            except Exception as exc:  # one bad poll must not stop the agent: log it, keep the policy, poll again
+                self._problem("poll failed (%s: %s); keeping the live policy" % (exc.__class__.__name__, exc),
+                              logging.ERROR)
             stop.wait(self.next_delay())
 
     # -- local overrides ---------------------------------------------------------------

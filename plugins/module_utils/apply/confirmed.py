@@ -22,6 +22,7 @@ from ansible_collections.mseg.fleet.plugins.module_utils.apply.engine import Eng
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.errors import ApplyError
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.peers import boottime
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.persist import prepare_state_dir
+from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.files import read_text, write_atomic
 
 GO_WAIT = 120
@@ -48,7 +49,7 @@ def arm(request, token, confirm_timeout):
     engine = Engine(request)
     engine.prepare()
     prepare_state_dir(request.paths)
-    with lock(request.paths, request.lock_timeout):
+    with lock(request.paths, request.lock_timeout, request.table_lock):
         ev = engine.evaluate()
         if ev["in_sync"] and engine.persist_in_sync():
             res = engine._run_locked()
@@ -90,7 +91,7 @@ def _worker(request, engine, txn, confirm_timeout, status_fd):  # pragma: no cov
         write_atomic(os.path.join(txn, "result.json"), json.dumps(text))
 
     try:
-        held = lock(request.paths, request.lock_timeout).acquire()
+        held = lock(request.paths, request.lock_timeout, request.table_lock).acquire()
     except ApplyError as exc:
         os.write(status_fd, str(exc).encode())
         os.close(status_fd)
@@ -128,14 +129,7 @@ def _worker(request, engine, txn, confirm_timeout, status_fd):  # pragma: no cov
         except OSError:
             pass  # renamed to "confirmed" by confirm(): keep the new ruleset
         else:
-            try:
-                engine.nft.load(backup)
-                why = ("no confirmation reached the host within confirm_timeout=%ss after the new ruleset went live; "
-                       "the previous table inet mseg was restored" % confirm_timeout)
-            except ApplyError as exc:
-                why = "no confirmation within %ss, and restoring the previous table failed: %s" % (confirm_timeout, exc)
-            write_atomic(os.path.join(txn, "final.json"),
-                         json.dumps({"rolled_back": True, "msg": why}))
+            write_atomic(os.path.join(txn, "final.json"), json.dumps(roll_back(engine, backup, after, confirm_timeout)))
             return
         engine.keep_backup(backup)
         counts = engine.record()[1]
@@ -148,6 +142,31 @@ def _worker(request, engine, txn, confirm_timeout, status_fd):  # pragma: no cov
         write_atomic(os.path.join(txn, "final.json"), json.dumps({"failed": True, "msg": "worker error: %s" % exc}))
     finally:
         held.release()
+
+
+def roll_back(engine, backup, applied, confirm_timeout):
+    """Restore ``backup`` after an unconfirmed apply, but only over the table that apply left (``applied``, its
+    listing): a newer policy or a bypass loaded since (by the agent, another state_dir, a hand) is never replaced by
+    an older one. Returns the final result."""
+    try:
+        live = engine.nft.listing()
+    except ApplyError as exc:
+        return {"rolled_back": False, "failed": True,
+                "msg": "no confirmation within %ss, and the live table could not be read, so nothing was restored: "
+                       "%s" % (confirm_timeout, exc)}
+    if live != applied:
+        return {"rolled_back": False, "superseded": True, "failed": True,
+                "msg": "no confirmation within %ss, but table %s changed after this apply (a newer apply, a bypass "
+                       "or a hand edit), so the previous table was NOT restored over it; look at it with 'nft list "
+                       "table %s'" % (confirm_timeout, contract.TABLE, contract.TABLE)}
+    try:
+        engine.nft.load(backup)
+    except ApplyError as exc:
+        return {"rolled_back": True,
+                "msg": "no confirmation within %ss, and restoring the previous table failed: %s" % (confirm_timeout, exc)}
+    return {"rolled_back": True,
+            "msg": "no confirmation reached the host within confirm_timeout=%ss after the new ruleset went live; the "
+                   "previous table %s was restored" % (confirm_timeout, contract.TABLE)}
 
 
 def confirm(paths, token, connection_started=None, wait=RESULT_WAIT):

@@ -53,11 +53,65 @@ from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft, 
 STATES = ("present", "absent", "previous")
 
 
-def lock(paths, timeout):
-    """The apply lock of ``paths``: two applies on one host never interleave."""
-    return FileLock(paths.lock, timeout, lambda holder: ApplyError(
+def lock(paths, timeout, table_lock=contract.TABLE_LOCK):
+    """The host-wide lock of the table (``contract.TABLE_LOCK``, shared with the agent and every other writer),
+    then the apply lock of ``paths``: two writers of the table never interleave, whatever their state_dir."""
+    return _Locks([_file_lock(path, timeout) for path in (table_lock, paths.lock) if path])
+
+
+def _file_lock(path, timeout):
+    return FileLock(path, timeout, lambda holder: ApplyError(
         "another mseg apply holds %s (%s) for more than %ss: wait for it to finish or raise lock_timeout; nothing "
-        "was changed" % (paths.lock, holder, timeout)))
+        "was changed" % (path, holder, timeout)))
+
+
+class _Locks:
+    """Several ``FileLock`` taken in order and released in reverse (a context manager, or acquire/release)."""
+
+    def __init__(self, locks):
+        self.locks = locks
+
+    def acquire(self):
+        held = []
+        try:
+            for item in self.locks:
+                directory = os.path.dirname(item.path)
+                if not os.path.isdir(directory):
+                    os.makedirs(directory, mode=0o700, exist_ok=True)
+                held.append(item.acquire())
+        except BaseException:
+            for item in reversed(held):
+                item.release()
+            raise
+        return self
+
+    def release(self):
+        for item in reversed(self.locks):
+            item.release()
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def agent_owner(state_dir):
+    """The agent's configuration when the agent owns table ``inet mseg`` on this host (else None): nft_apply must not
+    write the table behind it, or the agent and a playbook undo each other (an emergency bypass included)."""
+    path = os.path.join(state_dir, contract.AGENT_CONFIG_FILE)
+    return path if os.path.exists(path) else None
+
+
+def refuse_on_agent_host(state_dir):
+    """Raise ApplyError, changing nothing, when the agent owns the table (``agent_owner``)."""
+    owner = agent_owner(state_dir)
+    if owner:
+        raise ApplyError(
+            "table %s on this host is owned by %s (%s exists): a playbook must not write it behind the agent. "
+            "Publish the policy for the agent (mseg.fleet.publish), or use the host CLI through mseg.fleet.host_cli "
+            "('%s mode bypass|observe|enforce|clear', as mseg.fleet.bypass does on agent hosts); nothing was changed"
+            % (contract.TABLE, contract.AGENT_COMMAND, owner, contract.HOST_CLI))
 
 
 class Request:
@@ -68,7 +122,8 @@ class Request:
     """
 
     def __init__(self, content="", state="present", persist=True, peers=(), state_dir=contract.STATE_DIR,
-                 unit_dir=contract.UNIT_DIR, lock_timeout=300, check_mode=False, want_diff=False, templates=None):
+                 unit_dir=contract.UNIT_DIR, lock_timeout=300, check_mode=False, want_diff=False, templates=None,
+                 table_lock=contract.TABLE_LOCK):
         if state not in STATES:
             raise ApplyError("state must be one of %s, got %r" % (", ".join(STATES), state))
         if state == "previous" and content:
@@ -83,6 +138,7 @@ class Request:
         self.check_mode = check_mode
         self.want_diff = want_diff
         self.templates = templates
+        self.table_lock = table_lock  # the host-wide lock of the table (None only in tests that fake the kernel)
 
 
 class Engine:
@@ -287,7 +343,7 @@ class Engine:
         if self.req.check_mode:
             return self._run_locked()
         prepare_state_dir(self.paths)
-        with lock(self.paths, self.req.lock_timeout):
+        with lock(self.paths, self.req.lock_timeout, self.req.table_lock):
             return self._run_locked()
 
     def _run_locked(self):

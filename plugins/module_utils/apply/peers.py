@@ -4,7 +4,9 @@
 """Management peers: the controller's SSH address as this host sees it, and the transaction that keeps it reachable.
 
 Every apply adds the address Ansible connects from (or the agent's configured peers) to the table's management
-sets, so no policy can lock the operator out (DESIGN section 3, ``mseg_management_auto``).
+sets, so no policy can lock the operator out (DESIGN section 3, ``mseg_management_auto``). The sets hold this run's
+peers only: elements an earlier run added (they come back in a backup listing) are dropped, so an address Ansible
+once connected from does not stay a management peer forever.
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ from ansible_collections.mseg.fleet.plugins.module_utils.apply.errors import App
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 
 PREAMBLE = "table %s {}\ndelete table %s\n" % (contract.TABLE, contract.TABLE)
+# The per-connection sshd process: ``sshd`` up to OpenSSH 9.7, ``sshd-session`` (exec'd by the listener) from 9.8.
+SSHD_NAMES = ("sshd", "sshd-session")
+PROC = "/proc"
+_AUTO = "(?:%s)" % "|".join(re.escape(name) for name in sorted(contract.MGMT_AUTO_SET.values()))
+# ``elements = { ... }`` inside an auto set's declaration (a listing), and ``add element`` lines for one.
+_AUTO_ELEMENTS_RE = re.compile(r"(\bset\s+%s\s*\{[^{}]*?)\s*\belements\s*=\s*\{[^{}]*\}" % _AUTO)
+_AUTO_ADD_RE = re.compile(r"^\s*add\s+element\s+%s\s+%s\s*\{[^{}]*\}\s*;?\s*\n?"
+                          % (re.escape(contract.TABLE), _AUTO), re.M)
 
 
 def parse_ssh_connection(value):
@@ -37,9 +47,9 @@ def parse_ssh_connection(value):
     return str(address), port
 
 
-def _environ_of(pid):
+def _environ_of(pid, proc=PROC):
     try:
-        with open("/proc/%d/environ" % pid, "rb") as handle:
+        with open("%s/%d/environ" % (proc, pid), "rb") as handle:
             raw = handle.read()
     except OSError:
         return {}
@@ -51,9 +61,9 @@ def _environ_of(pid):
     return env
 
 
-def _parent_of(pid):
+def _parent_of(pid, proc=PROC):
     try:
-        with open("/proc/%d/stat" % pid) as handle:
+        with open("%s/%d/stat" % (proc, pid)) as handle:
             stat = handle.read()
     except OSError:
         return 0
@@ -84,9 +94,9 @@ def detect_ssh_peer(environ=None, pid=None):
     return None
 
 
-def _comm(pid):
+def _comm(pid, proc=PROC):
     try:
-        with open("/proc/%d/comm" % pid) as handle:
+        with open("%s/%d/comm" % (proc, pid)) as handle:
             return handle.read().strip()
     except OSError:
         return ""
@@ -96,12 +106,13 @@ def boottime():
     return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
 
 
-def ssh_connection_started(pid=None):
+def ssh_connection_started(pid=None, proc=PROC):
     """Boot-clock second at which sshd accepted the connection this process runs over, or None (not SSH).
 
-    The per-connection sshd process is the ``sshd`` ancestor whose parent is the listening sshd; it is
-    forked right after ``accept()``, so a connection whose process started after the new ruleset went
-    live was opened through that ruleset.
+    The per-connection process is the ``sshd``/``sshd-session`` ancestor whose parent is the listening sshd (the
+    topmost one); it is forked right after ``accept()``, so a connection whose process started after the new
+    ruleset went live was opened through that ruleset. OpenSSH 9.8 renamed it ``sshd-session``: both are
+    recognised, or the freshness proof would silently be off.
     """
     pid = os.getpid() if pid is None else pid
     chain = []
@@ -109,12 +120,12 @@ def ssh_connection_started(pid=None):
     while pid > 1 and pid not in seen:
         seen.add(pid)
         chain.append(pid)
-        pid = _parent_of(pid)
-    sshd = [p for p in chain if _comm(p) == "sshd"]
+        pid = _parent_of(pid, proc)
+    sshd = [p for p in chain if _comm(p, proc) in SSHD_NAMES]
     if len(sshd) < 2:
         return None
     try:
-        with open("/proc/%d/stat" % sshd[-2]) as handle:
+        with open("%s/%d/stat" % (proc, sshd[-2])) as handle:
             ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
     except (OSError, ValueError, IndexError):
         return None
@@ -131,8 +142,15 @@ def management_elements(peers):
     return lines
 
 
+def without_auto_elements(content):
+    """``content`` with the elements of the auto management sets removed (those an earlier apply added)."""
+    return _AUTO_ADD_RE.sub("", _AUTO_ELEMENTS_RE.sub(r"\1", content))
+
+
 def build_transaction(content, peers):
-    """The complete, atomic ``nft -f`` text: preamble, the content, then the management elements."""
+    """The complete, atomic ``nft -f`` text: preamble, the content without earlier auto elements, then this run's
+    management elements (auto-detected peers are replaced each run, never accumulated)."""
+    content = without_auto_elements(content)
     for address, _port in peers:
         name = contract.MGMT_AUTO_SET[ipaddress.ip_address(address).version]
         if not re.search(r"\bset\s+%s\b" % name, content):

@@ -210,6 +210,15 @@ LOCK_FILE = "lock"                    # serialises applies on one host
 TXN_DIR = "txn"                       # commit-confirmed transactions
 RESTORE_UNIT = "mseg-restore.service"
 HASH_HEADER = "# mseg-sha256: "
+# One owner and one lock per table on a host: every writer of the table (nft_apply's engine, its commit-confirmed
+# worker, the agent, the bypass) takes TABLE_LOCK before it reads or loads the table. RUN_DIR is root's, group
+# AGENT_GROUP's on agent hosts (the agent role's tmpfiles.d entry), never readable by others: a user who could open
+# the lock file could hold it.
+RUN_DIR = "/run/mseg"
+TABLE_LOCK = "%s/%s-%s.lock" % (RUN_DIR, TABLE_FAMILY, TABLE_NAME)
+# On a host with this file in STATE_DIR the agent owns the table: playbooks go through its host CLI, nft_apply
+# refuses to write the table behind it.
+AGENT_CONFIG_FILE = "agent.json"
 
 # --- identities in certificates -------------------------------------------------------------------------------
 # The name only a controller's certificate carries (a URI subject alternative name, in SPIFFE's form). The pki role

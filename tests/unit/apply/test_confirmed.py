@@ -50,3 +50,41 @@ def test_confirm_of_an_unknown_or_malformed_token(tmp_path):
         confirmed.confirm(paths, "0123456789abcdef")
     with pytest.raises(MsegError):
         confirmed.confirm(paths, "../../etc")
+
+
+def _worker_view(tmp_path, live):
+    """The detached worker's engine at the end of an unconfirmed window: the fake kernel holds ``live``."""
+    from ansible_collections.mseg.fleet.plugins.module_utils.apply import engine as apply_engine
+    from ansible_collections.mseg.fleet.plugins.module_utils.nft import runner
+    from ansible_collections.mseg.fleet.tests.unit.nft.fake import FakeNft
+
+    fake = FakeNft()
+    fake.edit(live)
+    request = apply_engine.Request("", "absent", persist=False, state_dir=str(tmp_path), unit_dir=None)
+    return apply_engine.Engine(request, runner.Nft(fake.path, fake)), fake
+
+
+APPLIED = "table inet mseg {\n# serial 2 (the unconfirmed apply)\n}\n"
+BACKUP = "table inet mseg {}\ndelete table inet mseg\ntable inet mseg {\n# serial 1\n}\n"
+
+
+def test_an_unconfirmed_apply_is_rolled_back_over_its_own_table(tmp_path):
+    engine, fake = _worker_view(tmp_path, APPLIED)
+    applied = engine.nft.listing()
+    final = confirmed.roll_back(engine, BACKUP, applied, 5)
+    assert final["rolled_back"] is True
+    assert "# serial 1" in fake.loads[-1]
+
+
+def test_a_rollback_never_restores_over_a_newer_table(tmp_path):
+    """A newer policy (the agent, a bypass, another state_dir) went live during the window: the late rollback of
+    the older apply must leave it alone and say so."""
+    engine, fake = _worker_view(tmp_path, APPLIED)
+    applied = engine.nft.listing()
+    fake.edit("table inet mseg {\ncounter emergency_bypass {\n}\n}\n")
+    loads = list(fake.loads)
+    final = confirmed.roll_back(engine, BACKUP, applied, 5)
+    assert final["rolled_back"] is False and final["superseded"] and final["failed"]
+    assert "was NOT restored" in final["msg"]
+    assert fake.loads == loads
+    assert "emergency_bypass" in engine.nft.listing()

@@ -69,3 +69,49 @@ def test_build_transaction_needs_the_management_set():
     with pytest.raises(MsegError) as err:
         peers.build_transaction(content, [("2001:db8::5", 22)])
     assert "does not declare set mgmt_auto_v6" in str(err.value) and "management_auto: false" in str(err.value)
+
+
+def _fake_proc(root, table):
+    """A process table: pid -> (comm, ppid, starttime in clock ticks), as /proc shows it."""
+    for pid, (comm, ppid, start) in table.items():
+        (root / str(pid)).mkdir()
+        (root / str(pid) / "comm").write_text(comm + "\n")
+        fields = ["S", str(ppid)] + ["0"] * 17 + [str(start)] + ["0"] * 5
+        (root / str(pid) / "stat").write_text("%d (%s) %s\n" % (pid, comm, " ".join(fields)))
+    return str(root)
+
+
+@pytest.mark.parametrize("session", ["sshd", "sshd-session"])
+def test_connection_start_is_found_with_old_and_new_openssh(tmp_path, session):
+    """OpenSSH >= 9.8 runs each connection as sshd-session: the proof must not silently turn off with it."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    proc = _fake_proc(tmp_path, {
+        100: ("sshd", 1, 5 * ticks),               # the listener
+        200: (session, 100, 900 * ticks),          # the per-connection monitor, forked at accept()
+        201: (session, 200, 901 * ticks),          # its unprivileged child
+        300: ("bash", 201, 902 * ticks),
+        301: ("sudo", 300, 903 * ticks),
+        302: ("python3", 301, 904 * ticks),
+    })
+    assert peers.ssh_connection_started(302, proc) == 900
+
+
+def test_no_connection_start_without_an_sshd_ancestor(tmp_path):
+    proc = _fake_proc(tmp_path, {100: ("systemd", 1, 1), 200: ("cron", 100, 2), 300: ("python3", 200, 3)})
+    assert peers.ssh_connection_started(300, proc) is None
+
+
+def test_auto_peers_of_an_earlier_run_are_replaced_not_kept():
+    """A backup listing carries the peers of the run that applied it; restoring it must not bring them back."""
+    listing = ("table inet mseg {\n"
+               "\tset mgmt_auto_v4 {\n\t\ttype ipv4_addr . inet_service\n"
+               "\t\telements = { 198.51.100.7 . 22,\n\t\t\t     198.51.100.8 . 22 }\n\t}\n"
+               "\tset mgmt_auto_v6 {\n\t\ttype ipv6_addr . inet_service\n\t\telements = { 2001:db8::7 . 22 }\n\t}\n"
+               "\tset mgmt_1_v4 {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = { 10.0.0.0/8 }\n\t}\n"
+               "}\n"
+               "add element inet mseg mgmt_auto_v4 { 198.51.100.9 . 22 }\n")
+    text = peers.build_transaction(listing, [("192.0.2.5", 22)])
+    for old in ("198.51.100.7", "198.51.100.8", "198.51.100.9", "2001:db8::7"):
+        assert old not in text
+    assert "elements = { 10.0.0.0/8 }" in text  # the operator's management entries stay
+    assert text.endswith("add element inet mseg mgmt_auto_v4 { 192.0.2.5 . 22 }\n")
