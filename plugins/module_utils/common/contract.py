@@ -57,7 +57,8 @@ _ID = "(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[
 LOG_KINDS = ("DROP", "AUDIT", "LOG")
 LOG_TAG = {kind: "[MSEG-%s]" % kind for kind in LOG_KINDS}
 LOG_LIMIT = "limit rate 10/second burst 20 packets"
-# NFLOG groups for machine-read records of the same events (reserved: no ruleset writes them yet). A log statement
+# NFLOG groups for machine-read records of the same events (the renderer writes them beside every log line; the
+# agent's drop log reads them, agent/nflog.py). A log statement
 # with a group goes to that group instead of the kernel log, so a record for machines is a second log statement,
 # with the same prefix and its kind's group.
 NFLOG_GROUP = {"DROP": 2710, "AUDIT": 2711, "LOG": 2712}
