@@ -207,7 +207,7 @@ def _run(args, _argv):
              config.host, ", ".join(controller_url(c) for c in config.controllers), config.interval,
              config.jitter * 100, config.droplog)
     if config.droplog != "none":
-        DropLog(config.droplog, log, stop).start()
+        DropLog(config.host, log, stop).start()
     agent.run(stop)
     log.info("%s stopping", contract.AGENT_COMMAND)
     return 0

@@ -174,6 +174,8 @@ LOCK_FILE = "lock"                    # serialises applies on one host
 TXN_DIR = "txn"                       # commit-confirmed transactions
 RESTORE_UNIT = "mseg-restore.service"
 HASH_HEADER = "# mseg-sha256: "
+# The agent's runtime log: its drop log writes the NFLOG events and heartbeats there; the observe report reads them.
+AGENT_RUNTIME_LOG = "/var/log/mseg-agent/runtime.log"
 
 # --- the host CLI ----------------------------------------------------------------------------------------------
 HOST_CLI = "mseg"                     # the operator's command on an agent host
