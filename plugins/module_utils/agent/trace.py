@@ -77,9 +77,9 @@ class Trace:
         self.ns = {"host": "mseg-trace-%s-h" % tag, "peer": "mseg-trace-%s-p" % tag}
         self.links = ("mtr%sh" % tag, "mtr%sp" % tag)
 
-    def runner(self, argv, **options):
+    def runner(self, argv, check=False, **options):
         """Run ``argv`` as ``subprocess.run`` would, from ``/`` with ``ROOT_ENV`` whatever the caller's."""
-        return self._run(argv, cwd=ROOT_CWD, env=dict(ROOT_ENV), **options)
+        return self._run(argv, cwd=ROOT_CWD, env=dict(ROOT_ENV), check=check, **options)
 
     def _ip(self, *args):
         proc = self.runner(["ip"] + list(args), capture_output=True, text=True, check=False)

@@ -134,7 +134,7 @@ def test_the_drop_log_writes_events_and_heartbeats_that_parse_back(log):
     thread = droplog.DropLog("web-01", log, stop, reader=lambda: FakeReader(events), heartbeat=300,
                              clock=lambda: next(clock))
     thread.start()
-    for _ in range(100):
+    for _attempt in range(100):
         if log.stream.getvalue().count("\n") >= 4:
             break
         threading.Event().wait(0.02)

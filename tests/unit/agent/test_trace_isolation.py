@@ -41,7 +41,7 @@ def test_trace_programs_never_import_a_planted_module(tmp_path, monkeypatch):
         real = _outside_netns(argv)
         if real is None:
             return subprocess.CompletedProcess(argv, 0, "", "")
-        return subprocess.run(real, **options)
+        return subprocess.run(real, check=options.pop("check"), **options)
 
     def popen(argv, **options):
         started.append(options)
