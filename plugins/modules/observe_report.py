@@ -9,19 +9,23 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: observe_report
-short_description: Summarise what enforce would drop, from the observe-mode kernel log
+short_description: Summarise what enforce would drop, from the agents' drop logs
 version_added: 0.1.0
 description:
-  - In observe mode every packet that enforce would drop is logged by the kernel as C([MSEG-AUDIT] ID=<id>) and
-    accepted. This module reads such lines (collected from the hosts by the C(mseg.fleet.observe_report)
-    playbook), attributes each address to its inventory host and labels, and summarises the would-be drops per
-    rule id and per pair of source labels, destination labels and port.
+  - In observe mode every packet that enforce would drop is logged as C([MSEG-AUDIT] ID=<id>) and accepted. The
+    agent on each host reads those records from the ruleset's NFLOG group (never from the kernel log, which any
+    local user can write to) and writes them to its runtime log, with a heartbeat while it collects. This module
+    reads those runtime log lines (collected from the hosts by the C(mseg.fleet.observe_report) playbook),
+    attributes each address to its inventory host and labels, and summarises the would-be drops per rule id and
+    per pair of source labels, destination labels and port.
+  - The heartbeats tell "no events" from "nobody was collecting"; without any, the summary says so.
   - Runs on the controller. With O(dest) it writes C(observe-report.json) and C(observe-report.csv) there.
 author:
   - mseg.fleet contributors (@mseg-fleet)
 options:
   lines:
-    description: Kernel log lines; lines that are not mseg log lines are ignored.
+    description: Lines of the agents' runtime logs (C(/var/log/mseg-agent/runtime.log)); other lines are ignored,
+      and so is any line that is not exactly what the drop log writes.
     type: list
     elements: str
     required: true
@@ -72,6 +76,11 @@ summary:
       elements: dict
     pairs:
       description: Per source labels, destination labels, port and rule, the packets and the hosts involved.
+      type: list
+      elements: dict
+    collecting:
+      description: Per host whose drop log was collecting, its first and last heartbeat in the input (C(from),
+        C(to)) and how many; empty when nobody was collecting.
       type: list
       elements: dict
 lines:

@@ -2,9 +2,10 @@
 
 Two network namespaces: ``ctl`` runs a small TLS 1.3 server that asks for a client certificate and serves the
 bundle file it finds on disk (with ETags); ``host`` runs ``mseg-agent run`` (the real command line, the real
-apply engine, the real ``nft``). The drop log reads the real kernel log through /dev/kmsg: a packet the policy
-drops in ``host`` becomes a ``Policy Drop: ID=...`` line in the runtime log (this needs
-net.netfilter.nf_log_all_netns=1, set for the test and restored).
+apply engine, the real ``nft``). The drop log reads the ruleset's NFLOG group in ``host`` (NFLOG works per network
+namespace): a packet the policy drops there becomes a ``Policy Drop: ID=...`` line in the runtime log, while a
+forged ``[MSEG-DROP]`` kernel log line (what any local user, or a container's root, can put into the kernel log)
+never does.
 """
 
 import datetime
@@ -32,7 +33,6 @@ from netns import CONNECTED, TIMEOUT, Fleet, available  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs root and network namespaces")
 
-NF_LOG_ALL_NETNS = "/proc/sys/net/netfilter/nf_log_all_netns"
 # The host CLI as the entry point in /usr/sbin runs it (agent/cli.py's main), from this checkout.
 CLI = [sys.executable, "-m", "ansible_collections.mseg.fleet.plugins.module_utils.agent.cli"]
 
@@ -123,13 +123,9 @@ def world(tmp_path):
               "interval": 0.5, "jitter": 0.2, "timeout": 1.0,
               "public_key": str(tmp_path / "bundle-signing.pub"), "tls_cert": str(tmp_path / "agent.crt"),
               "tls_key": str(tmp_path / "agent.key"), "tls_ca": str(tmp_path / "ca.crt"),
-              "state_dir": str(tmp_path / "state"), "log_file": str(tmp_path / "runtime.log"), "droplog": "kmsg"}
+              "state_dir": str(tmp_path / "state"), "log_file": str(tmp_path / "runtime.log"), "droplog": "nflog"}
     (tmp_path / "agent.json").write_text(json.dumps(config))
-    with open(NF_LOG_ALL_NETNS) as handle:
-        old_log_all = handle.read().strip()
-    with Fleet(["ctl", "host"]) as fleet, open(NF_LOG_ALL_NETNS, "w") as sysctl:
-        sysctl.write("1")
-        sysctl.flush()
+    with Fleet(["ctl", "host"]) as fleet:
         server = fleet.popen("ctl", [sys.executable, "-c", SERVER, str(served), str(tmp_path / "ca.crt"),
                                      str(tmp_path / "controller.crt"), str(tmp_path / "controller.key")],
                              stdout=subprocess.PIPE, text=True)
@@ -153,8 +149,6 @@ def world(tmp_path):
             agent.wait(10)
             server.terminate()
             server.wait(10)
-            with open(NF_LOG_ALL_NETNS, "w") as restore:
-                restore.write(old_log_all)
 
 
 RULESET = """table inet mseg {
@@ -168,7 +162,7 @@ RULESET = """table inet mseg {
     }
     chain input {
         type filter hook input priority filter; policy accept;
-        tcp dport 5432 counter name "rule_1024_in" log prefix "[MSEG-DROP] ID=1024 " drop
+        tcp dport 5432 counter name "rule_1024_in" log prefix "[MSEG-DROP] ID=1024 " log group 2710 prefix "[MSEG-DROP] ID=1024 " drop
         tcp dport %d drop
     }
 }
@@ -200,10 +194,16 @@ def test_agent_pulls_applies_refuses_and_logs_drops(world):
     assert "tcp dport 7001 drop" in listing
     log = (tmp / "runtime.log").read_text()
     assert "failover to https://10.77.0.1:8443/v1/bundle after https://10.77.0.9:8443/v1/bundle" in log
-    # a real packet dropped by rule 1024 becomes a structured line in the runtime log (kernel -> /dev/kmsg)
+    # collecting is announced (the observe report tells "no events" from "nobody was collecting")
+    _wait("the drop log heartbeat", lambda: "drop log: collecting on host from NFLOG groups 2710,2711,2712"
+          in (tmp / "runtime.log").read_text())
+    # a forged kernel log line is no event; a real packet dropped by rule 1024 is (kernel -> NFLOG group 2710)
+    with open("/dev/kmsg", "w") as kmsg:
+        kmsg.write("[MSEG-DROP] ID=4242 IN=eth0 OUT= SRC=10.66.6.6 DST=10.77.0.2 LEN=60 PROTO=TCP SPT=1 DPT=22\n")
     assert fleet.probe("ctl", "host", 5432, timeout=0.5) == TIMEOUT
     _wait("the drop log line", lambda: "Policy Drop: ID=1024 src=10.77.0.1 dst=10.77.0.2 proto=tcp dport=5432 "
           "dir=ingress" in (tmp / "runtime.log").read_text())
+    assert "ID=4242" not in (tmp / "runtime.log").read_text()
     # a bundle signed by another key: refused, the table stays
     before = fleet.run("host", ["nft", "-s", "list", "table", "inet", "mseg"]).stdout
     publish(RULESET % 7002, key=_pem_key(ed25519.Ed25519PrivateKey.generate()))
@@ -233,7 +233,8 @@ def test_agent_pulls_applies_refuses_and_logs_drops(world):
 
 
 def _trace(fleet, tmp, src, dst, port):
-    proc = fleet.run("host", CLI + ["--state-dir", str(tmp / "state"), "trace", "--src", src, "--dst", dst,
+    proc = fleet.run("host", CLI + ["--state-dir", str(tmp / "state"), "--config", str(tmp / "agent.json"),
+                                    "trace", "--src", src, "--dst", dst,
                                     "--port", port, "--json"], check=False,
                      env=dict(os.environ, PYTHONPATH=COLLECTIONS))
     assert proc.returncode in (0, 3), proc.stderr
@@ -257,7 +258,8 @@ def test_trace_runs_the_hosts_own_ruleset_in_the_kernel(world):
     assert fleet.run("host", ["nft", "-s", "list", "ruleset"]).stdout == live
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
     assert "mseg-trace" not in namespaces
-    proc = fleet.run("host", CLI + ["--state-dir", str(tmp / "state"), "trace", "--src", "10.9.9.9", "--dst",
+    proc = fleet.run("host", CLI + ["--state-dir", str(tmp / "state"), "--config", str(tmp / "agent.json"),
+                                    "trace", "--src", "10.9.9.9", "--dst",
                                     "10.9.9.8", "--port", "tcp/1"], check=False,
                      env=dict(os.environ, PYTHONPATH=COLLECTIONS))
     assert proc.returncode == 1 and "must be an address of this host" in proc.stderr

@@ -160,10 +160,16 @@ def test_service_is_pinned_limited_and_confined(name):
     if node.file(cgroup + "/memory.max").exists:
         assert node.check_output("cat %s/cpu.max" % cgroup) == "50000 100000"
         assert node.check_output("cat %s/memory.max" % cgroup) == str(256 * 1024 * 1024)
-    # /etc/mseg is root's 0700; the agent's files in it are its own, 0600; its state directory 0700, files 0600
+    # /etc/mseg is root's 0700 and so are the agent's configuration and key in it (the service gets them as
+    # credentials; the root CLI trusts them only so); its state directory 0700, files 0600
     assert node.file("/etc/mseg").mode == 0o700 and node.file("/etc/mseg").user == "root"
     for path in ("/etc/mseg/agent.json", "/etc/mseg/bundle-signing.pub"):
-        assert (node.file(path).mode, node.file(path).user) == (0o600, "mseg-agent")
+        assert (node.file(path).mode, node.file(path).user) == (0o600, "root")
+    # no supplementary group (no journal), and the drop log is collecting from NFLOG with CAP_NET_ADMIN alone
+    journal = node.check_output("getent group systemd-journal | cut -d: -f3")
+    assert journal not in proc["Groups"].split()
+    wait_for("the drop log's heartbeat", lambda: "drop log: collecting on %s from NFLOG groups 2710,2711,2712" % name
+             in runtime_log(name))
     assert node.file("/var/lib/mseg-agent").mode == 0o700
     modes = node.check_output("find /var/lib/mseg-agent -type f -printf '%m %u\\n' | sort -u")
     assert set(modes.splitlines()) == {"600 mseg-agent"}
@@ -400,6 +406,10 @@ def test_trace_on_the_host_names_the_deciding_rule():
         assert probe("agt-02", "agt-01", "tcp/5432") == "timeout"
     finally:
         host("agt-01").ansible("mseg.fleet.probe_listener", "state=stopped", check=False)
+    # and the drop log of agt-01 (NFLOG in its own network namespace) recorded the real dropped packet
+    dropped = "INFO Policy Drop: ID=0 src=%s dst=%s proto=tcp dport=5432 dir=ingress" % (
+        ADDRESS["agt-02"], ADDRESS["agt-01"])
+    wait_for("the drop log line on agt-01", lambda: dropped in runtime_log("agt-01"), timeout=10)
 
 
 def test_rollback_holds_the_previous_bundle_until_cleared():

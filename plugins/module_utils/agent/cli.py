@@ -11,6 +11,12 @@ verb is one row here, its name in the contract, and its options in that module.
 Both commands accept every verb (``/usr/sbin/mseg-agent`` and ``/usr/sbin/mseg`` are the same entry point with a
 different name). Errors are one line on standard error and a non-zero exit, never a traceback; ``trace`` exits 3
 when the traced packet is dropped.
+
+Run by root, the operator's verbs trust nothing the agent user or the caller controls: they run from ``/`` with
+a clean environment (the entry point's interpreter is isolated, ``python3 -I``), take the host name, management
+peers and bundle public key from root's own configuration in ``/etc/mseg`` (root-owned and writable by nobody
+else, checked with ``common.files.read_checked``; never the agent's ``identity.json``), read the agent's state
+without following links or blocking on FIFOs, and print it with every non-printable character escaped.
 """
 
 from __future__ import annotations
@@ -30,10 +36,10 @@ from ansible_collections.mseg.fleet.plugins.module_utils.agent.droplog import Dr
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.errors import AgentError
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.fetch import controller_url
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.log import make_logger
-from ansible_collections.mseg.fleet.plugins.module_utils.agent.state import State
-from ansible_collections.mseg.fleet.plugins.module_utils.agent.trace import run_trace
+from ansible_collections.mseg.fleet.plugins.module_utils.agent.trace import ROOT_CWD, ROOT_ENV, run_trace
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
+from ansible_collections.mseg.fleet.plugins.module_utils.common.files import printable, read_checked
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft
 
 # What ``mseg mode`` accepts: a local override, or ``clear`` to follow the controllers again.
@@ -51,6 +57,11 @@ def counters():
 
 
 def format_status(status, counted):
+    """``mseg status`` in words; every value comes from a file the agent user writes, so each line is escaped."""
+    return "\n".join(printable(line) for line in _status_lines(status, counted))
+
+
+def _status_lines(status, counted):
     bundle = status.get("bundle") or {}
     override = status.get("override")
     lines = ["host         %s" % status.get("host"),
@@ -84,7 +95,7 @@ def format_status(status, counted):
         lines.append("counters     %d" % len(counted))
         for name, packets, size in counted:
             lines.append("  %-28s %12d packets %14d bytes" % (name, packets, size))
-    return "\n".join(lines)
+    return lines
 
 
 def _operator():
@@ -113,12 +124,64 @@ def _as_agent_user(state_dir, argv):
         return
     if owner.st_uid == 0:
         return
-    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
-    env = dict(os.environ, MSEG_AS_AGENT="1", MSEG_OPERATOR=_operator())
+    setpriv = shutil.which("setpriv", path=ROOT_ENV["PATH"]) or "/usr/bin/setpriv"
+    env = dict(ROOT_ENV, MSEG_AS_AGENT="1", MSEG_OPERATOR=_operator())
     os.execve(setpriv, [setpriv, "--reuid=%d" % owner.st_uid, "--regid=%d" % owner.st_gid, "--clear-groups",
                         "--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin",
-                        "--bounding-set=-all,+net_admin", "--", sys.executable, os.path.abspath(sys.argv[0])] + argv,
-              env)
+                        "--bounding-set=-all,+net_admin", "--", sys.executable, "-I", os.path.abspath(sys.argv[0])]
+              + argv, env)
+
+
+def _as_root_cleanly():
+    """As root, run from ``/`` with ``ROOT_ENV`` only: no variable or directory of the caller's reaches a program
+    this verb starts (SUDO_USER is kept for the log's 'who')."""
+    if os.geteuid() != 0:
+        return
+    who = os.environ.get("SUDO_USER")
+    os.environ.clear()
+    os.environ.update(ROOT_ENV)
+    if who:
+        os.environ["SUDO_USER"] = who
+    os.chdir(ROOT_CWD)
+
+
+def _load_json(raw, path):
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise AgentError("%s is not valid JSON (%s)" % (path, printable(exc)))
+
+
+def _cli_agent(args, log):
+    """The agent the operator's verbs work with. As root: host, management peers and the bundle public key from
+    root's configuration (root-owned, nobody else may write it), never from what the agent user recorded; as the
+    agent user (``mode`` and ``rollback`` drop to it): its own ``identity.json``."""
+    if os.geteuid() != 0:
+        return Agent.from_identity(args.state_dir, log)
+    path = args.config or DEFAULT_CONFIG
+    raw = read_checked(path)
+    if raw is None:
+        raise AgentError("%s does not exist: the agent is not configured on this host (run the mseg.fleet.agent "
+                         "role)" % path)
+    config = Config(_load_json(raw, path), path)
+    key_path = config.files["public_key"]
+    key = read_checked(key_path)
+    if key is None:
+        raise AgentError("the bundle public key %s named by %s does not exist (run the mseg.fleet.agent role)"
+                         % (key_path, path))
+    return Agent(config.host, args.state_dir, key, log, config.peers)
+
+
+def _read_status(state_dir):
+    """The agent's status.json (written by the agent user): no links followed, no FIFO waited on, bounded."""
+    path = os.path.join(state_dir, "status.json")
+    raw = read_checked(path, root_owned=False)
+    if raw is None:
+        return None
+    status = _load_json(raw, path)
+    if not isinstance(status, dict):
+        raise AgentError("%s is not a JSON object; remove it (the agent writes it again)" % path)
+    return status
 
 
 def _say(text):
@@ -144,7 +207,7 @@ def _run(args, _argv):
              config.host, ", ".join(controller_url(c) for c in config.controllers), config.interval,
              config.jitter * 100, config.droplog)
     if config.droplog != "none":
-        DropLog(config.droplog, log, stop).start()
+        DropLog(config.host, log, stop).start()
     agent.run(stop)
     log.info("%s stopping", contract.AGENT_COMMAND)
     return 0
@@ -168,7 +231,7 @@ def _restore(args, _argv):
 
 
 def _status(args, _argv):
-    status = State(args.state_dir).read_json("status.json")
+    status = _read_status(args.state_dir)
     if status is None:
         raise AgentError("%s/status.json does not exist: the agent has not run on this host (systemctl status "
                          "mseg-agent)" % args.state_dir)
@@ -183,7 +246,7 @@ def _status(args, _argv):
 
 
 def _trace(args, _argv):
-    result = run_trace(Agent.from_identity(args.state_dir, make_logger(None)), args.src, args.dst, args.port)
+    result = run_trace(_cli_agent(args, make_logger(None)), args.src, args.dst, args.port)
     if args.json:
         _say_json(result)
     else:
@@ -207,7 +270,7 @@ def _override(args, argv, change):
     who = os.environ.get("MSEG_OPERATOR") or _operator()
     log_file = args.log_file or DEFAULT_LOG_FILE
     log = make_logger(log_file if os.path.isdir(os.path.dirname(log_file)) else None)
-    agent = Agent.from_identity(args.state_dir, log)
+    agent = _cli_agent(args, log)
     before = agent.state.read_json("override.json")
     result, message = change(agent, who)
     after = agent.state.read_json("override.json")
@@ -303,6 +366,8 @@ def main(argv=None, prog=contract.HOST_CLI):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser(prog).parse_args(argv)
     try:
+        if VERB[args.command].program == contract.HOST_CLI:
+            _as_root_cleanly()
         return VERB[args.command].handler(args, argv)
     except MsegError as exc:
         sys.stderr.write("%s: %s\n" % (prog, exc))

@@ -15,10 +15,10 @@ from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 
 DEFAULT_CONFIG = os.path.join(contract.STATE_DIR, contract.AGENT_CONFIG_FILE)
 DEFAULT_STATE_DIR = "/var/lib/mseg-agent"
-DEFAULT_LOG_FILE = "/var/log/mseg-agent/runtime.log"
+DEFAULT_LOG_FILE = contract.AGENT_RUNTIME_LOG
 DEFAULT_PORT = 8443
 DEFAULT_PATH = "/v1/bundle"
-DROPLOG_SOURCES = ("journal", "kmsg", "none")
+DROPLOG_SOURCES = ("nflog", "none")
 DEFAULT_MAX_BODY = 16 * 1024 * 1024  # the largest response the agent reads from a controller
 
 
@@ -64,7 +64,7 @@ class Config:
 
     REQUIRED = ("host", "controllers", "public_key", "tls_cert", "tls_key", "tls_ca")
     DEFAULTS = {"interval": 2.0, "jitter": 0.2, "timeout": 3.0, "state_dir": DEFAULT_STATE_DIR,
-                "log_file": DEFAULT_LOG_FILE, "management_peers": [], "droplog": "journal",
+                "log_file": DEFAULT_LOG_FILE, "management_peers": [], "droplog": "nflog",
                 "max_body": DEFAULT_MAX_BODY, "tls_crl": "", "fleet": contract.DEFAULT_FLEET}
 
     def __init__(self, data, where="the agent configuration", credentials=None):
@@ -107,7 +107,10 @@ class Config:
                 self.peers.append(parse_peer(item))
             except ValueError as exc:
                 problems.append(str(exc))
-        if values["droplog"] not in DROPLOG_SOURCES:
+        if values["droplog"] in ("journal", "kmsg"):
+            problems.append("droplog %r is gone: the drop log reads the ruleset's NFLOG records (nflog), since any "
+                            "local user can forge kernel log lines; set agent_droplog to nflog" % values["droplog"])
+        elif values["droplog"] not in DROPLOG_SOURCES:
             problems.append("droplog must be one of %s, got %r" % (", ".join(DROPLOG_SOURCES), values["droplog"]))
         self.droplog = values["droplog"]
         if values["tls_crl"] is not None and not isinstance(values["tls_crl"], str):

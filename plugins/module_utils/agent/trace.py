@@ -6,6 +6,11 @@
 Runs on the agent host, as root (creating network namespaces needs CAP_SYS_ADMIN). The two ends of the traced flow
 are programs of their own, ``trace_listener.py`` and ``trace_sender.py`` beside this file, run by path with the
 host's Python inside the scratch namespaces; the agent role installs them with the ``agent`` package.
+
+Everything it starts runs as root, so nothing of the caller's may steer it: each program runs from ``/`` with the
+clean environment ``ROOT_ENV``, and the two Python programs in an isolated interpreter (``-I``: no current
+directory or script directory on the import path, no ``PYTHON*`` variables, no user site; ``-S``: no site
+packages, they need the standard library only). A ``socket.py`` planted where the operator stands is never imported.
 """
 
 from __future__ import annotations
@@ -27,10 +32,19 @@ from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft
 _HERE = os.path.dirname(os.path.abspath(__file__))
 LISTENER = os.path.join(_HERE, "trace_listener.py")
 SENDER = os.path.join(_HERE, "trace_sender.py")
+# The environment and directory of every program trace starts as root: nothing inherited from the caller.
+ROOT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+ROOT_CWD = "/"
+
+
+def python_program(script, *args):
+    """The command line that runs one of trace's own programs in an isolated interpreter (standard library only)."""
+    return [sys.executable, "-I", "-S", script] + [str(arg) for arg in args]
 
 
 def _local_addresses():
-    proc = subprocess.run(["ip", "-j", "address", "show"], capture_output=True, text=True, check=False)
+    proc = subprocess.run(["ip", "-j", "address", "show"], capture_output=True, text=True, check=False, cwd=ROOT_CWD,
+                          env=dict(ROOT_ENV))
     try:
         return {item["local"] for link in json.loads(proc.stdout or "[]") for item in link.get("addr_info", [])
                 if item.get("local")}
@@ -53,14 +67,19 @@ class Trace:
     moved. No second implementation of the policy: the kernel decides, with exactly the ruleset the agent runs.
     Needs root (creating network namespaces needs CAP_SYS_ADMIN); touches nothing of the host's own namespace."""
 
-    def __init__(self, content, peers=(), timeout=1.0, runner=subprocess.run):
+    def __init__(self, content, peers=(), timeout=1.0, runner=subprocess.run, popen=subprocess.Popen):
         self.content = content
         self.peers = list(peers)
         self.timeout = timeout
-        self.runner = runner
+        self._run = runner
+        self.popen = popen
         tag = "%x" % (os.getpid() & 0xFFFFFF)
         self.ns = {"host": "mseg-trace-%s-h" % tag, "peer": "mseg-trace-%s-p" % tag}
         self.links = ("mtr%sh" % tag, "mtr%sp" % tag)
+
+    def runner(self, argv, check=False, **options):
+        """Run ``argv`` as ``subprocess.run`` would, from ``/`` with ``ROOT_ENV`` whatever the caller's."""
+        return self._run(argv, cwd=ROOT_CWD, env=dict(ROOT_ENV), check=check, **options)
 
     def _ip(self, *args):
         proc = self.runner(["ip"] + list(args), capture_output=True, text=True, check=False)
@@ -124,14 +143,13 @@ class Trace:
             before = self._settled()
             listener = None
             if proto != "icmp":
-                listener = subprocess.Popen(["ip", "netns", "exec", self.ns[receiver], sys.executable, LISTENER,
-                                             proto, str(family), str(port)],
-                                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                listener = self.popen(["ip", "netns", "exec", self.ns[receiver]]
+                                      + python_program(LISTENER, proto, family, port), cwd=ROOT_CWD,
+                                      env=dict(ROOT_ENV), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
                 if listener.stdout.readline().strip() != "ready":
                     raise AgentError("trace: the scratch listener on %s/%s did not start" % (proto, port))
             try:
-                sent = self._in(sender, [sys.executable, SENDER, proto, str(family), target,
-                                         str(port or 0), str(self.timeout)])
+                sent = self._in(sender, python_program(SENDER, proto, family, target, port or 0, self.timeout))
             finally:
                 if listener is not None:
                     listener.kill()

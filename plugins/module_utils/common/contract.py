@@ -91,7 +91,8 @@ _ID = "(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[
 LOG_KINDS = ("DROP", "AUDIT", "LOG")
 LOG_TAG = {kind: "[MSEG-%s]" % kind for kind in LOG_KINDS}
 LOG_LIMIT = "limit rate 10/second burst 20 packets"
-# NFLOG groups for machine-read records of the same events (reserved: no ruleset writes them yet). A log statement
+# NFLOG groups for machine-read records of the same events (the renderer writes them beside every log line; the
+# agent's drop log reads them, agent/nflog.py). A log statement
 # with a group goes to that group instead of the kernel log, so a record for machines is a second log statement,
 # with the same prefix and its kind's group.
 NFLOG_GROUP = {"DROP": 2710, "AUDIT": 2711, "LOG": 2712}
@@ -233,6 +234,8 @@ CONTROLLER_IDENTITY = "spiffe://mseg.fleet/controller"
 FLEET_VAR = "mseg_fleet"
 DEFAULT_FLEET = "default"
 FLEET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# The agent's runtime log: its drop log writes the NFLOG events and heartbeats there; the observe report reads them.
+AGENT_RUNTIME_LOG = "/var/log/mseg-agent/runtime.log"
 
 # --- the host CLI ----------------------------------------------------------------------------------------------
 HOST_CLI = "mseg"                     # the operator's command on an agent host

@@ -13,8 +13,14 @@ import errno
 import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 import time
+
+from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
+
+# What read_checked reads at most: state, keys and configuration are kilobytes; a bundle a few MiB.
+READ_LIMIT = 16 * 1024 * 1024
 
 
 def sha256_text(text):
@@ -72,6 +78,79 @@ def read_text(path):
             return handle.read()
     except OSError:
         return None
+
+
+class UntrustedFile(MsegError):
+    """A file a root process was about to trust is not what it must be (owner, mode, type, size)."""
+
+
+def read_checked(path, root_owned=True, limit=READ_LIMIT):
+    """The bytes of ``path`` as a root process may trust them, or None when it does not exist.
+
+    Opened with ``O_NOFOLLOW`` (a symbolic link is refused, not followed) and ``O_NONBLOCK`` (a FIFO or a device
+    never hangs the reader), then checked on the open descriptor (``fstat``, so nothing can be swapped in between):
+    a regular file, at most ``limit`` bytes, and with ``root_owned`` owned by uid 0 and writable by nobody else
+    (no group or other write). Anything else raises ``UntrustedFile`` naming the file, what is wrong and the fix.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        if exc.errno == errno.ELOOP:
+            raise UntrustedFile("%s is a symbolic link; refusing to follow it (replace it with the file itself)"
+                                % path)
+        raise UntrustedFile("cannot open %s (%s)" % (path, exc.strerror or exc))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UntrustedFile("%s is not a regular file (a %s); refusing to read it (remove it: the agent "
+                                "writes it again)" % (path, _file_type(info.st_mode)))
+        if root_owned and (info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+            raise UntrustedFile("%s is owned by uid %d with mode %04o; a root process reads it only when root owns "
+                                "it and nobody else may write it (chown root:root and chmod go-w it, or rerun the "
+                                "role that installs it)" % (path, info.st_uid, stat.S_IMODE(info.st_mode)))
+        if info.st_size > limit:
+            raise UntrustedFile("%s holds %d bytes, more than the %d read at most; refusing to read it"
+                                % (path, info.st_size, limit))
+        chunks = []
+        size = 0
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise UntrustedFile("%s grew beyond the %d bytes read at most; refusing to read it" % (path, limit))
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _file_type(mode):
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISDIR, "directory"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def printable(text):
+    """``text`` safe to print on a terminal or into a log line: every character that is not printable (newlines,
+    escape sequences, other control characters) and the backslash itself written as ``\\xNN`` (``\\uNNNN``)."""
+    text = str(text)
+    out = []
+    for char in text:
+        if char == "\\":
+            out.append("\\x5c")
+        elif char.isprintable():
+            out.append(char)
+        elif ord(char) < 0x100:
+            out.append("\\x%02x" % ord(char))
+        else:
+            out.append("\\u%04x" % ord(char))
+    return "".join(out)
 
 
 class FileLock:

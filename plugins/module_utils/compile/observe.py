@@ -1,10 +1,13 @@
 # -*- coding: utf-8 -*-
 # Copyright: mseg.fleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Summarise the kernel's ``[MSEG-AUDIT]`` / ``[MSEG-DROP]`` / ``[MSEG-LOG]`` lines (the observe report).
+"""Summarise the agents' drop logs (the observe report).
 
 In observe mode every packet enforce would drop is logged ``[MSEG-AUDIT] ID=<id>`` and accepted, so the summary of
-those lines per rule and per pair of labels is exactly what switching to enforce would break.
+those events per rule and per pair of labels is exactly what switching to enforce would break. The events are the
+lines the agents' drop log wrote to their runtime logs from the ruleset's NFLOG records (``agent.droplog``), never
+kernel log lines, which any local user can forge. The drop log's heartbeats say who was collecting and when, so
+the report tells "no events" from "nobody was collecting".
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import csv
 import io
 
-from ansible_collections.mseg.fleet.plugins.module_utils.common.logline import parse_line
+from ansible_collections.mseg.fleet.plugins.module_utils.agent.droplog import Heartbeat, parse_runtime_line
 
 
 def _who(fleet, address, by_address):
@@ -25,7 +28,9 @@ def _who(fleet, address, by_address):
 
 
 def summarise(fleet, lines, kinds=("AUDIT",)):
-    """Count the logged packets per rule and per (source labels, destination labels, port)."""
+    """Count the logged packets per rule and per (source labels, destination labels, port), from the lines of the
+    agents' runtime logs (other lines are ignored); ``collecting`` lists each host whose drop log was running,
+    from its first to its last heartbeat in the input."""
     by_address = {}
     for name, host in fleet.hosts.items():
         for net in host.addresses:
@@ -34,9 +39,18 @@ def summarise(fleet, lines, kinds=("AUDIT",)):
     per_rule = {}
     per_pair = {}
     flows = {}
+    collecting = {}
     for line in lines:
-        event = parse_line(line)
-        if event is None or event.kind not in kinds:
+        parsed = parse_runtime_line(line)
+        if parsed is None:
+            continue
+        at, event = parsed
+        if isinstance(event, Heartbeat):
+            seen = collecting.setdefault(event.host, {"host": event.host, "from": at, "to": at, "heartbeats": 0})
+            seen["from"], seen["to"] = min(seen["from"], at), max(seen["to"], at)
+            seen["heartbeats"] += 1
+            continue
+        if event.kind not in kinds:
             continue
         src_host, src_label = _who(fleet, event.src, by_address)
         dst_host, dst_label = _who(fleet, event.dst, by_address)
@@ -58,7 +72,8 @@ def summarise(fleet, lines, kinds=("AUDIT",)):
     pairs = []
     for item in sorted(per_pair.values(), key=lambda p: (-p["packets"], p["src"], p["dst"], p["port"])):
         pairs.append(dict(item, hosts=sorted(item["hosts"])))
-    return {"packets": sum(flows.values()), "flows": len(flows), "rules": rules, "pairs": pairs}
+    return {"packets": sum(flows.values()), "flows": len(flows), "rules": rules, "pairs": pairs,
+            "collecting": [collecting[name] for name in sorted(collecting)]}
 
 
 def to_csv(summary):
@@ -73,7 +88,12 @@ def to_csv(summary):
 
 
 def format_summary(summary):
+    if not summary["collecting"] and not summary["packets"]:
+        return ["nobody was collecting: no drop log heartbeat in the input, so no events says nothing (the agent "
+                "collects on each host: mseg.fleet.agent with agent_droplog: nflog)"]
     lines = ["%d packet(s) in %d flow(s) would be dropped under enforce" % (summary["packets"], summary["flows"])]
+    for seen in summary["collecting"]:
+        lines.append("  collected on %s from %s to %s" % (seen["host"], seen["from"], seen["to"]))
     for rule in summary["rules"]:
         lines.append("  rule %-5d %-24s %6d packet(s) %4d flow(s)" % (
             rule["rule"], rule["name"] or "", rule["packets"], rule["flows"]))

@@ -106,12 +106,19 @@ def port_matches(ports, version):
     return tuple(matches)
 
 
+def _log(kind, rule_id):
+    """The two log statements of an event: the kernel log line people read, and the same prefix to the kind's NFLOG
+    group, the only channel machines read (a kernel log line can be forged by any local user; an NFLOG record
+    cannot). Both sit behind the same rate limit."""
+    prefix = nft.quote(contract.log_prefix(kind, rule_id))
+    return "log prefix %s log group %d prefix %s" % (prefix, contract.NFLOG_GROUP[kind], prefix)
+
+
 def _verdict_pair(table, chain, match, kind, rule_id, counter, verdict, comment):
     """A rate-limited log followed by an unconditional counted verdict: the limit can never skip the verdict."""
     table.counter(counter)
     lead = match + " " if match else ""
-    chain.add('%s%s log prefix %s' % (lead, contract.LOG_LIMIT, nft.quote(contract.log_prefix(kind, rule_id))),
-              comment)
+    chain.add('%s%s %s' % (lead, contract.LOG_LIMIT, _log(kind, rule_id)), comment)
     chain.add('%scounter name %s %s' % (lead, nft.quote(counter), verdict), comment)
 
 
@@ -204,9 +211,8 @@ def _plan_rule(table, chain, item, direction, peer_field, local_field, observe):
             if item.action == "allow":
                 chain.add("%s counter name %s accept" % (match, nft.quote(counter)), comment)
             elif item.action == "log":
-                chain.add("%s counter name %s %s log prefix %s" % (
-                    match, nft.quote(counter), contract.LOG_LIMIT, nft.quote(contract.log_prefix("LOG", rule_id))),
-                    comment)
+                chain.add("%s counter name %s %s %s" % (match, nft.quote(counter), contract.LOG_LIMIT,
+                                                        _log("LOG", rule_id)), comment)
             else:
                 target = contract.deny_chain(rule_id, direction)
                 if not any(c.name == target for c in table.chains):

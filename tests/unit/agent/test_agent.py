@@ -6,8 +6,6 @@ and on the lab (molecule/agent).
 """
 
 import io
-import threading
-import time
 import json
 import logging
 import os
@@ -16,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ansible_collections.mseg.fleet.plugins.module_utils.agent import config, daemon, droplog
+from ansible_collections.mseg.fleet.plugins.module_utils.agent import config, daemon
 from ansible_collections.mseg.fleet.plugins.module_utils.agent import log as agent_log
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.errors import AgentError
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.errors import ApplyError
@@ -285,6 +283,9 @@ def test_config_validation_names_every_problem(tmp_path):
     for words in ("unknown key(s) colour", "missing tls_ca", "only https", "interval must be", "jitter is a "
                   "fraction", "droplog must be one of", "management peer 'nope'", "/etc/mseg/agent.json"):
         assert words in text
+    with pytest.raises(AgentError, match="droplog 'journal' is gone: the drop log reads the ruleset's NFLOG"):
+        config.Config(dict(good, droplog="journal"))
+    assert config.Config(good).droplog == "nflog"
 
 
 def test_config_files_come_from_credentials(tmp_path, monkeypatch):
@@ -294,31 +295,6 @@ def test_config_files_come_from_credentials(tmp_path, monkeypatch):
                             "tls_ca": "/etc/mseg/tls/ca.crt"}, credentials=str(tmp_path))
     assert parsed.file("tls_key") == str(tmp_path / "agent.key")
     assert parsed.file("tls_cert") == "/etc/mseg/tls/agent.crt"
-
-
-KERNEL = [
-    "[ 12.3] [MSEG-DROP] ID=1024 IN=eth0 OUT= MAC=aa:bb SRC=10.0.1.5 DST=10.0.2.7 LEN=60 TOS=0x00 PREC=0x00 "
-    "TTL=64 ID=4242 DF PROTO=TCP SPT=40000 DPT=5432 WINDOW=64240 RES=0x00 SYN URGP=0",
-    "[MSEG-AUDIT] ID=0 IN= OUT=eth0 SRC=fd00:0001:0000:0000:0000:0000:0000:0001 "
-    "DST=fd00:0002:0000:0000:0000:0000:0000:0001 LEN=80 TC=0 HOPLIMIT=64 FLOWLBL=1 PROTO=UDP SPT=5000 DPT=53 LEN=40",
-    "eth0: link becomes ready",
-    "[MSEG-DROP] ID=0 IN=eth0 OUT= SRC=192.0.2.7 DST=10.0.3.1 LEN=84 TTL=64 ID=1 PROTO=ICMP TYPE=8 CODE=0",
-]
-
-
-def test_drop_log_lines():
-    assert list(droplog.droplog_lines(KERNEL)) == [
-        "Policy Drop: ID=1024 src=10.0.1.5 dst=10.0.2.7 proto=tcp dport=5432 dir=ingress",
-        "Policy Audit: ID=0 src=fd00:1::1 dst=fd00:2::1 proto=udp dport=53 dir=egress",
-        "Policy Drop: ID=0 src=192.0.2.7 dst=10.0.3.1 proto=icmp dir=ingress",
-    ]
-
-
-def test_kmsg_record_message():
-    record = (b"4,1234,5678901,-;[MSEG-DROP] ID=7 IN=eth0 OUT= SRC=10.0.0.1 DST=10.0.0.2 PROTO=TCP SPT=1 DPT=22\n"
-              b" SUBSYSTEM=net\n")
-    assert list(droplog.droplog_lines([droplog.kmsg_message(record)])) == [
-        "Policy Drop: ID=7 src=10.0.0.1 dst=10.0.0.2 proto=tcp dport=22 dir=ingress"]
 
 
 def test_local_observe_mode_runs_the_signed_observe_ruleset_until_cleared(tmp_path, log):
@@ -363,23 +339,3 @@ def test_logger_writes_runtime_log(tmp_path):
     logger.handlers = []
     assert path.read_text().split(" ", 1)[1].strip() == "INFO Policy Drop: ID=1024 src=10.0.1.5"
     logging.getLogger(agent_log.LOGGER).handlers = []
-
-
-def test_drop_log_follows_journalctl(tmp_path, monkeypatch, log):
-    """The journal source runs journalctl --dmesg --follow; a stand-in on PATH prints kernel lines and exits."""
-    fake = tmp_path / "journalctl"
-    fake.write_text("#!/bin/sh\n[ \"$*\" = \"--dmesg --follow --lines=0 --output=cat\" ] || exit 2\n"
-                    "cat <<'EOF'\n%s\nEOF\n" % "\n".join(KERNEL))
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", "%s:%s" % (tmp_path, os.environ["PATH"]))
-    stop = threading.Event()
-    reader = droplog.DropLog("journal", log, stop)
-    reader.start()
-    deadline = time.time() + 10
-    while "reader ended" not in log.stream.getvalue() and time.time() < deadline:
-        time.sleep(0.05)
-    stop.set()
-    reader.join(10)
-    lines = [line.split(" ", 2)[2] for line in log.stream.getvalue().splitlines() if "Policy" in line]
-    assert lines == list(droplog.droplog_lines(KERNEL))
-    assert "drop log: the journal reader ended; restarting it in 5 s" in log.stream.getvalue()

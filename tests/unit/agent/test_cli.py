@@ -5,6 +5,7 @@ nft apply is replaced by a recording fake. ``mseg trace`` needs root and namespa
 """
 
 import json
+import os
 import time
 
 import pytest
@@ -51,20 +52,31 @@ def test_usage_errors_are_one_line(argv, words, capsys):
     assert err.rstrip().endswith("(see %s --help)" % err.split(":")[0])
 
 
+@pytest.fixture(autouse=True)
+def _keep_environment():
+    """As root the operator's verbs clear the environment and move to /: give the test process its own back."""
+    saved, where = dict(os.environ), os.getcwd()
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+    os.chdir(where)
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert cli.main(["--state-dir", str(tmp_path), "status"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("mseg: ") and "the agent has not run" in err and "Traceback" not in err
-    assert cli.main(["--state-dir", str(tmp_path), "mode", "observe"]) == 1
+    assert cli.main(["--state-dir", str(tmp_path), "--config", str(tmp_path / "agent.json"), "mode", "observe"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("mseg: ") and "the agent has never started on this host" in err
+    assert err.startswith("mseg: ") and ("the agent is not configured on this host" if os.geteuid() == 0 else
+                                         "the agent has never started on this host") in err
 
 
 def test_an_operating_system_error_is_one_line_too(tmp_path, monkeypatch, capsys):
-    def denied(_self, name, default=None):
-        raise PermissionError(13, "Permission denied", str(tmp_path / name))
+    def denied(path, root_owned=True):
+        raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr(cli.State, "read_json", denied)
+    monkeypatch.setattr(cli, "read_checked", denied)
     assert cli.main(["--state-dir", str(tmp_path), "status", "--json"]) == 1
     captured = capsys.readouterr()
     assert captured.err == "mseg: %s: Permission denied\n" % (tmp_path / "status.json") and captured.out == ""
@@ -106,7 +118,14 @@ def host(tmp_path, monkeypatch):
                                                   RULESET + "# serial %d\n" % serial, time.time() - 60,
                                                   time.time() + 86400, key), None))
         assert agent.poll_once() == "applied"
-    yield ["--state-dir", str(state), "--log-file", str(tmp_path / "runtime.log")], applied
+    # root's configuration, as the agent role writes it (root-owned, 0600 and 0644)
+    (tmp_path / "bundle-signing.pub").write_bytes(bundle.public_key_pem(key))
+    (tmp_path / "agent.json").write_text(json.dumps({
+        "host": "web-01", "controllers": ["https://c1:8443/v1/bundle"], "public_key": str(tmp_path / "bundle-signing.pub"),
+        "tls_cert": "/x/agent.crt", "tls_key": "/x/agent.key", "tls_ca": "/x/ca.crt"}))
+    os.chmod(str(tmp_path / "agent.json"), 0o600)
+    yield ["--state-dir", str(state), "--log-file", str(tmp_path / "runtime.log"),
+           "--config", str(tmp_path / "agent.json")], applied
 
 
 def _answer(host, capsys, *argv):
@@ -142,3 +161,84 @@ def test_status_answers_in_json_and_in_words(host, capsys, monkeypatch):
     assert status["counters"] == [{"name": "rule_1024_in", "packets": 3, "bytes": 180}]
     assert cli.main(options + ["status"]) == 0
     assert "serial       2 " in capsys.readouterr().out
+
+
+def _agent_writes(path, data):
+    """What a compromised agent user does to a file of its state directory."""
+    path.write_bytes(data) if isinstance(data, bytes) else path.write_text(data)
+    if os.geteuid() == 0:
+        os.chown(str(path), 65534, 65534)
+
+
+def test_root_never_takes_the_bundle_key_from_the_agents_state(host, capsys, tmp_path):
+    """The attack: the agent user records its own key in identity.json and a bundle signed with it; root's
+    'mseg mode enforce' then loaded the attacker's ruleset. Root verifies with the key of its own configuration."""
+    if os.geteuid() != 0:
+        pytest.skip("the root CLI's behaviour needs root")
+    options, applied = host
+    state = tmp_path / "state"
+    evil = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    identity = json.loads((state / "identity.json").read_text())
+    identity["public_key"] = bundle.public_key_pem(evil).decode("ascii")
+    _agent_writes(state / "identity.json", json.dumps(identity))
+    _agent_writes(state / "current.json", bundle.make_envelope("web-01", 99, "d" * 64, "enforce",
+                                                               "table inet mseg {}\n# EVIL\n", 0, 4102444800, evil))
+    before = list(applied)
+    assert cli.main(options + ["mode", "enforce"]) == 1
+    assert "failed verification" in capsys.readouterr().err
+    assert applied == before and not any("EVIL" in text for text in applied)
+
+
+def test_root_refuses_a_configuration_the_agent_user_could_write(host, capsys, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("the root CLI's behaviour needs root")
+    options, _applied = host
+    os.chown(str(tmp_path / "bundle-signing.pub"), 65534, 65534)
+    assert cli.main(options + ["mode", "enforce"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mseg: %s is owned by uid 65534" % (tmp_path / "bundle-signing.pub")) and "chown root" in err
+
+
+def test_status_neither_hangs_on_a_fifo_nor_prints_control_characters(host, capsys, monkeypatch, tmp_path):
+    options, _applied = host
+    monkeypatch.setattr(cli, "counters", lambda: [])
+    status_file = tmp_path / "state" / "status.json"
+    status = json.loads(status_file.read_text())
+    status["last_error"] = {"at": "T", "kind": "x", "msg": "boom\x1b]0;owned\x07\nlast apply   forged"}
+    _agent_writes(status_file, json.dumps(status))
+    assert cli.main(options + ["status"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\nlast apply   forged" not in out
+    assert "boom\\x1b]0;owned\\x07\\x0alast apply   forged" in out
+    status_file.unlink()
+    os.mkfifo(str(status_file))
+    assert cli.main(options + ["status"]) == 1
+    assert "is not a regular file (a FIFO)" in capsys.readouterr().err
+
+
+def test_the_operators_verbs_run_as_root_from_slash_with_a_clean_environment(host, monkeypatch, capsys):
+    if os.geteuid() != 0:
+        pytest.skip("the root CLI's behaviour needs root")
+    options, _applied = host
+    monkeypatch.setenv("PYTHONPATH", "/tmp/planted")
+    monkeypatch.setenv("SUDO_USER", "alice")
+    seen = {}
+
+    def status(_args, _argv):
+        seen.update(cwd=os.getcwd(), env=dict(os.environ))
+        return 0
+
+    monkeypatch.setitem(cli.VERB, "status", cli.VERB["status"]._replace(handler=status))
+    assert cli.main(options + ["status"]) == 0
+    assert seen == {"cwd": "/", "env": dict(cli.ROOT_ENV, SUDO_USER="alice")}
+
+
+def test_the_runtime_log_keeps_untrusted_text_on_one_line(tmp_path):
+    path = tmp_path / "runtime.log"
+    log = agent_log.make_logger(str(path))
+    log.error("bundle refused from %s: %s", "c1", "bad\n2026-01-01T00:00:00Z INFO Policy Drop: ID=1 forged\x1b[2J")
+    for handler in log.handlers:
+        handler.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 and "\\x0a2026-01-01T00:00:00Z INFO Policy Drop" in lines[0] and "\x1b" not in lines[0]

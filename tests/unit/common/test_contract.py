@@ -1,14 +1,17 @@
 """The wire contract ties each writer to each reader: rendered rulesets against the log parser, the agent's drop
 log, the observe report, the counter readers and the policy role; and the allowlist of what a ruleset may write."""
 
+import ipaddress
 import os
 import re
+import struct
 
 import pytest
 import yaml
 
 from ansible_collections.mseg.fleet.plugins.filter.wire import wire
-from ansible_collections.mseg.fleet.plugins.module_utils.agent.droplog import droplog_lines
+from ansible_collections.mseg.fleet.plugins.module_utils.agent.droplog import droplog_line, parse_runtime_line
+from ansible_collections.mseg.fleet.plugins.module_utils.agent.nflog import Record, record_event
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.logline import parse_line
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import compile_fleet
@@ -84,6 +87,23 @@ def log_prefixes(text):
             for prefix in re.findall(r'\blog prefix "([^"]*)"', rule)]
 
 
+def nflog_statements(text):
+    """``[(chain, group, prefix)]`` for every NFLOG log statement of a rendered table."""
+    return [(chain, int(group), prefix) for chain, rules in chains(text).items() for rule in rules
+            for group, prefix in re.findall(r'\blog group (\d+) prefix "([^"]*)"', rule)]
+
+
+def ipv4_tcp(src, dst, dport):
+    """An IPv4 header and the first bytes of a TCP header, as an NFLOG record carries the packet."""
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0, 64, 6, 0, ipaddress.ip_address(src).packed,
+                         ipaddress.ip_address(dst).packed)
+    return header + struct.pack("!HHII", 40000, dport, 0, 0)
+
+
+def runtime_line(message, at="2026-12-05T10:00:00Z"):
+    return "%s INFO %s" % (at, message)
+
+
 def declared(text, keyword):
     return re.findall(r"^\t%s (\S+) \{$" % keyword, text, re.M)
 
@@ -96,7 +116,8 @@ def kernel_line(prefix, direction, src="192.0.2.7", dst="10.0.2.1"):
             % (prefix, iif, oif, src, dst))
 
 
-# (a) log prefixes: writer (renderer) -> readers (logline.parse_line, the agent's drop log, the observe report)
+# (a) log prefixes: writer (renderer) -> readers (logline.parse_line for people; for machines the NFLOG reader, the
+# agent's drop log and the observe report)
 
 def test_every_log_prefix_is_a_contract_prefix_of_the_right_kind(rulesets):
     kinds = {}
@@ -119,9 +140,6 @@ def test_each_logged_line_is_read_back_by_the_parser_and_the_drop_log(rulesets, 
         event = parse_line(line)
         assert (event.kind, event.rule, event.direction) == (kind, int(rule_id), direction), line
         assert (event.src, event.dst, event.proto, event.dport) == ("192.0.2.7", "10.0.2.1", "tcp", 5432)
-        word = {"DROP": "Drop", "AUDIT": "Audit", "LOG": "Log"}[kind]
-        assert list(droplog_lines(["unrelated kernel message", line])) == [
-            "Policy %s: ID=%s src=192.0.2.7 dst=10.0.2.1 proto=tcp dport=5432 dir=%s" % (word, rule_id, direction)]
         seen.add((kind, int(rule_id), direction))
     # the deny rules, the log rule and both defaults all log, in the mode's kind
     verdict = "DROP" if mode == "enforce" else "AUDIT"
@@ -129,8 +147,30 @@ def test_each_logged_line_is_read_back_by_the_parser_and_the_drop_log(rulesets, 
             (verdict, 50, "egress")} <= seen
 
 
+@pytest.mark.parametrize("mode", ["enforce", "observe"])
+def test_every_log_line_has_its_nflog_record_read_back_by_the_drop_log(rulesets, mode):
+    """Each log statement for people has a twin to its kind's NFLOG group with the same prefix; a record of that
+    group and prefix is an event for the drop log, whose runtime line parses back to the same event."""
+    people = sorted(log_prefixes(rulesets[mode]))
+    machines = nflog_statements(rulesets[mode])
+    assert sorted((chain, prefix) for chain, _group, prefix in machines) == people
+    for chain, group, prefix in machines:
+        kind, rule_id = contract.LOG_PREFIX_RE.match(prefix).group("kind", "id")
+        assert group == contract.NFLOG_GROUP[kind]
+        direction = direction_of(chain)
+        indev, outdev = (2, 0) if direction == "ingress" else (0, 2)
+        event = record_event(Record(group, prefix.encode("ascii"), indev, outdev,
+                                    ipv4_tcp("192.0.2.7", "10.0.2.1", 5432)))
+        assert event == (kind, int(rule_id), direction, "192.0.2.7", "10.0.2.1", "tcp", 5432)
+        word = {"DROP": "Drop", "AUDIT": "Audit", "LOG": "Log"}[kind]
+        assert droplog_line(event) == "Policy %s: ID=%s src=192.0.2.7 dst=10.0.2.1 proto=tcp dport=5432 dir=%s" % (
+            word, rule_id, direction)
+        assert parse_runtime_line(runtime_line(droplog_line(event))) == ("2026-12-05T10:00:00Z", event)
+
+
 def test_the_observe_report_counts_each_audited_rule(fleet, rulesets):
-    lines = [kernel_line(prefix, direction_of(chain)) for chain, prefix in log_prefixes(rulesets["observe"])]
+    lines = [runtime_line(droplog_line(record_event(Record(group, prefix.encode("ascii"), 2, 0, ipv4_tcp(
+        "192.0.2.7", "10.0.2.1", 5432))))) for _chain, group, prefix in nflog_statements(rulesets["observe"])]
     audited = {int(contract.LOG_PREFIX_RE.match(p).group("id")) for _c, p in log_prefixes(rulesets["observe"])
                if p.startswith(contract.LOG_TAG["AUDIT"])}
     summary = summarise(fleet, lines)

@@ -9,7 +9,7 @@ import pytest
 
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.common.files import (
-    FileLock, read_text, sha256_text, unlink, write_atomic, write_if_changed,
+    FileLock, UntrustedFile, printable, read_checked, read_text, sha256_text, unlink, write_atomic, write_if_changed,
 )
 
 
@@ -64,3 +64,67 @@ def test_the_lock_waits_for_a_holder_that_lets_go(tmp_path):
     threading.Timer(0.2, first.release).start()
     with FileLock(path, 5, Busy):
         pass
+
+
+def _root_file(tmp_path, name="key.pub", data=b"KEY", mode=0o644):
+    path = tmp_path / name
+    path.write_bytes(data)
+    os.chmod(str(path), mode)
+    return str(path)
+
+
+def test_read_checked_reads_a_root_owned_regular_file_and_says_none_for_a_missing_one(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("root-owned files need root")
+    assert read_checked(_root_file(tmp_path)) == b"KEY"
+    assert read_checked(str(tmp_path / "nope")) is None
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o646])
+def test_read_checked_refuses_a_file_others_may_write(tmp_path, mode):
+    path = _root_file(tmp_path, mode=mode)
+    with pytest.raises(UntrustedFile, match="nobody else may write it"):
+        read_checked(path)
+    assert read_checked(path, root_owned=False) == b"KEY"
+
+
+def test_read_checked_refuses_a_file_the_agent_user_owns(tmp_path):
+    """The attack: the agent user (not root) writes the key a root process then trusts."""
+    if os.geteuid() != 0:
+        pytest.skip("chown needs root")
+    path = _root_file(tmp_path, mode=0o600)
+    os.chown(path, 65534, 65534)
+    with pytest.raises(UntrustedFile, match="owned by uid 65534"):
+        read_checked(path)
+
+
+def test_read_checked_never_follows_a_symbolic_link(tmp_path):
+    """The attack: the agent user replaces a state file with a link to a root-only file (or a root-owned key)."""
+    target = _root_file(tmp_path, "secret")
+    link = tmp_path / "status.json"
+    link.symlink_to(target)
+    with pytest.raises(UntrustedFile, match="symbolic link"):
+        read_checked(str(link), root_owned=False)
+
+
+def test_read_checked_refuses_a_fifo_without_hanging(tmp_path):
+    """The attack: a FIFO in place of a state file hung 'mseg status' forever."""
+    fifo = str(tmp_path / "status.json")
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    with pytest.raises(UntrustedFile, match="not a regular file \\(a FIFO\\)"):
+        read_checked(fifo, root_owned=False)
+    assert time.monotonic() - started < 1
+
+
+def test_read_checked_refuses_more_than_its_limit(tmp_path):
+    path = _root_file(tmp_path, data=b"x" * 100)
+    with pytest.raises(UntrustedFile, match="100 bytes"):
+        read_checked(path, root_owned=False, limit=99)
+
+
+def test_printable_escapes_what_could_forge_a_line_or_drive_a_terminal():
+    assert printable("ok é") == "ok é"
+    assert printable("a\n2026-01-01T00:00:00Z INFO forged") == "a\\x0a2026-01-01T00:00:00Z INFO forged"
+    assert printable("\x1b[2J\r\u202e") == "\\x1b[2J\\x0d\\u202e"
+    assert printable("C:\\x0a") == "C:\\x5cx0a"  # an escape written by the attacker stays told apart

@@ -53,7 +53,7 @@ def test_deny_rule_logs_then_drops_unconditionally(rendered):
     chain = text[text.index("chain deny_30_in {"):]
     chain = chain[:chain.index("\n\t}")]
     assert chain.splitlines()[1:] == [
-        '\t\tlimit rate 10/second burst 20 packets log prefix "[MSEG-DROP] ID=30 " comment "ID=30"',
+        '\t\tlimit rate 10/second burst 20 packets log prefix "[MSEG-DROP] ID=30 " log group 2710 prefix "[MSEG-DROP] ID=30 " comment "ID=30"',
         '\t\tcounter name "rule_30_in" drop comment "ID=30"',
     ]
     assert '\t\tip saddr @r30_in_v4 jump deny_30_in comment "ID=30"' in text
@@ -152,7 +152,7 @@ def test_consecutive_allow_rules_with_the_same_ports_are_one_map_lookup():
         'tcp dport 5432 ip6 saddr vmap @allow_1_in_v6 comment "ID=1,2,3"',
         'tcp dport 80 ip saddr vmap @allow_4_in_v4 comment "ID=4,5"',
         'udp dport 53 ip saddr vmap @allow_4_in_v4 comment "ID=4,5"',
-        'limit rate 10/second burst 20 packets log prefix "[MSEG-DROP] ID=0 " comment "ID=0"',
+        'limit rate 10/second burst 20 packets log prefix "[MSEG-DROP] ID=0 " log group 2710 prefix "[MSEG-DROP] ID=0 " comment "ID=0"',
         'counter name "default_in" drop comment "ID=0"',
     ]
     # Each address goes to the first rule that names it: rule 2 keeps nothing of 10.1.0.0/24, rule 3 only the rest.
