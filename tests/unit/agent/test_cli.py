@@ -183,7 +183,7 @@ def test_root_never_takes_the_bundle_key_from_the_agents_state(host, capsys, tmp
     identity["public_key"] = bundle.public_key_pem(evil).decode("ascii")
     _agent_writes(state / "identity.json", json.dumps(identity))
     _agent_writes(state / "current.json", bundle.make_envelope("web-01", 99, "d" * 64, "enforce",
-                                                               "table inet mseg {}\n# EVIL\n", 0, 4102444800, evil))
+                                                               "table inet mseg {}\n# EVIL\n", time.time() - 60, time.time() + 86400, evil))
     before = list(applied)
     assert cli.main(options + ["mode", "enforce"]) == 1
     assert "failed verification" in capsys.readouterr().err

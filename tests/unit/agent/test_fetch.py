@@ -19,6 +19,7 @@ from ansible_collections.mseg.fleet.plugins.module_utils.agent import daemon
 from ansible_collections.mseg.fleet.plugins.module_utils.agent import log as agent_log
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.fetch import Credentials, Fetcher, json_depth
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope as bundle
+from ansible_collections.mseg.fleet.plugins.module_utils.common.contract import CONTROLLER_IDENTITY
 
 from test_agent import PUB, Applier, envelope
 
@@ -59,7 +60,8 @@ def pki(tmp_path_factory):
     server_key = ec.generate_private_key(ec.SECP256R1())
     files = {"ca.crt": ca, "server.key": _pem(server_key),
              "server.crt": _cert("controller", server_key, ca_key, issuer,
-                                 san=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])}
+                                 san=[x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                      x509.UniformResourceIdentifier(CONTROLLER_IDENTITY)])}
     for name, data in files.items():
         (base / name).write_bytes(data)
 
@@ -174,10 +176,11 @@ def test_json_depth_scan_skips_strings():
     assert json_depth(b'["\\"[[[[["]', 1)
 
 
-def test_the_old_parse_dies_on_deep_nesting():
-    """What the agent did before: bundles.verify let the parser's RecursionError out (it killed the agent)."""
-    with pytest.raises(RecursionError):
+def test_deep_nesting_is_a_format_error_not_a_crash():
+    """bundles.verify used to let the parser's RecursionError out (it killed the agent); now it is a refusal."""
+    with pytest.raises(bundle.BundleError) as err:
         bundle.verify(b"[" * 100000 + b"]" * 100000, PUB, "web-01", None, time.time())
+    assert err.value.kind == "format"
 
 
 def test_each_bad_controller_is_a_failover_and_the_agent_keeps_running(tmp_path, pki, controllers, log):

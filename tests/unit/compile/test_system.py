@@ -9,6 +9,7 @@ from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import co
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.trace import trace
 from ansible_collections.mseg.fleet.plugins.module_utils.render.nftables import render_plan
 from ansible_collections.mseg.fleet.plugins.plugin_utils.inventory import gather_system
+from ansible_collections.mseg.fleet.tests.unit.nft.samples import json_form
 
 HOSTS = {
     "ctl-01": {"addresses": ["10.0.0.61"], "groups": ["controllers"], "mode": "enforce"},
@@ -100,7 +101,7 @@ def test_rendered_after_management_before_the_policy_and_within_the_contract():
     assert max(management) < min(system) and max(system) < min(policy)
     assert 'meta l4proto 112 ip saddr @sys_controller_vrrp_in_v4 counter name "sys_controller_vrrp_in" accept ' \
            'comment "SYS=controller.vrrp"' in chain
-    assert contract.check_ruleset(text) == []
+    assert contract.check_ruleset(json_form(text)) == []
 
 
 def test_bad_settings_are_reported_with_the_variable_to_fix():
