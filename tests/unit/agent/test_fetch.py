@@ -129,7 +129,7 @@ def drip(conn, stop):
 def huge(conn, stop):
     conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
     block = b" " * 65536
-    for _ in range(20 * 16):  # 20 MiB, without a Content-Length
+    for _block in range(20 * 16):  # 20 MiB, without a Content-Length
         if stop.is_set():
             return
         conn.sendall(block)
