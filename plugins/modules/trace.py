@@ -15,7 +15,7 @@ description:
   - Compiles the fleet policy on the controller, as M(mseg.fleet.compile) does, and evaluates every pair of
     O(src) and O(dst) endpoints for one protocol and port, for each address family both ends have.
   - The evaluation walks the same compiled plans the rulesets are rendered from, in the same order (management,
-    log, deny, allow, default), so it cannot disagree with the rulesets. It touches no host.
+    system rules, log, deny, allow, default), so it cannot disagree with the rulesets. It touches no host.
   - For each pair it returns allowed or denied, where the decision is made (the egress of the source or the
     ingress of the destination), the deciding rule id and name or the default, and each side's mode. In
     observe mode a flow that enforce would drop is reported as allowed and audited.
@@ -36,7 +36,8 @@ options:
     required: true
   port:
     description:
-      - One protocol and destination port such as C(tcp/5432) or C(udp/53), or C(icmp).
+      - One protocol and destination port such as C(tcp/5432) or C(udp/53), C(icmp), or an IP protocol such as
+        C(vrrp) or C(proto/112) (docs/policy.md).
     type: str
     required: true
 extends_documentation_fragment:
@@ -90,7 +91,7 @@ matrix:
   description:
     - The results as a source x destination grid (one row per source, columns numbered and listed below the grid).
     - A cell reads C(+ID) allowed by rule ID, C(+def) allowed by the default, C(+mgt) by a management entry,
-      C(+byp) by bypass mode, C(xID) denied by rule ID, C(x) denied by the default, C(~ID) or C(~) allowed only
+      C(+sys) by a system rule (C(decided_by) names it, e.g. C(system rule controller.vrrp)), C(+byp) by bypass mode, C(xID) denied by rule ID, C(x) denied by the default, C(~ID) or C(~) allowed only
       because the deciding host observes (enforce would drop it), and C(.) a host to itself.
   returned: success
   type: list
