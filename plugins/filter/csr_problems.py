@@ -76,6 +76,7 @@ _value:
 """
 
 from ansible.errors import AnsibleFilterError  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.pki.csr import CRYPTOGRAPHY_IMPORT_ERROR  # noqa: E402
 from ansible_collections.mseg.fleet.plugins.module_utils.pki.csr import csr_problems as check  # noqa: E402
 
 
@@ -83,6 +84,10 @@ def csr_problems(pem, common_name, subject_alt_name, extended_key_usage, key_typ
     if key_type not in ("ECC", "RSA"):
         raise AnsibleFilterError("csr_problems: key_type must be ECC or RSA, not %r" % (key_type,))
     key = {"type": "ECC", "curve": key_curve} if key_type == "ECC" else {"type": "RSA", "size": int(key_size or 0)}
+    if CRYPTOGRAPHY_IMPORT_ERROR is not None:
+        raise AnsibleFilterError("csr_problems needs the Python package cryptography on the control node (%s): "
+                                 "install it in Ansible's Python, e.g. pip install cryptography"
+                                 % CRYPTOGRAPHY_IMPORT_ERROR)
     try:
         return check(pem, str(common_name), list(subject_alt_name), list(extended_key_usage), key)
     except ValueError as exc:

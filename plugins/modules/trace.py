@@ -91,7 +91,8 @@ matrix:
   description:
     - The results as a source x destination grid (one row per source, columns numbered and listed below the grid).
     - A cell reads C(+ID) allowed by rule ID, C(+def) allowed by the default, C(+mgt) by a management entry,
-      C(+sys) by a system rule (C(decided_by) names it, e.g. C(system rule controller.vrrp)), C(+byp) by bypass mode, C(xID) denied by rule ID, C(x) denied by the default, C(~ID) or C(~) allowed only
+      C(+sys) by a system rule (C(decided_by) names it, e.g. C(system rule controller.vrrp)), C(+byp) by bypass
+      mode, C(xID) denied by rule ID, C(x) denied by the default, C(~ID) or C(~) allowed only
       because the deciding host observes (enforce would drop it), and C(.) a host to itself.
   returned: success
   type: list

@@ -182,7 +182,7 @@ def test_boot_unit_restores_and_fails_closed_under_systemd(host):
     host.ssh("nft delete table inet mseg && systemctl restart mseg-restore.service")
     assert host.listing() == applied
 
-    host.ssh("sed -i 's/tcp dport 8080/tcp dport 8081/' /etc/mseg/ruleset.nft")
+    host.ssh("sed -i 's/8080/8081/' /etc/mseg/ruleset.json")  # what the boot restore loads
     proc = host.ssh("systemctl restart mseg-restore.service", check=False)
     assert proc.returncode != 0
     journal = host.ssh("journalctl -u mseg-restore.service --no-pager -o cat").stdout

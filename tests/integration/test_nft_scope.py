@@ -104,7 +104,7 @@ def restore(fleet, tmp_path, host):
 def test_boot_restore_loads_the_judged_json_and_fails_closed_on_a_truncated_file(tmp_path):
     """Issue 15, item 10: a truncated (or otherwise unverifiable) persisted ruleset is not loaded; the fail-closed
     table is, and it keeps the management port open while everything else is dropped."""
-    content = ATTACKS["flush ruleset"].split("flush ruleset")[0].replace("policy accept", "policy drop")
+    content = ATTACKS["flush ruleset"].split("flush ruleset", maxsplit=1)[0].replace("policy accept", "policy drop")
     content = content.replace("\t}\n}\n", "\t\tct state established,related accept\n\t\ttcp dport 8080 accept\n\t}\n}\n")
     with Fleet(["a", "b"]) as fleet:
         assert apply_in(fleet, tmp_path, content).get("changed")
@@ -126,9 +126,9 @@ def test_a_ruleset_persisted_by_the_previous_release_still_restores(tmp_path):
     """The previous release persisted ruleset.nft only (the format is unchanged) and no JSON form: the next apply of
     the same policy repairs the persisted copy without touching the live table, and the boot restore loads it."""
     with Fleet(["a", "b"]) as fleet:
-        assert apply_in(fleet, tmp_path, ATTACKS["flush ruleset"].split("flush ruleset")[0]).get("changed")
+        assert apply_in(fleet, tmp_path, ATTACKS["flush ruleset"].split("flush ruleset", maxsplit=1)[0]).get("changed")
         os.unlink(tmp_path / "etc-mseg" / "ruleset.json")  # the state an older release left behind
-        result = apply_in(fleet, tmp_path, ATTACKS["flush ruleset"].split("flush ruleset")[0])
+        result = apply_in(fleet, tmp_path, ATTACKS["flush ruleset"].split("flush ruleset", maxsplit=1)[0])
         assert result["changed"] and "persisted copy repaired" in result["msg"], result
         proc = restore(fleet, tmp_path, "b")
         assert proc.returncode == 0, proc.stderr

@@ -22,26 +22,33 @@ from __future__ import annotations
 
 import ipaddress
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+try:
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+except ImportError as exc:  # reported when a CSR is checked, so importing this module never fails
+    CRYPTOGRAPHY_IMPORT_ERROR = exc
+else:
+    CRYPTOGRAPHY_IMPORT_ERROR = None
 
 MAX_PEM = 64 * 1024
 EC_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 RSA_MIN_BITS = 2048
 RSA_EXPONENT = 65537
 # The extended key usages a profile may ask for, by the names community.crypto uses.
-EXTENDED_KEY_USAGE = {"clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH, "serverAuth": ExtendedKeyUsageOID.SERVER_AUTH}
-_ALLOWED_EXTENSIONS = {
-    ExtensionOID.BASIC_CONSTRAINTS: "basic constraints",
-    ExtensionOID.KEY_USAGE: "key usage",
-    ExtensionOID.EXTENDED_KEY_USAGE: "extended key usage",
-    ExtensionOID.SUBJECT_ALTERNATIVE_NAME: "subject alternative names",
-}
+EXTENDED_KEY_USAGE_NAMES = ("clientAuth", "serverAuth")
+SAN_KINDS = ("DNS", "IP", "URI")
 _KEY_USAGES = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
                "key_agreement", "key_cert_sign", "crl_sign")
-_SAN_KINDS = {"DNS": x509.DNSName, "IP": x509.IPAddress, "URI": x509.UniformResourceIdentifier}
+if CRYPTOGRAPHY_IMPORT_ERROR is None:
+    EXTENDED_KEY_USAGE = {"clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH, "serverAuth": ExtendedKeyUsageOID.SERVER_AUTH}
+    _ALLOWED_EXTENSIONS = {
+        ExtensionOID.BASIC_CONSTRAINTS: "basic constraints",
+        ExtensionOID.KEY_USAGE: "key usage",
+        ExtensionOID.EXTENDED_KEY_USAGE: "extended key usage",
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME: "subject alternative names",
+    }
 
 
 def san_name(entry):
@@ -49,7 +56,7 @@ def san_name(entry):
     ValueError for anything else."""
     kind, sep, value = str(entry).partition(":")
     kind = kind.strip().upper()
-    if not sep or kind not in _SAN_KINDS or not value:
+    if not sep or kind not in SAN_KINDS or not value:
         raise ValueError("%r is not a DNS:, IP: or URI: name" % (entry,))
     if kind == "DNS":
         return "DNS:" + value.lower()
@@ -165,9 +172,12 @@ def csr_problems(pem, common_name, subject_alt_name, extended_key_usage, key):
     expects). ``subject_alt_name``: ``DNS:``/``IP:``/``URI:`` names; ``extended_key_usage``: names of
     ``EXTENDED_KEY_USAGE``; ``key``: ``{"type": "ECC", "curve": "secp256r1"}`` or ``{"type": "RSA", "size": 3072}``.
     ValueError when the expectation itself is malformed (a bad entry in the inventory's names)."""
+    if CRYPTOGRAPHY_IMPORT_ERROR is not None:
+        raise ValueError("checking a CSR needs the Python package cryptography on the control node (%s): install "
+                         "it in Ansible's Python, e.g. pip install cryptography" % CRYPTOGRAPHY_IMPORT_ERROR)
     for name in extended_key_usage:
-        if name not in EXTENDED_KEY_USAGE:
-            raise ValueError("unknown extended key usage %r (known: %s)" % (name, ", ".join(sorted(EXTENDED_KEY_USAGE))))
+        if name not in EXTENDED_KEY_USAGE_NAMES:
+            raise ValueError("unknown extended key usage %r (known: %s)" % (name, ", ".join(EXTENDED_KEY_USAGE_NAMES)))
     wanted_sans = [san_name(entry) for entry in subject_alt_name]
     if not isinstance(pem, str) or len(pem) > MAX_PEM:
         return ["it is not a PEM certificate signing request of at most %d bytes" % MAX_PEM]

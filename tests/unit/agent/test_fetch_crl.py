@@ -83,7 +83,7 @@ def handshake(path, context):
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve():
-        conn, _ = listener.accept()
+        conn, _peer = listener.accept()
         try:
             with server_context.wrap_socket(conn, server_side=True):
                 pass

@@ -56,7 +56,7 @@ def check(tmp_path):
             if (tmp_path / name).exists():
                 (tmp_path / name).unlink()
         env = {"PATH": "%s:/usr/bin:/bin" % bin_dir}
-        result = subprocess.run(["/bin/sh", str(tmp_path / "health")], env=env, timeout=30)
+        result = subprocess.run(["/bin/sh", str(tmp_path / "health")], env=env, timeout=30, check=False)
         calls = (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
         return result.returncode, calls
 
@@ -80,5 +80,5 @@ def test_the_crl_is_looked_at_once_an_hour_not_every_second(check, tmp_path):
     check(days_left=10)
     (tmp_path / "calls").unlink()
     env = {"PATH": "%s:/usr/bin:/bin" % (tmp_path / "bin")}
-    assert subprocess.run(["/bin/sh", str(tmp_path / "health")], env=env, timeout=30).returncode == 0
+    assert subprocess.run(["/bin/sh", str(tmp_path / "health")], env=env, timeout=30, check=False).returncode == 0
     assert (tmp_path / "calls").read_text() == "curl\n"

@@ -41,7 +41,7 @@ def _csr(key=P256, subject=((NameOID.COMMON_NAME, HOST),), sans=(x509.DNSName("w
     return builder.sign(key, algorithm).public_bytes(serialization.Encoding.PEM).decode()
 
 
-def _check(pem, sans=SANS, eku=("clientAuth",), **key):
+def _check(pem, sans=tuple(SANS), eku=("clientAuth",), **key):
     key = key or {"key_type": "ECC", "key_curve": "secp256r1"}
     return csr_problems(pem, HOST, list(sans), list(eku), **key)
 
