@@ -10,8 +10,10 @@ path), ``apply.engine`` (the same atomic, idempotent apply ``nft_apply`` uses), 
 lines) and ``nft.bypass`` (the emergency table).
 
 Privileges: the agent runs as its own user with only ``CAP_NET_ADMIN``. ``/etc/mseg`` stays root's (0700, the pki
-role keeps it so); systemd hands the agent its configuration, TLS key, certificate, CA and the bundle signing key
-through ``LoadCredential=``. What the agent writes lives in its state directory (``agent/state.py``).
+role keeps it so); systemd hands the agent its configuration and the bundle signing key through ``LoadCredential=``.
+Its TLS key, certificate, CA and CRL are root-owned copies its group may read (``/etc/mseg-agent``, refreshed on every
+renewal), re-read when they change (``fetch.Credentials``). What the agent writes lives in its state directory
+(``agent/state.py``).
 """
 
 from __future__ import annotations
