@@ -177,6 +177,26 @@ def test_service_is_pinned_limited_and_confined(name):
     assert "mseg-agent" in node.check_output("ls -l /var/log/mseg-agent/runtime.log")
 
 
+def test_a_renewed_certificate_reaches_the_running_agent():
+    """Issue 15 item 10: the agent reads root-owned copies of the pki role's TLS files its group may read (not
+    LoadCredential=, which copied them once at start); a renewal in /etc/mseg/tls is copied by mseg-agent-tls.path
+    and taken by the running agent, with no restart."""
+    node = host("agt-01")
+    share = node.file("/etc/mseg-agent")
+    assert (share.mode, share.user, share.group) == (0o750, "root", "mseg-agent")
+    for name in ("agent.key", "agent.crt", "ca.crt", "crl.pem"):
+        copy = node.file("/etc/mseg-agent/" + name)
+        assert (copy.mode, copy.user, copy.group) == (0o640, "root", "mseg-agent")
+    pid = node.check_output("systemctl show -p MainPID --value mseg-agent")
+    taken = runtime_log("agt-01").count("the TLS files changed")
+    # a renewal as the pki role writes one: a new file renamed over the old (the same certificate here)
+    node.check_output("cp /etc/mseg/tls/agent.crt /etc/mseg/tls/.renewed && mv /etc/mseg/tls/.renewed "
+                      "/etc/mseg/tls/agent.crt")
+    wait_for("the running agent to take the renewed files",
+             lambda: runtime_log("agt-01").count("the TLS files changed") > taken, timeout=30)
+    assert node.check_output("systemctl show -p MainPID --value mseg-agent") == pid
+
+
 def test_the_runtime_log_is_rotated_once_it_outgrows_its_size():
     """The timer checks the size every 15 min (the distribution's logrotate runs daily); later tests see the agent
     go on logging into the new file (they read it after publishing)."""
