@@ -5,6 +5,7 @@ imported by trace's listener and sender, as uid 0. Here the trace runs for real 
 and nft are faked; the listener and the sender are the real programs, started with the real command lines).
 """
 
+import json
 import socket
 import subprocess
 
@@ -12,8 +13,34 @@ import pytest
 
 from ansible_collections.mseg.fleet.plugins.module_utils.agent import trace
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.errors import AgentError
+from ansible_collections.mseg.fleet.plugins.module_utils.nft import jsonform
 from ansible_collections.mseg.fleet.plugins.module_utils.nft import runner as nft_runner
-from ansible_collections.mseg.fleet.tests.unit.nft.fake import FakeNft
+
+TABLE = [{"table": {"family": "inet", "name": "mseg"}}]
+
+
+class FakeNft:
+    """Just enough of nft for trace (the agent's tests run with the host closure only, without tests/unit/nft):
+    the scratch parse lists the canaries (unless ``canaries`` is false: a text that flushed them) and
+    ``scratch_items``, an empty table inet mseg by default; loads succeed."""
+
+    path = "/usr/sbin/nft"
+
+    def __init__(self):
+        self.scratch_items = TABLE
+        self.canaries = True
+
+    def __call__(self, argv, input=None, **_options):
+        if argv[0].endswith("/unshare"):
+            canaries = [{kind: {"family": family, "table" if kind == "chain" else "name": jsonform.CANARY_NAME,
+                                **({"name": "keep"} if kind == "chain" else {})}}
+                        for family in jsonform.CANARY_FAMILIES for kind in ("table", "chain")]
+            listed = (canaries if self.canaries else []) + self.scratch_items
+            return subprocess.CompletedProcess(argv, 0, json.dumps({"nftables": listed}), "")
+        if argv[1:3] == ["-j", "list"]:
+            return subprocess.CompletedProcess(argv, 0, '{"nftables": []}', "")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
 
 PLANTED = "import pathlib\npathlib.Path(%r).write_text('imported as uid 0')\nraise SystemExit('planted')\n"
 
@@ -82,8 +109,8 @@ def test_trace_loads_only_the_judged_json_form(monkeypatch, scratch):
         nft.scratch_items = [{"table": {"family": "inet", "name": "mseg"}},
                              {"chain": {"family": "inet", "table": "mseg", "name": "pre", "type": "nat",
                                         "hook": "prerouting", "prio": -100, "policy": "accept"}}]
-    elif scratch == "flushes the ruleset":  # no canary left
-        nft.scratch_items = [{"table": {"family": "inet", "name": "mseg"}}]
+    elif scratch == "flushes the ruleset":
+        nft.canaries = False
     loads = []
 
     def runner(argv, **options):
