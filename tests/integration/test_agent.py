@@ -142,6 +142,7 @@ def world(tmp_path):
             (served / "host.json").write_bytes(raw)
             return raw
 
+        publish.agent = agent  # a test that runs the boot restore stops the agent first
         try:
             yield fleet, publish, tmp_path
         finally:
@@ -285,3 +286,30 @@ def test_agent_stands_down_for_an_emergency_bypass_it_did_not_apply(world):
     _wait("the held policy applied", lambda: "tcp dport 7102 drop" in fleet.run(
         "host", ["nft", "list", "ruleset"]).stdout)
     assert "the foreign emergency bypass is gone" in (tmp / "runtime.log").read_text()
+
+
+def test_boot_restore_fails_closed_when_the_stored_bundle_fails(world):
+    """Issue 15 item 10: at boot, a stored bundle that no longer verifies (truncated) left the host with no table.
+    Now the restore loads the agent's persisted judged copy of the last applied ruleset, else the fail-closed
+    table that keeps SSH open (nft_apply's own restore script, with real nft)."""
+    fleet, publish, tmp = world
+    publish(RULESET % 7201)
+    _wait("serial 1 applied", lambda: _status(tmp).get("serial") == 1)
+    publish.agent.terminate()
+    publish.agent.wait(10)
+    (tmp / "state" / "current.json").write_bytes(b'{"payload": "trunc')
+
+    def boot():
+        fleet.run("host", ["nft", "delete", "table", "inet", "mseg"])  # a reboot: no table
+        proc = fleet.run("host", CLI + ["--config", str(tmp / "agent.json"), "restore"], check=False,
+                         env=dict(os.environ, PYTHONPATH=COLLECTIONS))
+        assert proc.returncode == 1, proc.stderr
+        return fleet.run("host", ["nft", "list", "table", "inet", "mseg"]).stdout
+
+    listing = boot()
+    assert "tcp dport 7201 drop" in listing and "mode_failsafe" not in listing
+    persisted = tmp / "state" / "nft" / "ruleset.json"
+    persisted.write_text(persisted.read_text()[:-40])  # truncated too: the fail-closed table
+    listing = boot()
+    assert "mode_failsafe" in listing and "policy drop" in listing and "tcp dport 22 accept" in listing
+    assert "7201" not in listing

@@ -177,6 +177,26 @@ def test_service_is_pinned_limited_and_confined(name):
     assert "mseg-agent" in node.check_output("ls -l /var/log/mseg-agent/runtime.log")
 
 
+def test_a_renewed_certificate_reaches_the_running_agent():
+    """Issue 15 item 10: the agent reads root-owned copies of the pki role's TLS files its group may read (not
+    LoadCredential=, which copied them once at start); a renewal in /etc/mseg/tls is copied by mseg-agent-tls.path
+    and taken by the running agent, with no restart."""
+    node = host("agt-01")
+    share = node.file("/etc/mseg-agent")
+    assert (share.mode, share.user, share.group) == (0o750, "root", "mseg-agent")
+    for name in ("agent.key", "agent.crt", "ca.crt", "crl.pem"):
+        copy = node.file("/etc/mseg-agent/" + name)
+        assert (copy.mode, copy.user, copy.group) == (0o640, "root", "mseg-agent")
+    pid = node.check_output("systemctl show -p MainPID --value mseg-agent")
+    taken = runtime_log("agt-01").count("the TLS files changed")
+    # a renewal as the pki role writes one: a new file renamed over the old (the same certificate here)
+    node.check_output("cp /etc/mseg/tls/agent.crt /etc/mseg/tls/.renewed && mv /etc/mseg/tls/.renewed "
+                      "/etc/mseg/tls/agent.crt")
+    wait_for("the running agent to take the renewed files",
+             lambda: runtime_log("agt-01").count("the TLS files changed") > taken, timeout=30)
+    assert node.check_output("systemctl show -p MainPID --value mseg-agent") == pid
+
+
 def test_the_runtime_log_is_rotated_once_it_outgrows_its_size():
     """The timer checks the size every 15 min (the distribution's logrotate runs daily); later tests see the agent
     go on logging into the new file (they read it after publishing)."""
@@ -398,8 +418,11 @@ def test_trace_on_the_host_names_the_deciding_rule():
     assert (ssh["direction"], ssh["allowed"], ssh["decided_by"]) == ("ingress", True, ["rule_20_in"])
     db = trace(ADDRESS["agt-02"], ADDRESS["agt-01"], "tcp/5432")
     assert (db["allowed"], db["decided_by"]) == (False, ["default_in"])
+    # agents -> controllers on 8443 is a system flow the controller role declares (issue 15 item 9): its system rule
+    # comes before the policy's rules, so it decides, not the policy's rule 10
     out = trace(ADDRESS["agt-01"], CONTROLLERS["agt-ctl-01"], "tcp/8443")
-    assert (out["direction"], out["allowed"], out["decided_by"]) == ("egress", True, ["rule_10_out"])
+    assert (out["direction"], out["allowed"], out["decided_by"]) == ("egress", True, [contract.system_counter(
+        "controller.agents", "egress")])
     # what trace predicts is what the live table does
     host("agt-01").ansible("mseg.fleet.probe_listener", "ports=tcp/5432 duration=120 hostname=agt-01", check=False)
     try:

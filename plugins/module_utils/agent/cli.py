@@ -220,10 +220,16 @@ def _restore(args, _argv):
     agent.record_identity()
     with agent.state.locked():
         try:
-            agent.apply_desired("boot restore")
+            if agent.apply_desired("boot restore") is None and agent.state.read_bytes("current.json") is None \
+                    and os.path.exists(agent.persisted_copy()):
+                raise AgentError("the stored bundle %s is gone, yet the agent has applied one before"
+                                 % agent.state.path("current.json"))
         except MsegError as exc:
-            log.error("boot restore failed: %s; the table stays as it is", exc)
-            raise
+            # fail closed, never open: the last ruleset the agent applied, else the fail-closed table (exit 1 either
+            # way, so the unit shows the failure; the running agent applies the next good bundle it fetches)
+            log.error("boot restore failed: %s", exc)
+            agent.restore_fallback()
+            return 1
     return 0
 
 

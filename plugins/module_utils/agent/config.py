@@ -158,5 +158,6 @@ class Config:
             with open(self.file(key), "rb") as handle:
                 return handle.read()
         except OSError as exc:
-            raise AgentError("cannot read %s %s (%s): check LoadCredential= in mseg-agent.service and the file"
+            raise AgentError("cannot read %s %s (%s): run the mseg.fleet.agent role (it installs the file and "
+                             "mseg-agent.service)"
                              % (key, self.file(key), exc.strerror or exc))

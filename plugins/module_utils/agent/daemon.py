@@ -10,8 +10,10 @@ path), ``apply.engine`` (the same atomic, idempotent apply ``nft_apply`` uses), 
 lines) and ``nft.bypass`` (the emergency table).
 
 Privileges: the agent runs as its own user with only ``CAP_NET_ADMIN``. ``/etc/mseg`` stays root's (0700, the pki
-role keeps it so); systemd hands the agent its configuration, TLS key, certificate, CA and the bundle signing key
-through ``LoadCredential=``. What the agent writes lives in its state directory (``agent/state.py``).
+role keeps it so); systemd hands the agent its configuration and the bundle signing key through ``LoadCredential=``.
+Its TLS key, certificate, CA and CRL are root-owned copies its group may read (``/etc/mseg-agent``, refreshed on every
+renewal), re-read when they change (``fetch.Credentials``). What the agent writes lives in its state directory
+(``agent/state.py``).
 """
 
 from __future__ import annotations
@@ -21,18 +23,20 @@ import os
 import random
 import re
 import socket
+import subprocess
 import time
 
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.errors import REFUSED_WORD, AgentError
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.fetch import Credentials, Fetcher, controller_url
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.state import State
-from ansible_collections.mseg.fleet.plugins.module_utils.apply.engine import Request, apply
+from ansible_collections.mseg.fleet.plugins.module_utils.apply.engine import Request, apply, lock
+from ansible_collections.mseg.fleet.plugins.module_utils.apply.persist import Paths, restore_script, restore_templates
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope as bundles
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.common.files import read_text
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.bypass import bypass_ruleset
-from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft
+from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft, find_nft
 
 
 # How the operator ends a local override; the agent's messages name it.
@@ -76,8 +80,10 @@ class Agent:
     """Polls, verifies, applies. ``fetcher``, ``applier`` and ``clock`` are replaceable in unit tests."""
 
     def __init__(self, host, state_dir, public_key, log, peers=(), controllers=(), interval=2.0, jitter=0.2,
-                 fetcher=None, applier=None, clock=time.time, lister=None, fleet=contract.DEFAULT_FLEET):
+                 fetcher=None, applier=None, clock=time.time, lister=None, fleet=contract.DEFAULT_FLEET,
+                 table_lock=contract.TABLE_LOCK):
         self.host = host
+        self.table_lock = table_lock  # the host-wide lock of the table (None only in tests that fake the kernel)
         self.fleet = fleet
         self.state = State(state_dir)
         self.public_key = public_key
@@ -197,9 +203,40 @@ class Agent:
         return True
 
     def _apply_engine(self, content):
-        request = Request(content, "present", persist=False, peers=self.peers, state_dir=self.state.nft_dir,
-                          unit_dir=None, lock_timeout=60)
+        # persisted (no boot unit): the judged JSON form in nft/ruleset.json is what ``restore_fallback`` loads when
+        # the stored bundle cannot be restored at boot
+        request = Request(content, "present", persist=True, peers=self.peers, state_dir=self.state.nft_dir,
+                          unit_dir=None, lock_timeout=60, table_lock=self.table_lock)
         return apply(request)
+
+    def persisted_copy(self):
+        """The judged JSON form of the last ruleset the agent applied (``restore_fallback`` loads it)."""
+        return Paths(self.state.nft_dir, None).ruleset_json
+
+    def restore_fallback(self, nft_path=None, runner=subprocess.run):
+        """Boot, when the desired ruleset cannot be applied (the stored bundle fails verification after a key
+        rotation, a truncated file, an apply that fails): never leave the host without a table. Runs nft_apply's
+        boot restore script (``apply/templates/mseg-restore.sh``) on the agent's own persisted copy: it loads the
+        judged JSON form of the last ruleset the agent applied (``nft/ruleset.json``, sha256 header, ``nft -j -c``),
+        else the fail-closed table that lets in only SSH on the management ports. Returns (loaded_last, output).
+
+        The copy is the agent user's (0600 in its 0700 state directory): the one writer of the table on this host,
+        which holds CAP_NET_ADMIN anyway, so trusting its file gives nobody more than they have; root never reads it.
+        """
+        paths = Paths(self.state.nft_dir, None)
+        script = restore_script(paths, self.peers, nft_path or find_nft(), restore_templates())
+        with lock(paths, 60, self.table_lock):
+            proc = runner(["/bin/sh", "-c", script], capture_output=True, text=True, check=False)
+        output = " ".join(((proc.stdout or "") + (proc.stderr or "")).split())
+        if proc.returncode == 0:
+            self.log.error("boot restore: loaded the last applied ruleset %s instead (%s)", paths.ruleset_json, output)
+        else:
+            self.log.error("boot restore: loaded the fail-closed table (only SSH on the management ports is let in): "
+                           "%s", output)
+        self.update_status(last_apply={"at": utcnow_text(self.clock()), "epoch": self.clock(), "why": "boot restore",
+                                       "what": "last applied ruleset" if proc.returncode == 0 else "fail-closed table",
+                                       "changed": True, "msg": output})
+        return proc.returncode == 0, output
 
     @staticmethod
     def ruleset_in_mode(item, mode):

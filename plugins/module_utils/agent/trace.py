@@ -133,11 +133,12 @@ class Trace:
                          *(["nodad"] if family == 6 else []))
                 self._ip("-n", self.ns[which], "link", "set", link, "up")
                 self._ip("-n", self.ns[which], "route", "add", "%s/%d" % (other, bits), "dev", link)
-            loaded = self._in("host", [Nft(runner=self.runner).path, "-f", "-"],
-                              build_transaction(self.content, self.peers))
-            if loaded.returncode != 0:
-                raise AgentError("trace: the host's ruleset did not load in the scratch namespace: %s"
-                                 % loaded.stderr.strip())
+            # the checked load, as everywhere else: nft reads the text in a sandbox of its own, the JSON form is
+            # judged against the wire contract, and only that JSON is loaded into the namespace (never the text)
+            try:
+                Nft(runner=self.runner, netns=self.ns["host"]).load(build_transaction(self.content, self.peers))
+            except MsegError as exc:
+                raise AgentError("trace: the host's ruleset did not load in the scratch namespace: %s" % exc)
             receiver, sender = ("host", "peer") if direction == "ingress" else ("peer", "host")
             target = local if direction == "ingress" else peer
             before = self._settled()

@@ -98,6 +98,16 @@ def _ssh_ports(peers):
     return ", ".join(str(port) for port in ports)
 
 
+def restore_script(paths, peers, nft_path, templates):
+    """The boot restore script for ``paths``: it loads ``paths.ruleset_json`` after checking its sha256 header and
+    ``nft -j -c``, else the fail-closed table that lets in only SSH on the management ports of ``peers``.
+
+    The agent runs the same script (``/bin/sh -c``) when its stored bundle cannot be restored at boot."""
+    return templates["script"].format(
+        unit=contract.RESTORE_UNIT, ruleset=paths.ruleset_json, nft=nft_path, header=contract.HASH_HEADER,
+        ssh_ports=_ssh_ports(peers), table=contract.TABLE, failsafe=contract.FAILSAFE_MARKER)
+
+
 def persist(paths, transaction, peers, nft_path, templates, document):
     """Write the persisted ruleset, the restore script and the enabled boot unit. Returns True if anything changed.
 
@@ -109,9 +119,7 @@ def persist(paths, transaction, peers, nft_path, templates, document):
     wanted = {
         paths.ruleset: persisted_text(transaction),
         paths.ruleset_json: persisted_text(document),
-        paths.script: templates["script"].format(
-            unit=contract.RESTORE_UNIT, ruleset=paths.ruleset_json, nft=nft_path, header=contract.HASH_HEADER,
-            ssh_ports=_ssh_ports(peers), table=contract.TABLE, failsafe=contract.FAILSAFE_MARKER),
+        paths.script: restore_script(paths, peers, nft_path, templates),
     }
     for path, text in wanted.items():
         if read_text(path) != text:

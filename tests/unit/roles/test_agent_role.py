@@ -73,3 +73,36 @@ def test_the_search_sees_an_inline_program():
         "/usr/bin/python3", "-c", "import sys; print(sys.argv)"]}}
     assert inline_programs([{"block": [task]}]) == ["/usr/bin/python3 -c import sys; print(sys.argv)"]
     assert inline_programs([{"ansible.builtin.command": {"argv": ["/usr/sbin/mseg", "status", "--json"]}}]) == []
+
+
+def _render(name, **values):
+    import jinja2
+    return jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(
+        read("templates", "etc", "systemd", "system", name)).render(**values)
+
+
+def test_renewed_tls_files_reach_the_running_agent():
+    """Issue 15 item 10: with LoadCredential= systemd copied the TLS files once, at service start, so a renewal never
+    reached the running agent (which re-reads its files when they change). The agent now reads root-owned copies
+    its group may read, and a path unit copies them again whenever the pki role renews one."""
+    names = yaml.safe_load(read("vars", "main.yml"))
+    share = names["__agent_tls_share"]
+    files = ["agent.key", "agent.crt", "ca.crt", "crl.pem"]
+    assert "LoadCredential=" not in read("templates", "etc", "systemd", "system", "mseg-agent.service.j2").replace(
+        "not LoadCredential=", "")
+    tasks = yaml.safe_load(read("tasks", "main.yml"))
+    config = next(t for t in tasks if t["name"] == "Write the agent's configuration")["vars"]["__agent_config"]
+    assert [config[key] for key in ("tls_key", "tls_cert", "tls_ca")] == [
+        "{{ __agent_tls_share }}/%s" % name for name in files[:3]]
+    assert "__agent_tls_share ~ '/crl.pem'" in config["tls_crl"]
+    copy = next(t for t in tasks if t["name"].startswith("Hand the agent its TLS files"))
+    assert (copy["ansible.builtin.copy"]["owner"], copy["ansible.builtin.copy"]["mode"], copy["no_log"]) == (
+        "root", "0640", True)
+    values = {"ansible_managed": "x", "agent_tls_dir": "/etc/mseg/tls", "agent_user": "mseg-agent",
+              "__agent_tls_share": share, "__agent_tls_files": files}
+    watched = re.findall(r"^PathChanged=(\S+)$", _render("mseg-agent-tls.path.j2", **values), re.M)
+    assert watched == ["/etc/mseg/tls/" + name for name in files]
+    service = _render("mseg-agent-tls.service.j2", **values)
+    for name in files:  # each copied root:group 0640 beside its place, then renamed over it (never half a file)
+        assert ("ExecStart=/usr/bin/install -o root -g mseg-agent -m 0640 -T /etc/mseg/tls/%s %s/.%s.new\n"
+                "ExecStart=/bin/mv -f -T %s/.%s.new %s/%s\n" % (name, share, name, share, name, share, name)) in service
