@@ -10,7 +10,7 @@ BOUND_S = 10.0  # agents poll every 2 s; the lab is a shared, loaded 2-core mach
 
 
 def test_a_published_change_reaches_every_agent_within_seconds():
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_FORKS="10", ANSIBLE_PIPELINING="true")
     run = subprocess.run(["ansible-playbook", "-i", "inventories/lab", "playbooks/lab/propagation.yml",
                           "-e", "demo_agents_timeout=30"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env, check=False)
