@@ -144,14 +144,27 @@ def test_observe_passes_everything_and_audits_exactly_what_enforce_would_drop(en
             audited.add((addresses[event.src], addresses[event.dst], family, event.port))
     would_drop = {key for key, allowed in predicted_enforce.items() if not allowed}
     assert would_drop and audited == would_drop
-    # the report an operator reads counts only what an agent's drop log took from NFLOG: these push-mode hosts run
-    # no agent, so the kernel log lines above (which any local user could forge) are not in it, and the report
-    # says that nobody was collecting rather than "nothing would be dropped" (molecule/agent proves the drop log)
+    # the report an operator reads: built from the NFLOG records each host's drop log collected (mseg-droplog.service
+    # on these push-mode hosts, never the kernel log above, which any local user could forge), it holds exactly the
+    # would-be drops between the fleet's hosts, per rule and per pair of labels, and names every host as collecting
     with tempfile.TemporaryDirectory() as report_dir:
         playbook("mseg.fleet.observe_report", *ev({"mseg_hosts": "managed", "mseg_observe_report_dir": report_dir}))
         with open(os.path.join(report_dir, "observe-report.json"), encoding="utf-8") as handle:
             report = json.load(handle)
-    assert (report["packets"], report["collecting"]) == (0, [])
+        with open(os.path.join(report_dir, "observe-report.csv"), encoding="utf-8") as handle:
+            rows = handle.read().splitlines()
+    assert sorted(seen["host"] for seen in report["collecting"]) == MANAGED
+    known = set(addresses.values())
+    reported = {tuple(flow.split(" -> ")) + (pair["port"],) for pair in report["pairs"] for flow in pair["hosts"]}
+    assert {flow for flow in reported if flow[0] in known and flow[1] in known} == \
+        {(src, dst, port) for src, dst, _family, port in would_drop}
+    assert report["packets"] >= len(would_drop)
+    counted = {(pair["src"], pair["dst"], pair["port"], pair["rule"]): pair["packets"] for pair in report["pairs"]}
+    assert counted[("role=web", "role=db", "tcp/5432", 30)] >= 2       # web-01 -> db-01 on IPv4 and IPv6
+    names = {rule["rule"]: rule["name"] for rule in report["rules"]}
+    assert names[30] == "no-web-to-db" and names[0] == "default"
+    assert rows[0] == "src,dst,port,rule,direction,packets,hosts"
+    assert any(row.startswith("role=web,role=db,tcp/5432,30,") for row in rows), rows
 
 
 def test_bypass_passes_everything_and_is_not_lifted_behind_the_operators_back():

@@ -32,7 +32,7 @@ import threading
 
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.config import DEFAULT_CONFIG, DEFAULT_LOG_FILE, DEFAULT_STATE_DIR, Config
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.daemon import CLEAR_OVERRIDE, Agent
-from ansible_collections.mseg.fleet.plugins.module_utils.agent.droplog import DropLog
+from ansible_collections.mseg.fleet.plugins.module_utils.agent.droplog import HEARTBEAT_HOST_RE, DropLog
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.errors import AgentError
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.fetch import controller_url
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.log import make_logger
@@ -213,6 +213,22 @@ def _run(args, _argv):
     return 0
 
 
+def _droplog(args, _argv):
+    """The drop log alone, in the foreground (``DROPLOG_UNIT`` on push-mode hosts, which run no agent): the same
+    NFLOG records and heartbeats as the agent's, in ``DROPLOG_RUNTIME_LOG``, for the observe report."""
+    if not HEARTBEAT_HOST_RE.match(args.host):
+        raise AgentError("--host '%s' is not a host name the drop log can write (letters, digits, '_', '.', '-'; "
+                         "the unit passes the inventory name)" % printable(args.host))
+    log = make_logger(args.log_file or contract.DROPLOG_RUNTIME_LOG)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    log.info("%s droplog starting for %s: NFLOG records only, no agent on this host", contract.AGENT_COMMAND, args.host)
+    DropLog(args.host, log, stop).run()
+    log.info("%s droplog stopping", contract.AGENT_COMMAND)
+    return 0
+
+
 def _restore(args, _argv):
     config = Config.load(args.config)
     log = make_logger(args.log_file or config.log_file, sys.stderr)
@@ -326,6 +342,9 @@ VERBS = (
          _run, ()),
     Verb("restore", contract.AGENT_COMMAND, "apply the last good bundle (or the local override) once; used at boot",
          _restore, ()),
+    Verb("droplog", contract.AGENT_COMMAND, "collect the ruleset's NFLOG records into %s without an agent (the "
+         "%s of push-mode hosts)" % (contract.DROPLOG_RUNTIME_LOG, contract.DROPLOG_UNIT), _droplog, (
+             Argument(("--host",), {"required": True, "help": "this host's inventory name, for the heartbeats"}),)),
     Verb("status", contract.HOST_CLI, "mode, serial, policy hash, last poll, per-rule counters",
          _status, (_json("the status"),)),
     Verb("mode", contract.HOST_CLI, "set a local mode override (bypass, observe, enforce); clear to follow the "

@@ -36,8 +36,11 @@ EVENT_LINE_RE = re.compile(
     r"^%s INFO Policy (?P<word>Drop|Audit|Log): ID=(?P<id>[0-9]{1,5}) src=(?P<src>[0-9a-f.:]{2,39}) "
     r"dst=(?P<dst>[0-9a-f.:]{2,39}) proto=(?P<proto>[a-z0-9]{1,8})(?: dport=(?P<dport>[0-9]{1,5}))? "
     r"dir=(?P<direction>ingress|egress)$" % _TIME)
+_HOST = r"[A-Za-z0-9_.-]{1,253}"
+# A host name a heartbeat can carry (what the report reads back).
+HEARTBEAT_HOST_RE = re.compile(r"^%s$" % _HOST)
 HEARTBEAT_LINE_RE = re.compile(
-    r"^%s INFO drop log: collecting on (?P<host>[A-Za-z0-9_.-]{1,253}) from NFLOG groups [0-9,]+ " % _TIME)
+    r"^%s INFO drop log: collecting on (?P<host>%s) from NFLOG groups [0-9,]+ " % (_TIME, _HOST))
 
 Heartbeat = namedtuple("Heartbeat", "at host")
 

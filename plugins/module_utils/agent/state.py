@@ -20,12 +20,11 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.errors import AgentError
-from ansible_collections.mseg.fleet.plugins.module_utils.common.files import FileLock, unlink, write_atomic
+from ansible_collections.mseg.fleet.plugins.module_utils.common.files import FileLock, read_checked, unlink, write_atomic
 
 
 class State:
@@ -47,12 +46,12 @@ class State:
                              "user (StateDirectory= in mseg-agent.service)" % (self.dir, exc.strerror or exc))
 
     def read_bytes(self, name):
+        """The bytes of one state file, or None when it does not exist. Root's CLI reads the agent user's files
+        through this too (``mseg trace``, ``mode``): opened without following links and without blocking on a FIFO,
+        a regular file only (``common.files.read_checked``), else an error naming the file."""
         try:
-            with open(self.path(name), "rb") as handle:
-                return handle.read()
+            return read_checked(self.path(name), root_owned=False)
         except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return None
             raise AgentError("cannot read %s (%s)" % (self.path(name), exc.strerror or exc))
 
     def read_json(self, name, default=None):
@@ -61,7 +60,7 @@ class State:
             return default
         try:
             return json.loads(raw.decode("utf-8"))
-        except ValueError:
+        except (ValueError, RecursionError):
             return default
 
     def replay_state(self, meta):

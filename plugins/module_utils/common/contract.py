@@ -236,12 +236,18 @@ DEFAULT_FLEET = "default"
 FLEET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 # The agent's runtime log: its drop log writes the NFLOG events and heartbeats there; the observe report reads them.
 AGENT_RUNTIME_LOG = "/var/log/mseg-agent/runtime.log"
+# Push-mode hosts (nft_apply, no agent) collect the same records with the agent's drop log alone: the unit
+# DROPLOG_UNIT (the policy role installs it, ``mseg-agent droplog``) writes the same lines to DROPLOG_RUNTIME_LOG,
+# which the observe report reads beside AGENT_RUNTIME_LOG.
+DROPLOG_UNIT = "mseg-droplog.service"
+DROPLOG_RUNTIME_LOG = "/var/log/mseg-droplog/runtime.log"
+RUNTIME_LOGS = (AGENT_RUNTIME_LOG, DROPLOG_RUNTIME_LOG)
 
 # --- the host CLI ----------------------------------------------------------------------------------------------
 HOST_CLI = "mseg"                     # the operator's command on an agent host
 AGENT_COMMAND = "mseg-agent"          # the service's command (run, restore)
 HOST_CLI_DIR = "/usr/sbin"
-AGENT_COMMANDS = ("run", "restore")
+AGENT_COMMANDS = ("run", "restore", "droplog")
 HOST_CLI_COMMANDS = ("status", "mode", "rollback", "trace")
 
 # --- the allowlist: what a ruleset may contain ------------------------------------------------------------------

@@ -29,8 +29,8 @@ def _who(fleet, address, by_address):
 
 def summarise(fleet, lines, kinds=("AUDIT",)):
     """Count the logged packets per rule and per (source labels, destination labels, port), from the lines of the
-    agents' runtime logs (other lines are ignored); ``collecting`` lists each host whose drop log was running,
-    from its first to its last heartbeat in the input."""
+    hosts' drop logs (the agent's runtime log, or mseg-droplog's on push-mode hosts; other lines are ignored);
+    ``collecting`` lists each host whose drop log was running, from its first to its last heartbeat in the input."""
     by_address = {}
     for name, host in fleet.hosts.items():
         for net in host.addresses:
@@ -90,7 +90,8 @@ def to_csv(summary):
 def format_summary(summary):
     if not summary["collecting"] and not summary["packets"]:
         return ["nobody was collecting: no drop log heartbeat in the input, so no events says nothing (the agent "
-                "collects on each host: mseg.fleet.agent with agent_droplog: nflog)"]
+                "collects on its hosts with agent_droplog: nflog, mseg-droplog.service on push-mode hosts: the "
+                "policy role installs it with policy_droplog: true)"]
     lines = ["%d packet(s) in %d flow(s) would be dropped under enforce" % (summary["packets"], summary["flows"])]
     for seen in summary["collecting"]:
         lines.append("  collected on %s from %s to %s" % (seen["host"], seen["from"], seen["to"]))

@@ -4,7 +4,9 @@ The verbs run against a real agent state directory (a real signed bundle accepte
 nft apply is replaced by a recording fake. ``mseg trace`` needs root and namespaces: tests/integration/test_agent.py.
 """
 
+import functools
 import json
+import logging
 import os
 import time
 
@@ -12,10 +14,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ansible_collections.mseg.fleet.plugins.module_utils.agent import cli, daemon
+from ansible_collections.mseg.fleet.plugins.module_utils.agent import cli, daemon, droplog
 from ansible_collections.mseg.fleet.plugins.module_utils.agent import log as agent_log
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope as bundle
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
+from ansible_collections.mseg.fleet.plugins.module_utils.common.logline import Event
 
 RULESET = "table inet mseg {\n}\n"
 
@@ -242,3 +245,42 @@ def test_the_runtime_log_keeps_untrusted_text_on_one_line(tmp_path):
         handler.close()
     lines = path.read_text().splitlines()
     assert len(lines) == 1 and "\\x0a2026-01-01T00:00:00Z INFO Policy Drop" in lines[0] and "\x1b" not in lines[0]
+
+
+class _OneEventReader:
+    """NflogReader's stand-in for the droplog verb: one record, then the service is told to stop."""
+
+    groups = sorted(contract.NFLOG_GROUP.values())
+    records = malformed = overruns = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def events(self, stop, tick):
+        tick()
+        yield Event("AUDIT", 30, "ingress", "10.0.1.2", "10.0.2.1", "tcp", 5432)
+        stop.set()
+
+
+def test_droplog_collects_without_an_agent_into_the_runtime_log_the_report_reads(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "DropLog", functools.partial(droplog.DropLog, reader=_OneEventReader))
+    path = str(tmp_path / "runtime.log")
+    try:
+        assert cli.main(["--log-file", path, "droplog", "--host", "web-01"], prog=contract.AGENT_COMMAND) == 0
+    finally:
+        logging.getLogger(agent_log.LOGGER).handlers = []
+    with open(path, encoding="utf-8") as handle:
+        parsed = [droplog.parse_runtime_line(line.rstrip("\n")) for line in handle]
+    read = [item[1] for item in parsed if item]
+    assert [type(item).__name__ for item in read] == ["Heartbeat", "Event"]
+    assert read[0].host == "web-01" and read[1].rule == 30 and read[1].dport == 5432
+
+
+def test_droplog_refuses_a_host_name_its_heartbeat_cannot_carry(tmp_path, capsys):
+    path = str(tmp_path / "runtime.log")
+    assert cli.main(["--log-file", path, "droplog", "--host", "web 01\n"], prog=contract.AGENT_COMMAND) == 1
+    assert "--host 'web 01\\x0a' is not a host name" in capsys.readouterr().err
+    assert not os.path.exists(path)

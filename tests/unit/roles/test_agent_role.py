@@ -26,9 +26,9 @@ def test_the_units_run_the_service_command_with_its_verbs():
     assert names["__agent_commands"] == ["{{ 'AGENT_COMMAND' | mseg.fleet.wire }}",
                                          "{{ 'HOST_CLI' | mseg.fleet.wire }}"]
     verbs = []
-    for unit in ("mseg-agent.service.j2", "mseg-agent-restore.service.j2"):
+    for unit in ("mseg-agent.service.j2", "mseg-agent-restore.service.j2", "mseg-droplog.service.j2"):
         text = read("templates", "etc", "systemd", "system", unit)
-        starts = re.findall(r"^ExecStart=(\{\{ \w+ \}\}|\S+) (\S+)$", text, re.M)
+        starts = re.findall(r"^ExecStart=(\{\{ \w+ \}\}|\S+) (\S+)(?: .*)?$", text, re.M)
         assert [command for command, _verb in starts] == ["{{ __agent_command }}"]
         verbs += [verb for _command, verb in starts]
     assert sorted(verbs) == sorted(contract.AGENT_COMMANDS)
