@@ -106,8 +106,9 @@ MOLECULE_TIMEOUT ?= 1500
 .PHONY: molecule
 molecule: setup forget-installed-copy ## every Molecule scenario on the lab (molecule test -s <name>)
 	@failed=""; for s in lab $(MOLECULE_SCENARIOS); do \
-	  echo ">>> molecule test -s $$s"; \
+	  echo ">>> molecule test -s $$s"; start=$$(date +%s); \
 	  timeout --kill-after=60 $(MOLECULE_TIMEOUT) molecule test -s $$s || failed="$$failed $$s"; \
+	  echo ">>> molecule scenario $$s took $$(( $$(date +%s) - start )) s"; \
 	done; \
 	if [ -n "$$failed" ]; then echo ">>> molecule scenarios failed:$$failed"; exit 1; fi
 
