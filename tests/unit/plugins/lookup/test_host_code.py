@@ -26,7 +26,7 @@ def host_listing(lib_dir):
     task = next(t for t in tasks if "sha256sum" in str(t.get("ansible.builtin.shell", "")))
     cmd = task["ansible.builtin.shell"]["cmd"]
     target = os.path.join(lib_dir, "ansible_collections", "mseg", "fleet", "plugins", "module_utils")
-    cmd = cmd.replace("{{ (__agent_lib_dir ~ '/ansible_collections/mseg/fleet/plugins/module_utils') | quote }}", target)
+    cmd = cmd.replace("{{ __agent_code_dir | quote }}", target)
     assert "{{" not in cmd, cmd
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, check=True)
     return proc.stdout.splitlines()
