@@ -68,8 +68,8 @@ results:
   description:
     - One entry per traced pair and address family.
     - Each side's C(limited_by) names the system connection limits a new connection of this flow counts against on
-      that host (e.g. C(system limit controller.connlimit (64 connections per source))): beyond them enforce drops
-      it, whatever the verdict; empty for most flows.
+      that host, such as C(system limit controller.connlimit (64 connections per source)); beyond them enforce
+      drops it, whatever the verdict. It is empty for most flows.
   returned: success
   type: list
   elements: dict
