@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 import uuid
 
 import sys
@@ -182,12 +183,15 @@ def test_the_push_mode_drop_log_is_rotated_and_writes_on():
                       % (rotation, rotation))
     assert node.file(contract.DROPLOG_RUNTIME_LOG + ".1").exists
     db = [a for a in host("db-01").ansible.get_variables()["mseg_addresses"] if ":" not in a][0].split("/")[0]
-    for _attempt in range(10):
+    deadline = time.monotonic() + 30
+    written = ""
+    while "ID=30 " not in written and time.monotonic() < deadline:
         node.run("timeout 1 bash -c '</dev/tcp/%s/5432'" % db)
         written = node.run("cat " + contract.DROPLOG_RUNTIME_LOG).stdout
-        if "ID=30 " in written:
-            break
-    assert "ID=30 " in written, written
+    assert "ID=30 " in written, node.run(
+        "ls -la --time-style=full-iso %s; tail -n 5 %s.1; systemctl status --no-pager -n 10 %s; nft list chain inet mseg "
+        "deny_30_out" % (os.path.dirname(contract.DROPLOG_RUNTIME_LOG), contract.DROPLOG_RUNTIME_LOG,
+                         contract.DROPLOG_UNIT)).stdout
     assert droplog_state("web-01") == "active"
 
 
