@@ -65,7 +65,11 @@ EXAMPLES = r"""
 
 RETURN = r"""
 results:
-  description: One entry per traced pair and address family.
+  description:
+    - One entry per traced pair and address family.
+    - Each side's C(limited_by) names the system connection limits a new connection of this flow counts against on
+      that host, such as C(system limit controller.connlimit (64 connections per source)); beyond them enforce
+      drops it, whatever the verdict. It is empty for most flows.
   returned: success
   type: list
   elements: dict
@@ -80,8 +84,10 @@ results:
       decided_at: egress of web-01
       decided_by: rule 9 (web-no-db)
       rule: 9
-      egress: {host: web-01, accepted: false, decided_by: rule 9 (web-no-db), rule: 9, audited: false, logged: []}
-      ingress: {host: db-01, accepted: false, decided_by: default, rule: null, audited: false, logged: []}
+      egress: {host: web-01, accepted: false, decided_by: rule 9 (web-no-db), rule: 9, audited: false, logged: [],
+               limited_by: []}
+      ingress: {host: db-01, accepted: false, decided_by: default, rule: null, audited: false, logged: [],
+                limited_by: []}
 lines:
   description: The results as aligned, human-readable lines.
   returned: success

@@ -101,7 +101,7 @@ def gather_system(task_vars, templar):
     hostvars = task_vars["hostvars"]
     groups = task_vars.get("groups", {})
     system = {}
-    for role, (group, _variables, _flows) in sorted(DECLARED.items()):
+    for role, (group, _variables, _flows, _limits) in sorted(DECLARED.items()):
         members = sorted(groups.get(group) or ())
         if not members:
             continue

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 import uuid
 
 import sys
@@ -167,10 +168,39 @@ def test_observe_passes_everything_and_audits_exactly_what_enforce_would_drop(en
     assert any(row.startswith("role=web,role=db,tcp/5432,30,") for row in rows), rows
 
 
+def droplog_state(name):
+    return host(name).run("systemctl is-active " + contract.DROPLOG_UNIT).stdout.strip()
+
+
+def test_the_push_mode_drop_log_is_rotated_and_writes_on():
+    """The drop log's runtime.log is rotated as the agent's is (its own size timer), and the drop log writes on
+    into a new file: a packet rule 30 drops on web-01's egress shows up in it."""
+    node = host("web-01")
+    rotation = os.path.splitext(contract.DROPLOG_UNIT)[0]
+    assert node.check_output("systemctl is-enabled %s-logrotate.timer" % rotation) == "enabled"
+    assert node.check_output("systemctl is-active %s-logrotate.timer" % rotation) == "active"
+    node.check_output("logrotate --force --state /var/lib/logrotate/%s.status /etc/logrotate.d/%s"
+                      % (rotation, rotation))
+    assert node.file(contract.DROPLOG_RUNTIME_LOG + ".1").exists
+    db = [a for a in host("db-01").ansible.get_variables()["mseg_addresses"] if ":" not in a][0].split("/")[0]
+    deadline = time.monotonic() + 30
+    written = ""
+    while "ID=30 " not in written and time.monotonic() < deadline:
+        node.run("timeout 1 bash -c '</dev/tcp/%s/5432'" % db)
+        written = node.run("cat " + contract.DROPLOG_RUNTIME_LOG).stdout
+    assert "ID=30 " in written, node.run(
+        "ls -la --time-style=full-iso %s; tail -n 5 %s.1; systemctl status --no-pager -n 10 %s; nft list chain inet mseg "
+        "deny_30_out" % (os.path.dirname(contract.DROPLOG_RUNTIME_LOG), contract.DROPLOG_RUNTIME_LOG,
+                         contract.DROPLOG_UNIT)).stdout
+    assert droplog_state("web-01") == "active"
+
+
 def test_bypass_passes_everything_and_is_not_lifted_behind_the_operators_back():
     playbook("mseg.fleet.bypass", *ev({"mseg_hosts": "managed"}))
     for name in MANAGED:
         assert "counter %s" % contract.EMERGENCY_MARKER in host(name).check_output("nft list table " + contract.TABLE)
+        # a bypass table logs nothing: the push-mode drop log is stopped until the host leaves bypass
+        assert droplog_state(name) == "inactive"
     measured = {}
     with tempfile.NamedTemporaryFile(suffix=".json") as output:
         playbook(os.path.join(ROOT, "playbooks", "lab", "reachability.yml"),
@@ -189,6 +219,7 @@ def test_bypass_passes_everything_and_is_not_lifted_behind_the_operators_back():
 
 def test_enforce_again():
     playbook("mseg.fleet.mode", *ev({"mseg_mode": "enforce", "mseg_hosts": "managed"}))
+    assert {name: droplog_state(name) for name in MANAGED} == {name: "active" for name in MANAGED}
     agreement()
 
 

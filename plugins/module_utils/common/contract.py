@@ -74,6 +74,28 @@ def system_comment(name):
     return "SYS=%s" % name
 
 
+# Per-source connection limits a role declares beside its flows (compile/system.py ``Limit``): new connections to
+# its ports from one source address beyond N concurrent ones are dropped, before any accept. Each counts what it
+# dropped (or, in observe mode, what enforce would drop) into ``sys_<role>_<limit>_in`` and keeps its per-source
+# counts in the dynamic sets ``sys_<role>_<limit>_v4`` / ``_v6``, which the kernel fills (``ct count``).
+SYSTEM_LIMITS = ("controller.connlimit",)
+_LIMIT = "(?:%s)" % "|".join(name.replace(".", "_") for name in SYSTEM_LIMITS)
+
+
+def limit_counter(name):
+    """``sys_controller_connlimit_in``: the new connections limit ``controller.connlimit`` refused (or audited)."""
+    if name not in SYSTEM_LIMITS:
+        raise ValueError("unknown system limit %r" % (name,))
+    return "sys_%s_in" % name.replace(".", "_")
+
+
+def limit_set(name, version):
+    """``sys_controller_connlimit_v4``: the dynamic set of per-source connection counts of one family."""
+    if name not in SYSTEM_LIMITS:
+        raise ValueError("unknown system limit %r" % (name,))
+    return "sys_%s_v%d" % (name.replace(".", "_"), version)
+
+
 # --- marks -----------------------------------------------------------------------------------------------------
 MARK_BITS = 0xFFFFFFFF
 PACKET_MARK_IDENTITY_MASK = 0x0000FFFF
@@ -190,11 +212,13 @@ def allow_chain(rule_id, direction):
 _DIR = "(?:in|out)"
 NAMES = {
     "chain": re.compile(r"^(?:input|output|%s|%s|(?:deny|allow)_%s_%s)$" % (FORWARD_CHAIN, IDENTITY_CHAIN, _ID, _DIR)),
-    "set": re.compile(r"^(?:mgmt_auto_v[46]|mgmt_[0-9]+_v[46]|r%s_%s_v[46]|allow_%s_%s_v[46]|sys_%s_%s_v[46])$"
-                      % (_ID, _DIR, _ID, _DIR, _SYSTEM, _DIR)),
-    "counter": re.compile(r"^(?:rule_%s_%s|(?:default|invalid)_%s|sys_%s_%s|%s|%s|%s|%s)$" % (
-        _ID, _DIR, _DIR, _SYSTEM, _DIR, MGMT_COUNTER, BYPASS_MARKER, EMERGENCY_MARKER, FAILSAFE_MARKER)),
+    "set": re.compile(r"^(?:mgmt_auto_v[46]|mgmt_[0-9]+_v[46]|r%s_%s_v[46]|allow_%s_%s_v[46]|sys_%s_%s_v[46]|"
+                      r"sys_%s_v[46])$" % (_ID, _DIR, _ID, _DIR, _SYSTEM, _DIR, _LIMIT)),
+    "counter": re.compile(r"^(?:rule_%s_%s|(?:default|invalid)_%s|sys_%s_%s|sys_%s_in|%s|%s|%s|%s)$" % (
+        _ID, _DIR, _DIR, _SYSTEM, _DIR, _LIMIT, MGMT_COUNTER, BYPASS_MARKER, EMERGENCY_MARKER, FAILSAFE_MARKER)),
 }
+# The connection-limit sets alone: the only sets a rule may add to from the packet path (``_limit_problems``).
+LIMIT_SET_RE = re.compile(r"^sys_%s_v(?P<version>[46])$" % _LIMIT)
 
 _DECLARED = {"chain": "chain", "set": "set", "map": "set", "counter": "counter"}  # maps share the sets' names
 
@@ -257,9 +281,12 @@ HOST_CLI_COMMANDS = ("status", "mode", "rollback", "trace")
 BASE_CHAIN_HOOKS = {"input": "input", "output": "output", FORWARD_CHAIN: "forward", IDENTITY_CHAIN: "prerouting"}
 BASE_CHAIN_TYPES = ("filter",)
 # Statements a rule may hold (JSON keys). Everything else is refused, among them dnat, snat, masquerade, redirect,
-# notrack, queue, dup, fwd, tproxy, synproxy, reject, set/map updates, xt, secmark and ct helpers.
+# notrack, queue, dup, fwd, tproxy, synproxy, reject, map updates, xt, secmark and ct helpers. A set update
+# ("set") is allowed in exactly one shape, a system connection limit (``_limit_problems``).
 RULE_STATEMENTS = ("match", "counter", "log", "limit", "accept", "drop", "continue", "return", "jump", "goto",
-                   "vmap", "mangle")
+                   "vmap", "mangle", "set")
+_LIMIT_ADDRESS = {"4": "ip", "6": "ip6"}
+_LIMIT_SET_TYPE = {"4": "ipv4_addr", "6": "ipv6_addr"}
 # Keys each object may carry in the JSON form; ``handle`` is nft's own and dropped before a load.
 OBJECT_KEYS = {
     "table": ("family", "name", "handle"),
@@ -302,6 +329,8 @@ def check_ruleset(objects):
             named = _DECLARED[kind]
             if not NAMES[named].match(str(body.get("name", ""))):
                 problems.append("%s is not a %s name of the contract" % (where, named))
+        if kind in ("set", "map") and LIMIT_SET_RE.match(str(body.get("name", ""))):
+            problems.extend("%s: %s" % (where, p) for p in _limit_set_problems(kind, body))
         if kind == "chain" and "hook" in body:
             if body.get("type") not in BASE_CHAIN_TYPES or BASE_CHAIN_HOOKS.get(body.get("name")) != body["hook"]:
                 problems.append("%s is a %s chain on hook %s; the contract allows only filter chains %s" % (
@@ -340,7 +369,45 @@ def _rule_problems(expr):
             found.extend(_mark_problems(value))
         elif name == "log":
             found.extend(_log_problems(value))
+        elif name == "set":
+            found.extend(_limit_problems(value))
     return found
+
+
+def _limit_set_problems(kind, body):
+    """A connection-limit set is a plain set of the source addresses of its family, filled by the kernel only."""
+    version = LIMIT_SET_RE.match(body["name"]).group("version")
+    flags = body.get("flags", [])
+    flags = [flags] if isinstance(flags, str) else flags
+    if kind != "set" or body.get("type") != _LIMIT_SET_TYPE[version] or "elem" in body \
+            or not isinstance(flags, list) or set(flags) - {"dynamic"}:
+        return ["is not a connection-limit set (a set of type %s, flags dynamic at most, without elements)"
+                % _LIMIT_SET_TYPE[version]]
+    return []
+
+
+def _limit_problems(value):
+    """The one set update a ruleset may hold, a per-source connection limit:
+    ``add @sys_<role>_<limit>_v4 { ip saddr ct count over N }`` (``ip6 saddr`` for ``_v6``), N >= 1. Any other
+    update (``update``, another set, another key, another stateful statement, ``ct count`` without ``over``) is
+    refused: a set the packet path could write is a set an attacker's packets could write."""
+    value = value if isinstance(value, dict) else {}
+    target = value.get("set")
+    found = LIMIT_SET_RE.match(target[1:]) if isinstance(target, str) and target.startswith("@") else None
+    expected = None
+    if found:
+        expected = {"op": "add", "set": target,
+                    "elem": {"payload": {"protocol": _LIMIT_ADDRESS[found.group("version")], "field": "saddr"}}}
+    stmt = value.get("stmt")
+    count = None
+    if isinstance(stmt, list) and len(stmt) == 1 and isinstance(stmt[0], dict) and list(stmt[0]) == ["ct count"]:
+        count = stmt[0]["ct count"]
+    if expected is not None and {k: v for k, v in value.items() if k != "stmt"} == expected \
+            and isinstance(count, dict) and set(count) == {"val", "inv"} and count["inv"] is True \
+            and isinstance(count["val"], int) and not isinstance(count["val"], bool) and count["val"] >= 1:
+        return []
+    return ["updates a set other than as a connection limit (the one set update allowed is "
+            "'add @%s { ip saddr ct count over N }', ip6 saddr for the _v6 set)" % limit_set(SYSTEM_LIMITS[0], 4)]
 
 
 def _mark_selector(expr):

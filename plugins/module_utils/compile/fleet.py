@@ -114,7 +114,7 @@ class PlanRule(namedtuple("PlanRule", "rule action peers local ports")):
 class HostPlan(namedtuple("HostPlan", "host policy mode management ingress egress system")):
     """Everything a host enforces, whatever the backend: its addresses, its mode, its management entries, its
     system rules and its policy rules per direction (each a PlanRule: rule, action, peers, local, ports; a system
-    rule's ``rule`` is a SystemRule) and the default of each direction.
+    rule's ``rule`` is a SystemRule), its system connection limits (SystemLimit) and the default of each direction.
 
     It holds data only (addresses as ``netaddr`` networks, ports as PortSpec): each backend's renderer
     (``module_utils/render/``) writes it in its own syntax, and trace evaluates it.
@@ -141,6 +141,11 @@ class HostPlan(namedtuple("HostPlan", "host policy mode management ingress egres
     def system_rules(self, direction):
         """The system rules of ``direction`` (compile/system.py), evaluated before the policy's rules."""
         return self.system[direction] if self.system else ()
+
+    def system_limits(self):
+        """The per-source connection limits on this host's ports (compile/system.py), checked before any accept
+        but management's."""
+        return self.system.get("limits", ()) if self.system else ()
 
 
 def merge_tags(group_layers, host_layer, where):
@@ -360,12 +365,13 @@ def _selector_text(selector):
 class FleetPlan(object):
     """The result of compiling a policy for a fleet: a HostPlan per host, and the warnings."""
 
-    def __init__(self, policy, hosts, plans, warnings, system=()):
+    def __init__(self, policy, hosts, plans, warnings, system=(), limits=()):
         self.policy = policy
         self.hosts = hosts
         self.plans = plans
         self.warnings = warnings
         self.system = system
+        self.limits = limits
 
     def to_data(self, names=None):
         """A JSON-ready description of the plans; address sets are listed once and referred to by key."""
@@ -404,6 +410,8 @@ class FleetPlan(object):
                                 "ports": None if e.ports is None else [str(p) for p in e.ports]}
                                for e in plan.management],
                 "system": {d: [system_data(r) for r in plan.system_rules(d)] for d in ("ingress", "egress")},
+                "system_limits": [{"system_limit": limit.name, "ports": [str(p) for p in limit.ports],
+                                   "per_source": limit.per_source} for limit in plan.system_limits()],
                 "ingress": [rule_data(r) for r in plan.ingress],
                 "egress": [rule_data(r) for r in plan.egress],
             }
@@ -414,6 +422,7 @@ class FleetPlan(object):
                 "rules": [r.to_data() for r in self.policy.rules],
             },
             "system_rules": [rule.to_data() for rule in self.system],
+            "system_limits": [limit.to_data() for limit in self.limits],
             "address_sets": dict(sorted(sets.items())),
             "hosts": hosts,
             "warnings": list(self.warnings),
@@ -431,10 +440,10 @@ def compile_fleet(policy_document, raw_hosts, raw_system=None):
         problems.extend(exc.messages)
     hosts, host_problems = parse_hosts(raw_hosts)
     problems.extend(host_problems)
-    system = ()
+    system = limits = ()
     warnings = []
     if not host_problems:
-        system, system_problems, warnings = parse_system(raw_system, hosts, AddressSet)
+        system, limits, system_problems, warnings = parse_system(raw_system, hosts, AddressSet)
         problems.extend(system_problems)
     if problems:
         raise MsegError(problems)
@@ -463,9 +472,10 @@ def compile_fleet(policy_document, raw_hosts, raw_system=None):
             host, policy, host.mode, host.management,
             tuple(sorted(ingress[name], key=_plan_order)),
             tuple(sorted(egress[name], key=_plan_order)),
-            {"ingress": tuple(system_in[name]), "egress": tuple(system_out[name])},
+            {"ingress": tuple(system_in[name]), "egress": tuple(system_out[name]),
+             "limits": tuple(limit for limit in limits if name in limit.hosts)},
         )
-    return FleetPlan(policy, hosts, plans, warnings, tuple(system))
+    return FleetPlan(policy, hosts, plans, warnings, tuple(system), tuple(limits))
 
 
 def _attach(per_host, rule, peers, side, direction):

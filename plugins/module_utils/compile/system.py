@@ -14,11 +14,19 @@ System rules are evaluated after management and before the policy's log, deny an
 policy deny written for the workloads must not cut an agent off from its controller (which would freeze every later
 policy, the fix included) nor split the controller tier's VRRP into two masters.
 
+A role may also declare a per-source connection limit on its own ports (``Limit``): new connections to those ports
+from one source address beyond N concurrent ones (N a role setting, 0 = no limit) are dropped, before management
+and system accepts could let them in. It guards what the application cannot: nginx counts a connection only once
+its request header is read, so a client without a certificate can hold any number of half-open TLS handshakes.
+The limit counts every source, fleet or not; in observe mode it only counts what enforce would drop (its counter)
+and drops nothing, as observe passes every flow.
+
 Cost: one address set per declared side, built once and shared by every host that carries the rule; hosts + rules.
 """
 
 from __future__ import annotations
 
+import string
 from collections import namedtuple
 
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
@@ -39,19 +47,47 @@ class Flow(namedtuple("Flow", "name sender receiver port")):
     __slots__ = ()
 
 
-# role -> (its inventory group, its settings as {setting: inventory variable}, its flows)
+class Limit(namedtuple("Limit", "name ports per_source")):
+    """A declared per-source connection limit: ``ports`` are policy ports (TCP), ``per_source`` names the setting
+    that holds N; each may name settings as ``{setting}``."""
+
+    __slots__ = ()
+
+
+# role -> (its inventory group, its settings as {setting: inventory variable}, its flows, its limits)
 DECLARED = {
     "controller": (
         contract.CONTROLLER_GROUP,
         {"agent_port": "controller_agent_port", "operator_port": "controller_operator_port",
-         "operators": "controller_operator_allow", "vip": "controller_vip"},
+         "operators": "controller_operator_allow", "vip": "controller_vip",
+         "conn_limit": "controller_conn_limit_per_source"},
         (
             Flow("controller.vrrp", "replicas", "replicas", "vrrp"),
             Flow("controller.agents", "fleet", "service", "tcp/{agent_port}"),
             Flow("controller.operators", "operators", "service", "tcp/{operator_port}"),
         ),
+        (
+            Limit("controller.connlimit", ("tcp/{agent_port}", "tcp/{operator_port}"), "conn_limit"),
+        ),
     ),
 }
+# The largest per-source limit: ct count is a 32-bit count, and a limit above this limits nothing.
+MAX_PER_SOURCE = 1000000
+
+
+class SystemLimit(namedtuple("SystemLimit", "name hosts ports per_source")):
+    """A compiled connection limit: on ``hosts`` (names), new TCP connections to ``ports`` (PortSpecs) from one
+    source address beyond ``per_source`` concurrent ones are dropped."""
+
+    __slots__ = ()
+
+    @property
+    def label(self):
+        return "system limit %s (%d connections per source)" % (self.name, self.per_source)
+
+    def to_data(self):
+        return {"name": self.name, "hosts": sorted(self.hosts), "ports": [str(p) for p in self.ports],
+                "per_source": self.per_source}
 
 
 class SystemRule(namedtuple("SystemRule", "name senders receivers sources destinations ports")):
@@ -74,14 +110,14 @@ class SystemRule(namedtuple("SystemRule", "name senders receivers sources destin
 def parse_system(raw, hosts, address_set):
     """Compile the roles' declared flows for ``hosts`` (name -> Host). ``raw`` maps a role to what the inventory
     says of it: ``{"hosts": [names], "settings": {setting: value}}`` (a role absent or without hosts declares
-    nothing). ``address_set(key, ipset)`` builds a shared AddressSet. Returns (rules, problems, warnings)."""
-    problems, warnings, rules = [], [], []
+    nothing). ``address_set(key, ipset)`` builds a shared AddressSet. Returns (rules, limits, problems, warnings)."""
+    problems, warnings, rules, limits = [], [], [], []
     for role in sorted(raw or {}):
         if role not in DECLARED:
             problems.append("system rules: unknown role %s; roles that declare flows are %s"
                             % (_describe(role), ", ".join(sorted(DECLARED))))
             continue
-        group, variables, flows = DECLARED[role]
+        group, variables, flows, declared_limits = DECLARED[role]
         given = raw[role] or {}
         members = sorted(set(given.get("hosts") or ()))
         missing = [name for name in members if name not in hosts]
@@ -99,7 +135,7 @@ def parse_system(raw, hosts, address_set):
             spec, reason = parse_port(flow.port.format(**settings))
             if spec is None:
                 problems.append("system rule %s: port %s %s; check %s" % (
-                    flow.name, flow.port.format(**settings), reason, ", ".join(sorted(variables.values()))))
+                    flow.name, flow.port.format(**settings), reason, _named(flow.port, variables)))
                 continue
             senders, sources = sides[flow.sender]
             receivers, destinations = sides[flow.receiver]
@@ -108,7 +144,42 @@ def parse_system(raw, hosts, address_set):
             rules.append(SystemRule(flow.name, senders, receivers,
                                     address_set("sys.%s.from" % flow.name, sources),
                                     address_set("sys.%s.to" % flow.name, destinations), normalise_ports([spec])))
-    return rules, problems, warnings
+        for limit in declared_limits:
+            compiled = _limit(problems, limit, variables, settings, members)
+            if compiled is not None:
+                limits.append(compiled)
+    return rules, limits, problems, warnings
+
+
+def _limit(problems, limit, variables, settings, members):
+    """The SystemLimit of ``limit`` on the role's hosts, or None when its setting is 0 (off) or wrong."""
+    variable = variables[limit.per_source]
+    value = settings.get(limit.per_source)
+    if value is None or value == 0:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PER_SOURCE:
+        problems.append("system limit %s: %s %s is not a number of connections; set it to an integer from 1 to "
+                        "%d, or 0 for no limit" % (limit.name, variable, _describe(value), MAX_PER_SOURCE))
+        return None
+    if value == 0:
+        return None
+    specs = []
+    for port in limit.ports:
+        spec, reason = parse_port(port.format(**settings))
+        if spec is None or spec.proto != "tcp" or spec.first is None:
+            problems.append("system limit %s: port %s %s; check %s" % (
+                limit.name, port.format(**settings), reason or "is not a TCP port", _named(port, variables)))
+            return None
+        specs.append(spec)
+    return SystemLimit(limit.name, frozenset(members), normalise_ports(specs), value)
+
+
+def _named(template, variables):
+    """The inventory variables a port template such as ``tcp/{agent_port}`` reads, for a message."""
+    fields = sorted(variables[field] for _text, field, _spec, _conv in string.Formatter().parse(template) if field)
+    return ", ".join(fields) or "the role's declaration"
 
 
 def _sides(problems, role, variables, settings, members, hosts):

@@ -28,9 +28,10 @@ class Endpoint(namedtuple("Endpoint", "label host addresses")):
     __slots__ = ()
 
 
-class Verdict(namedtuple("Verdict", "accepted rule_id rule_name reason audited logged")):
+class Verdict(namedtuple("Verdict", "accepted rule_id rule_name reason audited logged limits", defaults=((),))):
     """One direction's decision: ``reason`` is management, system (``rule_name`` is the system rule's name), rule,
-    default or bypass; ``audited`` is True when observe mode turned a drop into an accept."""
+    default or bypass; ``audited`` is True when observe mode turned a drop into an accept; ``limits`` names the
+    system connection limits a new connection of this flow counts against (beyond them enforce drops it)."""
 
     __slots__ = ()
 
@@ -55,7 +56,7 @@ class Trace(namedtuple("Trace", "src dst port family src_address dst_address all
             if v is None:
                 return None
             return {"host": side, "accepted": v.accepted, "decided_by": v.decider, "rule": v.rule_id,
-                    "audited": v.audited, "logged": list(v.logged)}
+                    "audited": v.audited, "logged": list(v.logged), "limited_by": list(v.limits)}
 
         deciding = None
         if self.decided_at is not None:
@@ -84,6 +85,16 @@ def evaluate(plan, direction, peer, local, proto, port):
         for entry in plan.management:
             if peer in entry.networks and (entry.ports is None or any(p.matches(proto, port) for p in entry.ports)):
                 return Verdict(True, None, None, "management", False, ())
+    verdict = _decide(plan, direction, peer, local, proto, port)
+    if direction == "ingress":
+        limits = tuple(limit.label for limit in plan.system_limits()
+                       if any(p.matches(proto, port) for p in limit.ports))
+        verdict = verdict._replace(limits=limits)
+    return verdict
+
+
+def _decide(plan, direction, peer, local, proto, port):
+    """The verdict after management: system rules, log, deny, allow, default."""
     for item in plan.system_rules(direction):
         if item.matches(peer, local, proto, port):
             return Verdict(True, None, item.rule.name, "system", False, ())
@@ -231,6 +242,8 @@ def format_table(results, fleet):
         for side in (item.egress, item.ingress):
             if side is not None and side.audited:
                 audit = "  (observe: enforce would drop)"
+        if item.ingress is not None and item.ingress.limits:
+            audit += "  (new connections under %s)" % ", ".join(item.ingress.limits)
         lines.append("%s  %-14s -> %-14s %-10s %-5s %-24s by %-26s modes %s%s" % (
             verdict, item.src.label, item.dst.label, data["port"], data["family"], data["decided_at"] or "-",
             data["decided_by"] or "-", modes, audit))

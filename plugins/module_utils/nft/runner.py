@@ -103,13 +103,14 @@ class Nft:
                            % _clip(err.strip().replace("/dev/stdin", "content")))
 
     def listing(self):
-        """Table inet mseg listed without counters, or None when it does not exist."""
+        """Table inet mseg listed without counters and without the kernel's own elements of dynamic sets, or None
+        when it does not exist (``stable_listing``)."""
         rc, out, err = self._run(["-s", "list", "table", contract.TABLE_FAMILY, contract.TABLE_NAME])
         if rc != 0:
             if "No such file or directory" in err:
                 return None
             raise NftError("nft cannot list table %s: %s" % (contract.TABLE, err.strip()))
-        return out
+        return stable_listing(out)
 
     def counters(self):
         """The named counters of table inet mseg, sorted: ``[(name, packets, bytes)]``; ``None`` when the table
@@ -174,6 +175,30 @@ def namespace_identity():
     except OSError:
         netns = 0
     return "%s/%s" % (boot, netns)
+
+
+def stable_listing(listing):
+    """``listing`` without the elements of dynamic sets: the kernel adds and removes them from the packet path (a
+    connection limit's per-source counts), so they are state, like counters, not configuration. Kept, they would
+    make every open connection look like drift, and a replayed listing would reload them as static elements."""
+    kept = []
+    dynamic = skipping = False
+    for line in listing.splitlines(True):
+        stripped = line.strip()
+        if skipping:
+            skipping = not stripped.endswith("}")
+            continue
+        if stripped.startswith(("set ", "map ")) and stripped.endswith("{"):
+            dynamic = False
+        elif stripped.startswith("flags ") and "dynamic" in stripped[len("flags "):].replace(" ", "").split(","):
+            dynamic = True
+        elif dynamic and stripped.startswith("elements = {"):
+            skipping = not stripped.endswith("}")
+            continue
+        elif stripped == "}":
+            dynamic = False
+        kept.append(line)
+    return "".join(kept)
 
 
 def count_listing(listing):

@@ -7,7 +7,9 @@ Runs on the controller only (it needs netaddr, which managed hosts lack); the pl
 (``compile/fleet.py``), and every name it writes comes from the wire contract (``common/contract.py``).
 
 Chain ``input`` (and its mirror ``output``) evaluates, in order: conntrack established/related accept, invalid
-drop, loopback accept, ICMPv6 neighbour discovery accept, management accept (input only), system rules accept,
+drop, loopback accept, ICMPv6 neighbour discovery accept, management accept (input only), system connection limits
+(input only: a new connection to a limited port from a source already holding N drops; observe only counts it),
+system rules accept,
 ``log`` rules, ``deny`` rules, ``allow`` rules, then the direction's default. Every policy rule counts into its
 named counter ``rule_<id>_<in|out>`` and carries the comment ``ID=<id>``; every system rule (the product's own
 flows, compile/system.py) counts into ``sys_<role>_<flow>_<in|out>`` and carries ``SYS=<role>.<flow>``, right after
@@ -137,6 +139,8 @@ def _direction(table, plan, direction):
     chain.add("icmpv6 type { %s } accept" % ND_TYPES)
     if direction == "ingress":
         _management(table, chain, plan)
+        for limit in plan.system_limits():
+            _system_limit(table, chain, limit, observe)
     for item in plan.system_rules(direction):
         _system_rule(table, chain, item, direction, peer_field)
     for run in _allow_runs(plan.rules(direction)):
@@ -184,6 +188,23 @@ def _system_rule(table, chain, item, direction, peer_field):
                              _set_elements(table, contract.system_set(name, direction, version), item.peers, version))
         for l4 in port_matches(item.ports, version):
             chain.add(" ".join(p for p in (l4, peer, counted) if p), contract.system_comment(name))
+
+
+def _system_limit(table, chain, limit, observe):
+    """A per-source connection limit: each new connection to the limited ports adds its source address to a dynamic
+    set whose element counts that source's connections in conntrack (``ct count``, kept by the kernel, removed when
+    it reaches zero); beyond ``per_source`` the connection is dropped and counted. Observe counts it and drops
+    nothing: observe passes every flow, and the counter says what enforce would drop."""
+    counter = contract.limit_counter(limit.name)
+    table.counter(counter)
+    verdict = "" if observe else " drop"
+    for version in (4, 6):
+        name = contract.limit_set(limit.name, version)
+        table.add_set(nft.Set(name, _FAMILY[version][2], ("dynamic",)))
+        for l4 in port_matches(limit.ports, version):
+            chain.add("%s ct state new add @%s { %s saddr ct count over %d } counter name %s%s" % (
+                l4, name, _FAMILY[version][0], limit.per_source, nft.quote(counter), verdict),
+                contract.system_comment(limit.name))
 
 
 def _plan_rule(table, chain, item, direction, peer_field, local_field, observe):

@@ -307,10 +307,14 @@ def test_the_allowlist_judges_objects_not_text():
         "a flowtable is not allowed (a ruleset holds only chain, counter, map, rule, set, table)"]
     assert contract.check_ruleset(["flush ruleset"]) == ["'flush ruleset' is not one nftables object"]
     for statement in ("queue", "dup", "fwd", "redirect", "dnat", "snat", "masquerade", "tproxy", "synproxy", "notrack",
-                      "reject", "set", "xt"):
+                      "reject", "xt"):
         rule = {"rule": {"family": "inet", "table": "mseg", "chain": "input", "expr": [{statement: {}}]}}
         assert contract.check_ruleset([rule]) == ["a rule in chain input: statement %s is not allowed (a rule may "
                                                   "hold %s)" % (statement, ", ".join(contract.RULE_STATEMENTS))]
+    set_update = {"rule": {"family": "inet", "table": "mseg", "chain": "input", "expr": [{"set": {}}]}}
+    assert contract.check_ruleset([set_update]) == [
+        "a rule in chain input: updates a set other than as a connection limit (the one set update allowed is "
+        "'add @sys_controller_connlimit_v4 { ip saddr ct count over N }', ip6 saddr for the _v6 set)"]
     assert contract.check_ruleset([{"rule": {"family": "inet", "table": "mseg", "chain": "input",
                                              "expr": [{"mangle": {"key": {"meta": {"key": "mark"}},
                                                                   "value": {"|": [{"&": [{"meta": {"key": "mark"}},
@@ -327,3 +331,63 @@ def test_the_reserved_bits_do_not_overlap():
     assert contract.CT_MARK_RULE_MASK >= 65535  # every rule id fits
     assert len(set(contract.NFLOG_GROUP.values())) == len(contract.LOG_KINDS)
     assert all(0 < group < 65536 for group in contract.NFLOG_GROUP.values())
+
+
+# The one set update a ruleset may hold: a system connection limit (issue 15 item 9). Anything that looks like it
+# but writes another set, another key or another state is refused: a set the packet path writes is a set an
+# attacker's packets write (a dynamic management set would let any sender add itself).
+LIMIT_BASE = ("table inet mseg {\n\tset sys_controller_connlimit_v4 {\n\t\ttype ipv4_addr\n\t\tflags dynamic\n\t}\n"
+              "\tset sys_controller_connlimit_v6 {\n\t\ttype ipv6_addr\n\t\tflags dynamic\n\t}\n"
+              "\tset mgmt_1_v4 {\n\t\ttype ipv4_addr\n\t\tflags dynamic\n\t}\n"
+              "\tchain input {\n\t\t%s\n\t}\n}\n")
+LIMIT = "add @sys_controller_connlimit_v4 { ip saddr ct count over 3 }"
+
+
+@pytest.mark.parametrize("line", [
+    "tcp dport { 443, 8443 } ct state new %s counter drop" % LIMIT,
+    "tcp dport 443 ct state new add @sys_controller_connlimit_v6 { ip6 saddr ct count over 64 } drop",
+    LIMIT,
+])
+def test_the_allowlist_accepts_the_connection_limit(line):
+    assert contract.check_ruleset(json_form(LIMIT_BASE % line)) == []
+
+
+@pytest.mark.parametrize("line", [
+    "tcp dport 443 add @sys_controller_connlimit_v4 { ip daddr ct count over 3 } drop",
+    "add @sys_controller_connlimit_v4 { ip saddr }",
+    "add @sys_controller_connlimit_v4 { ip saddr ct count 3 } accept",
+    "add @sys_controller_connlimit_v4 { ip saddr limit rate 1/second }",
+    "add @sys_controller_connlimit_v4 { ip saddr counter }",
+    "add @mgmt_1_v4 { ip saddr ct count over 3 }",
+    "add @mgmt_1_v4 { ip saddr }",
+    "delete @sys_controller_connlimit_v4 { ip saddr }",
+])
+def test_the_allowlist_refuses_set_updates_that_only_look_like_the_connection_limit(line):
+    problems = contract.check_ruleset(json_form(LIMIT_BASE % line))
+    assert len(problems) == 1 and problems[0].startswith(
+        "a rule in chain input: updates a set other than as a connection limit"), problems
+
+
+def test_the_allowlist_refuses_an_update_of_the_limit_set_which_nft_itself_would_refuse_to_load():
+    rule = {"rule": {"family": "inet", "table": "mseg", "chain": "input", "expr": [{"set": {
+        "op": "update", "elem": {"payload": {"protocol": "ip", "field": "saddr"}}, "set": "@sys_controller_connlimit_v4",
+        "stmt": [{"ct count": {"val": 3, "inv": True}}]}}]}}
+    assert contract.check_ruleset([rule]) == [
+        "a rule in chain input: updates a set other than as a connection limit (the one set update allowed is "
+        "'add @sys_controller_connlimit_v4 { ip saddr ct count over N }', ip6 saddr for the _v6 set)"]
+    rule["rule"]["expr"][0]["set"].update(op="add", stmt=[{"ct count": {"val": 0, "inv": True}}])
+    assert len(contract.check_ruleset([rule])) == 1
+    rule["rule"]["expr"][0]["set"].update(stmt=[{"ct count": {"val": 3, "inv": True}}])
+    assert contract.check_ruleset([rule]) == []
+
+
+@pytest.mark.parametrize("declaration", [
+    "set sys_controller_connlimit_v4 {\n\t\ttype ipv4_addr\n\t\tflags dynamic,timeout\n\t\ttimeout 1m\n\t}",
+    "set sys_controller_connlimit_v4 {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t}",
+    "set sys_controller_connlimit_v4 {\n\t\ttype ipv4_addr\n\t\telements = { 10.0.0.1 }\n\t}",
+    "set sys_controller_connlimit_v4 {\n\t\ttype ipv6_addr\n\t}",
+    "map sys_controller_connlimit_v4 {\n\t\ttype ipv4_addr : verdict\n\t}",
+])
+def test_the_allowlist_refuses_a_limit_set_that_is_not_one(declaration):
+    problems = contract.check_ruleset(json_form("table inet mseg {\n\t%s\n}\n" % declaration))
+    assert any("is not a connection-limit set" in p for p in problems), problems

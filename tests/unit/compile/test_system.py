@@ -116,8 +116,7 @@ def test_bad_settings_are_reported_with_the_variable_to_fix():
     with pytest.raises(MsegError) as raised:
         compile_with({"agent_port": 70000})
     assert raised.value.messages == [
-        "system rule controller.agents: port tcp/70000 has a port outside 1-65535; check controller_agent_port, "
-        "controller_operator_allow, controller_operator_port, controller_vip"]
+        "system rule controller.agents: port tcp/70000 has a port outside 1-65535; check controller_agent_port"]
 
 
 class _Templar(object):
@@ -130,5 +129,85 @@ def test_gather_reads_the_controllers_group_and_the_roles_settings_over_its_defa
     task_vars = {"groups": {"controllers": ["ctl-02", "ctl-01"], "all": ["ctl-01", "ctl-02", "web-01"]},
                  "hostvars": {"ctl-01": {"controller_agent_port": 9443}, "ctl-02": {}, "web-01": {}}}
     assert gather_system(task_vars, _Templar()) == {"controller": {"hosts": ["ctl-01", "ctl-02"], "settings": {
-        "agent_port": 9443, "operator_port": 443, "operators": [], "vip": ""}}}
+        "agent_port": 9443, "operator_port": 443, "operators": [], "vip": "", "conn_limit": 64}}}
     assert gather_system({"groups": {"all": []}, "hostvars": {}}, _Templar()) == {}
+
+
+# The per-source connection limit on the controllers' ports (issue 15 item 9): nginx counts a connection only once
+# its request header is read, so the kernel bounds the half-open ones.
+
+def limit_rules(text):
+    return [line.strip() for line in text.splitlines() if 'comment "SYS=controller.connlimit"' in line]
+
+
+def test_the_connection_limit_is_compiled_from_the_roles_setting_onto_the_replicas_only():
+    fleet = compile_with({"conn_limit": 5})
+    assert [limit.to_data() for limit in fleet.limits] == [
+        {"name": "controller.connlimit", "hosts": ["ctl-01", "ctl-02"], "ports": ["tcp/443", "tcp/8443"],
+         "per_source": 5}]
+    assert [limit.per_source for limit in fleet.plans["ctl-02"].system_limits()] == [5]
+    assert fleet.plans["web-01"].system_limits() == ()
+    data = fleet.to_data()
+    assert data["system_limits"] == [limit.to_data() for limit in fleet.limits]
+    assert data["hosts"]["ctl-01"]["system_limits"] == [
+        {"system_limit": "controller.connlimit", "ports": ["tcp/443", "tcp/8443"], "per_source": 5}]
+    assert data["hosts"]["web-01"]["system_limits"] == []
+
+
+@pytest.mark.parametrize("value", [0, None])
+def test_a_limit_of_zero_or_unset_renders_nothing(value):
+    fleet = compile_with({"conn_limit": value})
+    assert fleet.limits == () and fleet.plans["ctl-01"].system_limits() == ()
+    text = render_plan(fleet.plans["ctl-01"])[0]
+    assert limit_rules(text) == [] and "connlimit" not in text
+
+
+@pytest.mark.parametrize("value, shown", [(-1, "-1"), ("many", "'many'"), (True, "true"), (10 ** 7, "10000000")])
+def test_a_bad_limit_names_the_variable_and_how_to_fix_it(value, shown):
+    with pytest.raises(MsegError) as raised:
+        compile_with({"conn_limit": value})
+    assert raised.value.messages == [
+        "system limit controller.connlimit: controller_conn_limit_per_source %s is not a number of connections; set "
+        "it to an integer from 1 to 1000000, or 0 for no limit" % shown]
+
+
+def test_enforce_drops_beyond_the_limit_before_any_accept_but_managements_and_stays_within_the_contract():
+    text = render_plan(compile_with({"conn_limit": 3}).plans["ctl-01"])[0]
+    assert limit_rules(text) == [
+        'tcp dport { 443, 8443 } ct state new add @sys_controller_connlimit_v4 { ip saddr ct count over 3 } counter '
+        'name "sys_controller_connlimit_in" drop comment "SYS=controller.connlimit"',
+        'tcp dport { 443, 8443 } ct state new add @sys_controller_connlimit_v6 { ip6 saddr ct count over 3 } counter '
+        'name "sys_controller_connlimit_in" drop comment "SYS=controller.connlimit"']
+    lines = [line.strip() for line in text.splitlines()]
+    chain = lines[lines.index("chain input {"):]
+    chain = chain[:chain.index("}")]
+    limited = [i for i, line in enumerate(chain) if "SYS=controller.connlimit" in line]
+    accepts = [i for i, line in enumerate(chain) if line.endswith(" accept") or " accept comment" in line]
+    management = [i for i, line in enumerate(chain) if 'comment "management' in line]
+    assert max(management) < min(limited)
+    assert all(i > max(limited) for i in accepts if i not in management and "ct state established" not in chain[i]
+               and 'iif "lo"' not in chain[i] and "icmpv6 type" not in chain[i])
+    assert "sys_controller_connlimit_v4 {\n\t\ttype ipv4_addr\n\t\tflags dynamic\n\t}" in text
+    assert "connlimit" not in text[text.index("chain output {"):]
+    assert contract.check_ruleset(json_form(text)) == []
+
+
+def test_observe_counts_what_enforce_would_drop_and_drops_nothing():
+    fleet = compile_with({"conn_limit": 3}, policy=POLICY)
+    plan = fleet.plans["ctl-01"]._replace(mode="observe")
+    rules = limit_rules(render_plan(plan)[0])
+    assert len(rules) == 2 and all(r.endswith('counter name "sys_controller_connlimit_in" comment '
+                                              '"SYS=controller.connlimit"') for r in rules)
+    assert not any(" drop" in r for r in rules)
+    assert contract.check_ruleset(json_form(render_plan(plan)[0])) == []
+
+
+def test_trace_names_the_limit_a_flow_counts_against():
+    fleet = compile_with({"conn_limit": 3})
+    for port in ("tcp/8443", "tcp/443"):
+        (result,) = [item.to_data() for item in trace(fleet, "web-01", "ctl-01", port)]
+        assert result["ingress"]["limited_by"] == ["system limit controller.connlimit (3 connections per source)"]
+    (result,) = [item.to_data() for item in trace(fleet, "web-01", "ctl-01", "tcp/22")]
+    assert result["ingress"]["limited_by"] == []
+    (result,) = [item.to_data() for item in trace(fleet, "ctl-01", "web-01", "tcp/8443")]
+    assert result["ingress"]["limited_by"] == []

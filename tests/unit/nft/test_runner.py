@@ -101,3 +101,46 @@ LISTING = """table inet mseg {
 def test_count_listing():
     assert runner.count_listing(LISTING) == {"rules": 3, "sets": 2, "elements": 6}
     assert runner.count_listing(None) == {"rules": 0, "sets": 0, "elements": 0}
+
+
+# A connection limit's dynamic set fills from the packet path; an open connection is not drift.
+LIMITED = """table inet mseg {
+    set peers_v4 {
+        type ipv4_addr
+        flags interval
+        elements = { 10.0.0.1, 10.0.0.2 }
+    }
+
+    set sys_controller_connlimit_v4 {
+        type ipv4_addr
+        size 65535
+        flags dynamic
+        elements = { 10.0.0.7 ct count over 3 , 10.0.0.8 ct count over 3 ,
+                 10.0.0.9 ct count over 3 }
+    }
+
+    set sys_controller_connlimit_v6 {
+        type ipv6_addr
+        size 65535
+        flags dynamic
+        elements = { fd00::7 ct count over 3 }
+    }
+
+    chain input {
+        type filter hook input priority filter; policy accept;
+        tcp dport { 443, 8443 } ct state new add @sys_controller_connlimit_v4 { ip saddr ct count over 3 } drop
+    }
+}
+""".replace("    ", "\t")
+
+
+def test_the_listing_leaves_out_the_elements_the_kernel_adds_to_dynamic_sets_only():
+    fake = FakeNft()
+    fake.table = LIMITED
+    listed = runner.Nft(PATH, fake).listing()
+    assert "10.0.0.7" not in listed and "fd00::7" not in listed and "10.0.0.9" not in listed
+    assert "elements = { 10.0.0.1, 10.0.0.2 }" in listed
+    assert listed == runner.stable_listing(LIMITED.replace(
+        "\t\telements = { fd00::7 ct count over 3 }\n", ""))
+    assert listed.count("flags dynamic") == 2 and listed.endswith("drop\n\t}\n}\n")
+    assert runner.count_listing(listed) == {"rules": 1, "sets": 3, "elements": 2}
