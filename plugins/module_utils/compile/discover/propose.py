@@ -1,0 +1,513 @@
+# -*- coding: utf-8 -*-
+# Copyright: mseg.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""From summed flows to a proposed policy: endpoint pairs, label pairs, rules (docs/discovery.md, "The algorithm").
+
+1. Each flow's addresses are resolved once per distinct address: a fleet host (by ``mseg_addresses``) or an outside
+   address. Flows that are malformed, excluded, loopback, or not to a server port (the receiver was not listening,
+   or nobody knows and the port is in the ephemeral range) are left out, each with its reason.
+2. Outside addresses are aggregated: the addresses of one ``outside_prefix_v4``/``_v6`` prefix become that prefix
+   when there are at least ``outside_min_addresses`` of them and it holds no fleet address; else each stays itself.
+3. Flows become endpoint pairs (host or outside prefix, both ends, one protocol and port); a pair seen fewer than
+   ``min_count`` times is noise, left out and reported.
+4. Each host stands for its label group (its values of the ``group_by`` labels, when it carries exactly one of
+   each), else for itself; each pair of groups collects its ports. Consecutive ports (gaps up to ``port_gap``)
+   become one range; nothing else is merged.
+5. One rule per pair of groups and ports; then rules with the same source and ports unite their destinations, and a
+   union that covers every host carrying the ``group_by`` labels (bar the rule's own sources) becomes
+   ``{has: [...]}``; then rules with the same destinations and ports unite their sources, the same way.
+6. Rules are named ``<from>-to-<to>`` and numbered from ``first_id`` in steps of ``id_step``, skipping the current
+   policy's ids. Flows to outside addresses get rules only when the egress default is deny.
+
+Cost: one dictionary update per record (records.py); everything after grows with the distinct flows and
+addresses, plus groups x ports for the rules; never hosts x hosts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections import namedtuple
+
+import yaml
+
+from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
+from ansible_collections.mseg.fleet.plugins.module_utils.common.ports import PortSpec
+from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.records import Settings, parse_settings
+from ansible_collections.mseg.fleet.plugins.module_utils.compile.policy import DEFAULTS, MAX_RULE_ID
+
+try:
+    import netaddr
+except ImportError:  # pragma: no cover - parse_policy reports it
+    netaddr = None
+
+MAX_COMMENT_FLOWS = 3
+MAX_NAME = 48
+HOST, NET, TAGS, HAS = "host", "net", "tags", "has"
+LEFT_OUT = ("bad_address", "excluded", "loopback", "outside_only", "not_listening", "ephemeral", "below_threshold")
+_PORTED = ("tcp", "udp")
+_PLAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$")
+_NAME_CHARS = re.compile(r"[^a-z0-9_-]+")
+
+
+class Flow(namedtuple("Flow", "src dst proto port count")):
+    """An endpoint pair: ``src``/``dst`` are (HOST, name) or (NET, prefix text); ``port`` None for icmp."""
+
+    __slots__ = ()
+
+    @property
+    def service(self):
+        return service_text(self.proto, self.port)
+
+    def text(self):
+        return "%s -> %s %s" % (self.src[1], self.dst[1], self.service)
+
+
+class Proposed(namedtuple("Proposed", "id name sources destinations ports flows")):
+    """A proposed rule: ``sources``/``destinations`` are tuples of groups, ``ports`` of PortSpec, ``flows`` the
+    endpoint pairs that justify it."""
+
+    __slots__ = ()
+
+    @property
+    def connections(self):
+        return sum(f.count for f in self.flows)
+
+
+def service_text(proto, port):
+    if proto == "icmp":
+        return "icmp"
+    return str(PortSpec(proto, port, port))
+
+
+def _address_key(text, cache):
+    """(version, integer) of an address text, or None when it is not one; each distinct text is parsed once."""
+    try:
+        return cache[text]
+    except KeyError:
+        pass
+    try:
+        address = ipaddress.ip_address(text)
+        key = (address.version, int(address))
+    except ValueError:
+        key = None
+    cache[text] = key
+    return key
+
+
+def _key_text(key):
+    return str(ipaddress.ip_address(key[1]) if key[0] == 4 else ipaddress.IPv6Address(key[1]))
+
+
+class Discovery(object):
+    """The whole result: what was left out and why, the flows kept, the proposed rules and the proposed document.
+
+    ``left_out`` maps each reason of LEFT_OUT to a list of (flow text, connections); ``kept`` lists the Flows at or above the threshold and
+    ``raw`` maps every Flow (kept or noise) to the (src, dst) address keys seen in it (what check.py traces).
+    """
+
+    def __init__(self, settings, fleet, records):
+        self.settings = settings
+        self.fleet = fleet
+        self.records = records
+        self.left_out = {reason: [] for reason in LEFT_OUT}
+        self.kept = []
+        self.raw = {}
+        self.rules = []
+        self.by_default = []
+        self.document = None
+        self.yaml = None
+
+
+def propose(flows, fleet, settings=None, current=None):
+    """Turn summed ``flows`` (records.Flows) into a Discovery for ``fleet`` (a compiled FleetPlan: its hosts and, when
+    ``current`` is true, its policy is the current one, whose ids the proposal avoids and whose defaults it keeps)."""
+    if not isinstance(settings, Settings):
+        settings = parse_settings(settings)
+    result = Discovery(settings, fleet, flows)
+    index = _AddressIndex(fleet)
+    outside = {}
+    pending = []
+    cache = {}
+    left = result.left_out
+    for (src, dst, proto, port), count in flows.counts.items():
+        skey, dkey = _address_key(src, cache), _address_key(dst, cache)
+        if skey is None or dkey is None:
+            left["bad_address"].append((_raw_text(src, dst, proto, port), count))
+            continue
+        if settings.exclude and _excluded(settings.exclude, skey, dkey, proto, port):
+            left["excluded"].append((_raw_text(src, dst, proto, port), count))
+            continue
+        shost, dhost = index.host(skey), index.host(dkey)
+        if skey == dkey or (shost is not None and shost == dhost):
+            left["loopback"].append((_raw_text(src, dst, proto, port), count))
+            continue
+        if shost is None and dhost is None:
+            left["outside_only"].append((_raw_text(src, dst, proto, port), count))
+            continue
+        if proto in _PORTED:
+            heard = flows.listening.get((src, dst, proto, port))
+            if heard is False:
+                left["not_listening"].append((_raw_text(src, dst, proto, port), count))
+                continue
+            if heard is None and settings.ephemeral[0] <= port <= settings.ephemeral[1]:
+                left["ephemeral"].append((_raw_text(src, dst, proto, port), count))
+                continue
+        if shost is None:
+            outside[skey] = None
+        if dhost is None:
+            outside[dkey] = None
+        pending.append((skey, shost, dkey, dhost, proto, port, count))
+    _aggregate_outside(outside, index, settings)
+    pairs = {}
+    for skey, shost, dkey, dhost, proto, port, count in pending:
+        src = (HOST, shost) if shost is not None else (NET, outside[skey])
+        dst = (HOST, dhost) if dhost is not None else (NET, outside[dkey])
+        key = (src, dst, proto, port)
+        entry = pairs.get(key)
+        if entry is None:
+            entry = pairs[key] = [0, set()]
+        entry[0] += count
+        entry[1].add((skey, dkey))
+    for (src, dst, proto, port), (count, raw) in sorted(pairs.items(), key=_pair_order):
+        flow = Flow(src, dst, proto, port, count)
+        result.raw[flow] = sorted(raw)
+        if count < settings.min_count:
+            result.left_out["below_threshold"].append((flow.text(), count))
+            continue
+        result.kept.append(flow)
+    for reason in result.left_out:
+        result.left_out[reason].sort()
+    defaults = dict(fleet.policy.defaults) if current else dict(DEFAULTS)
+    taken = {rule.id for rule in fleet.policy.rules} if current else set()
+    _build_rules(result, defaults, taken)
+    return result
+
+
+def _raw_text(src, dst, proto, port):
+    return "%s -> %s %s" % (src, dst, service_text(proto, port))
+
+
+def _pair_order(item):
+    (src, dst, proto, port), _value = item
+    return (src, dst, proto, -1 if port is None else port)
+
+
+class _AddressIndex(object):
+    """Fleet addresses by (version, integer); a host given a prefix is found by a scan of those few prefixes."""
+
+    def __init__(self, fleet):
+        self.exact = {}
+        self.prefixes = []
+        for name, host in fleet.hosts.items():
+            for net in host.addresses:
+                if net.size == 1:
+                    self.exact[(net.version, int(net.ip))] = name
+                else:
+                    self.prefixes.append((net.version, net.first, net.last, name))
+
+    def host(self, key):
+        name = self.exact.get(key)
+        if name is None and self.prefixes:
+            for version, first, last, owner in self.prefixes:
+                if version == key[0] and first <= key[1] <= last:
+                    return owner
+        return name
+
+    def buckets(self, version, shift):
+        """The prefixes of length (bits - ``shift``) that hold a fleet address, as their top bits."""
+        found = {value >> shift for v, value in self.exact if v == version}
+        for v, first, last, _name in self.prefixes:
+            if v == version:
+                found.update(range(first >> shift, (last >> shift) + 1))
+        return found
+
+
+def _excluded(exclude, skey, dkey, proto, port):
+    for networks, ports in exclude:
+        if ports is not None and not any(spec.matches(proto, port) for spec in ports):
+            continue
+        if networks is not None and not any(netaddr.IPAddress(k[1], k[0]) in networks for k in (skey, dkey)):
+            continue
+        return True
+    return False
+
+
+def _aggregate_outside(outside, index, settings):
+    """Fill ``outside`` (address key -> None) with the prefix text each outside address is proposed as."""
+    buckets = {}
+    for version, value in outside:
+        bits = 32 if version == 4 else 128
+        shift = bits - settings.outside_prefix[version]
+        buckets.setdefault((version, value >> shift, shift), []).append((version, value))
+    managed = {}
+    for (version, top, shift), members in sorted(buckets.items()):
+        if (version, shift) not in managed:
+            managed[(version, shift)] = index.buckets(version, shift)
+        if len(members) >= settings.outside_min_addresses and shift and top not in managed[(version, shift)]:
+            text = "%s/%d" % (_key_text((version, top << shift)), (32 if version == 4 else 128) - shift)
+            for key in members:
+                outside[key] = text
+        else:
+            for key in members:
+                outside[key] = _key_text(key)
+
+
+def group_of(fleet, endpoint, group_by):
+    """The group an endpoint stands for: (TAGS, ((label, value), ...)), (HOST, name) or (NET, prefix)."""
+    if endpoint[0] == NET:
+        return endpoint
+    tags = fleet.hosts[endpoint[1]].tags
+    values = []
+    for key in group_by:
+        found = tags.get(key)
+        if not found or len(found) != 1:
+            return endpoint
+        values.append((key, next(iter(found))))
+    return (TAGS, tuple(values))
+
+
+def _spec_order(spec):
+    return (spec.proto, spec.first or 0)
+
+
+def _merge_ports(services, gap):
+    """PortSpecs for a set of (proto, port): consecutive ports (gaps up to ``gap``) form one range."""
+    by_proto = {}
+    for proto, port in services:
+        by_proto.setdefault(proto, set()).add(port)
+    specs = []
+    for proto in sorted(by_proto):
+        if proto == "icmp":
+            specs.append(PortSpec("icmp", None, None))
+            continue
+        ports = sorted(by_proto[proto])
+        first = last = ports[0]
+        for port in ports[1:]:
+            if port - last - 1 <= gap and proto != "proto":
+                last = port
+            else:
+                specs.append(PortSpec(proto, first, last))
+                first = last = port
+        specs.append(PortSpec(proto, first, last))
+    return tuple(specs)
+
+
+def group_hosts(fleet, group, group_by, cache):
+    """The host names a group selects (a NET group: none)."""
+    if group in cache:
+        return cache[group]
+    if group[0] == HOST:
+        found = frozenset((group[1],))
+    elif group[0] == TAGS:
+        wanted = dict(group[1])
+        found = frozenset(n for n, h in fleet.hosts.items() if all(wanted[k] in h.tags.get(k, ()) for k in wanted))
+    elif group[0] == HAS:
+        found = frozenset(n for n, h in fleet.hosts.items() if all(k in h.tags for k in group_by))
+    else:
+        found = frozenset()
+    cache[group] = found
+    return found
+
+
+def _build_rules(result, defaults, taken):
+    fleet, settings = result.fleet, result.settings
+    group_by = settings.group_by
+    per_pair = {}
+    for flow in result.kept:
+        if flow.dst[0] == NET and defaults["egress"] == "allow":
+            result.by_default.append(flow)
+            continue
+        key = (group_of(fleet, flow.src, group_by), group_of(fleet, flow.dst, group_by))
+        per_pair.setdefault(key, []).append(flow)
+    drafts = []
+    for (src, dst), flows in per_pair.items():
+        for spec in _merge_ports({(f.proto, f.port) for f in flows}, settings.port_gap):
+            drafts.append(((src,), (dst,), spec, [f for f in flows if spec.matches(f.proto, f.port)]))
+    cache = {}
+    labelled = group_hosts(fleet, (HAS, ()), group_by, cache)
+    drafts = _unite(drafts, 1, fleet, group_by, labelled, cache)
+    drafts = _unite(drafts, 0, fleet, group_by, labelled, cache)
+    by_sides = {}
+    for sources, destinations, spec, flows in drafts:
+        entry = by_sides.setdefault((sources, destinations), [[], []])
+        entry[0].append(spec)
+        entry[1].extend(flows)
+    drafts = [(sides[0], sides[1], tuple(sorted(specs, key=_spec_order)), flows)
+              for sides, (specs, flows) in by_sides.items()]
+    named = []
+    used_names = set()
+    drafts.sort(key=lambda d: (_side_name(d[0]), _side_name(d[1]), [_spec_order(p) for p in d[2]]))
+    for sources, destinations, ports, flows in drafts:
+        name = _unique("%s-to-%s" % (_side_name(sources), _side_name(destinations)), used_names)
+        named.append((name, sources, destinations, ports, sorted(flows, key=lambda f: (-f.count, f.text()))))
+    rule_id = settings.first_id
+    for name, sources, destinations, ports, flows in named:
+        while rule_id in taken:
+            rule_id += settings.id_step
+        if rule_id > MAX_RULE_ID:
+            raise MsegError("mseg_discover_first_id: %d rules do not fit from id %d in steps of %d below %d; lower "
+                            "mseg_discover_first_id or mseg_discover_id_step" % (
+                                len(named), settings.first_id, settings.id_step, MAX_RULE_ID + 1))
+        result.rules.append(Proposed(rule_id, name, sources, destinations, ports, flows))
+        taken.add(rule_id)
+        rule_id += settings.id_step
+    result.document = {"defaults": defaults, "rules": [rule_data(rule, group_by) for rule in result.rules]}
+    result.yaml = render_yaml(result)
+
+
+def _unite(drafts, side, fleet, group_by, labelled, cache):
+    """Rules equal but for ``side`` (0 sources, 1 destinations) become one whose ``side`` is the union; a union of
+    label groups that covers every labelled host (the other side's hosts aside) becomes (HAS,)."""
+    other = 1 - side
+    merged = {}
+    for draft in drafts:
+        key = (draft[other], draft[2])
+        entry = merged.setdefault(key, [set(), []])
+        entry[0].update(draft[side])
+        entry[1].extend(draft[3])
+    result = []
+    for (fixed, ports), (groups, flows) in merged.items():
+        groups = set(groups)
+        if len(groups) > 1 and all(g[0] != HAS for g in groups):
+            covered = set()
+            for group in groups:
+                covered |= group_hosts(fleet, group, group_by, cache)
+            own = set()
+            for group in fixed:
+                own |= group_hosts(fleet, group, group_by, cache)
+            if labelled and labelled <= covered | own:
+                inside = {g for g in groups if g[0] != NET and group_hosts(fleet, g, group_by, cache) <= labelled}
+                groups = (groups - inside) | {(HAS, ())}
+        ordered = tuple(sorted(groups, key=_group_order))
+        result.append((ordered, fixed, ports, flows) if side == 0 else (fixed, ordered, ports, flows))
+    return result
+
+
+def _group_order(group):
+    return ({HAS: 0, TAGS: 1, HOST: 2, NET: 3}[group[0]], str(group[1]))
+
+
+def group_name(group):
+    """How reports and rule names call a group: its label values, ``all``, a host name or a prefix."""
+    if group[0] == HAS:
+        return "all"
+    if group[0] == TAGS:
+        return "-".join(value for _key, value in group[1])
+    return group[1]
+
+
+def _side_name(groups):
+    nets = [g for g in groups if g[0] == NET]
+    names = [group_name(g) for g in groups if g[0] != NET]
+    if nets:
+        names.append("outside" if len(nets) > 1 else "net-" + nets[0][1])
+    text = "-".join(names[:3]) + ("-and-%d-more" % (len(names) - 3) if len(names) > 3 else "")
+    text = _NAME_CHARS.sub("-", text.lower()).strip("-") or "x"
+    return text[:MAX_NAME].rstrip("-")
+
+
+def _unique(name, used):
+    candidate, number = name, 2
+    while candidate in used:
+        candidate = "%s-%d" % (name, number)
+        number += 1
+    used.add(candidate)
+    return candidate
+
+
+def selector_data(groups, group_by):
+    """The selector of a side as policy data: label groups of one label share a mapping, hosts share one, prefixes
+    share one."""
+    mappings = []
+    tag_values = {}
+    hosts, nets = [], []
+    for group in groups:
+        if group[0] == HAS:
+            mappings.append({"has": list(group_by)})
+        elif group[0] == TAGS:
+            if len(group_by) == 1:
+                tag_values.setdefault(group[1][0][0], []).append(group[1][0][1])
+            else:
+                mappings.append({"tags": dict(group[1])})
+        elif group[0] == HOST:
+            hosts.append(group[1])
+        else:
+            nets.append(group[1])
+    for key, values in tag_values.items():
+        mappings.append({"tags": {key: values[0] if len(values) == 1 else sorted(values)}})
+    if hosts:
+        mappings.append({"hosts": sorted(hosts)})
+    if nets:
+        mappings.append({"cidr": sorted(nets, key=_net_order)})
+    return mappings[0] if len(mappings) == 1 else mappings
+
+
+def _net_order(text):
+    net = ipaddress.ip_network(text)
+    return (net.version, int(net.network_address), net.prefixlen)
+
+
+def rule_data(rule, group_by):
+    """A proposed rule as policy data (what parse_policy reads)."""
+    return {"id": rule.id, "name": rule.name, "from": selector_data(rule.sources, group_by),
+            "to": selector_data(rule.destinations, group_by), "ports": [str(p) for p in rule.ports]}
+
+
+def _scalar(value):
+    text = str(value)
+    if _PLAIN.match(text):
+        try:
+            if yaml.safe_load(text) == text:
+                return text
+        except yaml.YAMLError:
+            pass
+    return json.dumps(text)
+
+
+def _flow_yaml(data):
+    """Data as one line of YAML flow style (mappings keep their order, scalars quoted only where YAML needs it)."""
+    if isinstance(data, dict):
+        return "{%s}" % ", ".join("%s: %s" % (_scalar(k), _flow_yaml(v)) for k, v in data.items())
+    if isinstance(data, list):
+        return "[%s]" % ", ".join(_flow_yaml(v) for v in data)
+    if isinstance(data, bool):
+        return "true" if data else "false"
+    if isinstance(data, int):
+        return str(data)
+    return _scalar(data)
+
+
+def _comment(rule):
+    flows = rule.flows
+    shown = ", ".join("%s (%d)" % (f.text(), f.count) for f in flows[:MAX_COMMENT_FLOWS])
+    more = "; and %d more" % (len(flows) - MAX_COMMENT_FLOWS) if len(flows) > MAX_COMMENT_FLOWS else ""
+    return "    # %d flow%s, %d connection%s: %s%s" % (
+        len(flows), "" if len(flows) == 1 else "s", rule.connections, "" if rule.connections == 1 else "s", shown, more)
+
+
+def render_yaml(result):
+    """The proposal as YAML for ``group_vars/all``: one comment per rule naming the flows that justify it."""
+    settings = result.settings
+    lines = [
+        "# Proposed by mseg.fleet discovery from %d records: %d flows of at least %d connections, %d rules."
+        % (result.records.records, len(result.kept), settings.min_count, len(result.rules)),
+        "# Review it, roll it out in observe mode, read the observe report, then enforce (docs/discovery.md).",
+        "mseg_policy:",
+        "  defaults:",
+    ]
+    for direction in ("ingress", "egress"):
+        lines.append("    %s: %s" % (direction, result.document["defaults"][direction]))
+    if not result.rules:
+        lines.append("  rules: []")
+        return "\n".join(lines) + "\n"
+    lines.append("  rules:")
+    for rule, data in zip(result.rules, result.document["rules"]):
+        lines.append(_comment(rule))
+        lines.append("    - id: %d" % data["id"])
+        lines.append("      name: %s" % _scalar(data["name"]))
+        lines.append("      from: %s" % _flow_yaml(data["from"]))
+        lines.append("      to: %s" % _flow_yaml(data["to"]))
+        lines.append("      ports: %s" % _flow_yaml(data["ports"]))
+    return "\n".join(lines) + "\n"
