@@ -22,11 +22,11 @@ with the distinct flows, not the records.
 from __future__ import annotations
 
 import csv
+import re
 from collections import namedtuple
 
 from ansible_collections.mseg.fleet.plugins.module_utils.common.contract import IP_PROTOCOLS, WORD_PROTOCOLS
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
-from ansible_collections.mseg.fleet.plugins.module_utils.common.ports import parse_port
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.policy import (
     _describe, _parse_cidrs, _parse_ports, _unknown_keys,
 )
@@ -37,6 +37,7 @@ MAX_REPORTED = 20
 SETTINGS_KEYS = ("ephemeral_ports", "exclude", "first_id", "group_by", "id_step", "min_count",
                  "outside_min_addresses", "outside_prefix_v4", "outside_prefix_v6", "port_gap")
 EXCLUDE_KEYS = ("cidr", "ports")
+_RANGE_RE = re.compile(r"^([0-9]{1,5})-([0-9]{1,5})$")
 _TRUE = frozenset(("true", "yes", "1"))
 _FALSE = frozenset(("false", "no", "0"))
 _UNKNOWN = frozenset(("", "unknown", "none", "null"))
@@ -84,21 +85,21 @@ def parse_settings(raw=None):
     group_by = merged["group_by"]
     if isinstance(group_by, str):
         group_by = [group_by]
-    if not isinstance(group_by, list) or not all(isinstance(k, str) and k for k in group_by):
-        problems.append("mseg_discover_group_by: %s is not a list of label names, e.g. [role] or [role, env]"
+    if not isinstance(group_by, list) or not group_by:
+        problems.append("mseg_discover_group_by: expected a list of label names, e.g. [role] or [role, env]; got %s"
                         % _describe(merged["group_by"]))
         group_by = DEFAULT_SETTINGS["group_by"]
+    for index, key in enumerate(group_by):
+        if not isinstance(key, str) or not key:
+            problems.append("mseg_discover_group_by[%d]: %s is not a label name (a non-empty string)"
+                            % (index, _describe(key)))
     ints = {key: _int_setting(problems, merged, key, low, high) for key, low, high in (
         ("min_count", 1, 2 ** 31), ("outside_prefix_v4", 8, 32), ("outside_prefix_v6", 16, 128),
         ("outside_min_addresses", 1, 2 ** 16), ("port_gap", 0, 1024), ("first_id", 1, 65535), ("id_step", 1, 1000))}
-    ephemeral = (32768, 60999)
-    spec, reason = parse_port("tcp/%s" % merged["ephemeral_ports"]) if isinstance(merged["ephemeral_ports"], str) \
-        else (None, "is not a port range")
-    if spec is None or spec.first is None:
-        problems.append("mseg_discover_ephemeral_ports: %s %s; write the kernel's ip_local_port_range, e.g. "
-                        "32768-60999" % (_describe(merged["ephemeral_ports"]), reason or "is not a port range"))
-    else:
-        ephemeral = (spec.first, spec.last)
+    ephemeral = _port_range(merged["ephemeral_ports"])
+    if ephemeral is None:
+        problems.append("mseg_discover_ephemeral_ports: %s is not a port range first-last within 1-65535; write the "
+                        "hosts' net.ipv4.ip_local_port_range, e.g. 32768-60999" % _describe(merged["ephemeral_ports"]))
     exclude = []
     if not isinstance(merged["exclude"], list):
         problems.append("mseg_discover_exclude: expected a list of {cidr: [...], ports: [...]}; got %s"
@@ -107,8 +108,8 @@ def parse_settings(raw=None):
         for index, item in enumerate(merged["exclude"]):
             where = "mseg_discover_exclude[%d]" % index
             if not isinstance(item, dict) or not item:
-                problems.append("%s: expected a mapping {cidr: [192.0.2.0/24], ports: [udp/5353]} (either key may "
-                                "be omitted); got %s" % (where, _describe(item)))
+                problems.append("%s: expected a mapping with cidr, ports or both, e.g. {cidr: [192.0.2.0/24], "
+                                "ports: [udp/5353]}; got %s" % (where, "an empty one" if item == {} else _describe(item)))
                 continue
             before = len(problems)
             _unknown_keys(problems, where, item, EXCLUDE_KEYS)
@@ -121,6 +122,14 @@ def parse_settings(raw=None):
     return Settings(tuple(group_by), ints["min_count"], tuple(exclude),
                     {4: ints["outside_prefix_v4"], 6: ints["outside_prefix_v6"]}, ints["outside_min_addresses"],
                     ephemeral, ints["port_gap"], ints["first_id"], ints["id_step"])
+
+
+def _port_range(text):
+    match = _RANGE_RE.match(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        return None
+    first, last = int(match.group(1)), int(match.group(2))
+    return (first, last) if 1 <= first <= last <= 65535 else None
 
 
 class Flows(object):
