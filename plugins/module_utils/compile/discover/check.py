@@ -19,8 +19,9 @@ rules), plus two compiles; never hosts x hosts.
 from __future__ import annotations
 
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.propose import (
-    HAS, HOST, LEFT_OUT, TAGS, group_hosts, group_name, group_of, propose,
+    HAS, HOST, LEFT_OUT, TAGS, group_hosts, group_name, group_of, item_text, largest, propose,
 )
+from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.records import paused_gc
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import compile_fleet
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.trace import evaluate
 
@@ -46,23 +47,24 @@ class Verdicts(object):
         self.used = set()
         self._addresses = {}
 
-    def _ip(self, key):
-        found = self._addresses.get(key)
+    def _ip(self, text):
+        found = self._addresses.get(text)
         if found is None:
-            found = self._addresses[key] = netaddr.IPAddress(key[1], key[0])
+            found = self._addresses[text] = netaddr.IPAddress(text)
         return found
 
-    def judge(self, flow, skey, dkey):
-        """(allowed, what decided a drop or None) for one address pair of ``flow``."""
-        src, dst = self._ip(skey), self._ip(dkey)
-        proto, port = flow.proto, flow.port
+    def judge(self, pair, record):
+        """(allowed, what decided a drop or None) for one record key (src, dst, proto, port) summed into the
+        endpoint pair ``pair`` (src, dst, proto, port)."""
+        src, dst = self._ip(record[0]), self._ip(record[1])
+        source, target, proto, port = pair
         egress = ingress = None
-        if flow.src[0] == HOST:
-            egress = evaluate(self.fleet.plans[flow.src[1]], "egress", dst, src, proto, port)
-        if flow.dst[0] == HOST:
-            ingress = evaluate(self.fleet.plans[flow.dst[1]], "ingress", src, dst, proto, port)
+        if source[0] == HOST:
+            egress = evaluate(self.fleet.plans[source[1]], "egress", dst, src, proto, port)
+        if target[0] == HOST:
+            ingress = evaluate(self.fleet.plans[target[1]], "ingress", src, dst, proto, port)
         dropped = None
-        for side, verdict in (("egress of %s" % flow.src[1], egress), ("ingress of %s" % flow.dst[1], ingress)):
+        for side, verdict in (("egress of %s" % source[1], egress), ("ingress of %s" % target[1], ingress)):
             if verdict is None:
                 continue
             if verdict.reason == "rule" and verdict.accepted:
@@ -102,7 +104,7 @@ class Report(object):
                          "outside_min_addresses": settings.outside_min_addresses,
                          "ephemeral_ports": "%d-%d" % settings.ephemeral, "port_gap": settings.port_gap},
             "left_out": {reason: {"flows": len(items), "connections": sum(c for _t, c in items),
-                                  "examples": [{"flow": t, "connections": c} for t, c in items[:MAX_EXAMPLES]]}
+                                  "examples": [{"flow": t, "connections": c} for t, c in largest(items, MAX_EXAMPLES)]}
                          for reason, items in ((r, proposal.left_out[r]) for r in LEFT_OUT)},
             "flows": [{"src": f.src[1], "dst": f.dst[1], "service": f.service, "connections": f.count,
                        "src_group": group_name(group_of(proposal.fleet, f.src, group_by)),
@@ -111,8 +113,8 @@ class Report(object):
             "allowed_by_egress_default": [f.text() for f in proposal.by_default],
             "rules": [dict(data, flows=len(rule.flows), connections=rule.connections)
                       for rule, data in zip(proposal.rules, proposal.document["rules"])],
-            "coverage": {"flows": len(proposal.kept), "uncovered": [{"flow": f.text(), "dropped_at": where}
-                                                                    for f, where in self.uncovered]},
+            "coverage": {"flows": len(proposal.kept), "uncovered": [{"flow": text, "dropped_at": where}
+                                                                    for text, where in self.uncovered]},
             "current": self.current,
             "closed_pairs": {"count": len(self.closed), "pairs": self.closed[:MAX_LISTED]},
         }
@@ -129,21 +131,21 @@ def discover(flows, raw_hosts, current_policy=None, settings=None, raw_system=No
     theirs = Verdicts(current) if current_policy is not None else None
     uncovered = []
     would_drop = []
-    for flow, pairs in proposal.raw.items():
-        kept = flow.count >= proposal.settings.min_count
-        for skey, dkey in pairs:
-            if kept:
-                allowed, where = mine.judge(flow, skey, dkey)
+    minimum = proposal.settings.min_count
+    with paused_gc():
+        for pair, (count, records) in proposal.pairs.items():
+            kept = count >= minimum
+            for record in records if kept else ():
+                allowed, where = mine.judge(pair, record)
                 if not allowed:
-                    uncovered.append((flow, where))
+                    uncovered.append((item_text(pair), where))
                     break
-        if theirs is not None:
-            for skey, dkey in pairs:
-                allowed, where = theirs.judge(flow, skey, dkey)
+            for record in records if theirs is not None else ():
+                allowed, where = theirs.judge(pair, record)
                 if not allowed and kept:
-                    would_drop.append({"flow": flow.text(), "connections": flow.count, "dropped_at": where})
+                    would_drop.append({"flow": item_text(pair), "connections": count, "dropped_at": where})
                     break
-    uncovered.sort(key=lambda item: item[0].text())
+    uncovered.sort()
     diff = None
     if theirs is not None:
         unused = [{"id": rule.id, "name": rule.name} for rule in current.policy.rules

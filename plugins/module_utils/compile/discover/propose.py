@@ -25,6 +25,7 @@ addresses, plus groups x ports for the rules; never hosts x hosts.
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import json
 import re
@@ -34,7 +35,9 @@ import yaml
 
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.common.ports import PortSpec
-from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.records import Settings, parse_settings
+from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.records import (
+    Settings, parse_settings, paused_gc,
+)
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.policy import DEFAULTS, MAX_RULE_ID
 
 try:
@@ -81,21 +84,6 @@ def service_text(proto, port):
     return str(PortSpec(proto, port, port))
 
 
-def _address_key(text, cache):
-    """(version, integer) of an address text, or None when it is not one; each distinct text is parsed once."""
-    try:
-        return cache[text]
-    except KeyError:
-        pass
-    try:
-        address = ipaddress.ip_address(text)
-        key = (address.version, int(address))
-    except ValueError:
-        key = None
-    cache[text] = key
-    return key
-
-
 def _key_text(key):
     return str(ipaddress.ip_address(key[1]) if key[0] == 4 else ipaddress.IPv6Address(key[1]))
 
@@ -103,8 +91,10 @@ def _key_text(key):
 class Discovery(object):
     """The whole result: what was left out and why, the flows kept, the proposed rules and the proposed document.
 
-    ``left_out`` maps each reason of LEFT_OUT to a list of (flow text, connections); ``kept`` lists the Flows at or above the threshold and
-    ``raw`` maps every Flow (kept or noise) to the (src, dst) address keys seen in it (what check.py traces).
+    ``left_out`` maps each reason of LEFT_OUT to a list of (item, connections), the item a record's key (src, dst,
+    proto, port) or, below the threshold, a Flow (see ``largest``); ``kept`` lists the Flows at or above the
+    threshold; ``pairs`` maps every endpoint pair (src, dst, proto, port), kept or noise, to [connections, the record
+    keys summed into it] (what check.py traces).
     """
 
     def __init__(self, settings, fleet, records):
@@ -113,7 +103,7 @@ class Discovery(object):
         self.records = records
         self.left_out = {reason: [] for reason in LEFT_OUT}
         self.kept = []
-        self.raw = {}
+        self.pairs = {}
         self.rules = []
         self.by_default = []
         self.document = None
@@ -127,71 +117,105 @@ def propose(flows, fleet, settings=None, current=None):
         settings = parse_settings(settings)
     result = Discovery(settings, fleet, flows)
     index = _AddressIndex(fleet)
-    outside = {}
-    pending = []
-    cache = {}
-    left = result.left_out
-    for (src, dst, proto, port), count in flows.counts.items():
-        skey, dkey = _address_key(src, cache), _address_key(dst, cache)
-        if skey is None or dkey is None:
-            left["bad_address"].append((_raw_text(src, dst, proto, port), count))
-            continue
-        if settings.exclude and _excluded(settings.exclude, skey, dkey, proto, port):
-            left["excluded"].append((_raw_text(src, dst, proto, port), count))
-            continue
-        shost, dhost = index.host(skey), index.host(dkey)
-        if skey == dkey or (shost is not None and shost == dhost):
-            left["loopback"].append((_raw_text(src, dst, proto, port), count))
-            continue
-        if shost is None and dhost is None:
-            left["outside_only"].append((_raw_text(src, dst, proto, port), count))
-            continue
-        if proto in _PORTED:
-            heard = flows.listening.get((src, dst, proto, port))
-            if heard is False:
-                left["not_listening"].append((_raw_text(src, dst, proto, port), count))
-                continue
-            if heard is None and settings.ephemeral[0] <= port <= settings.ephemeral[1]:
-                left["ephemeral"].append((_raw_text(src, dst, proto, port), count))
-                continue
-        if shost is None:
-            outside[skey] = None
-        if dhost is None:
-            outside[dkey] = None
-        pending.append((skey, shost, dkey, dhost, proto, port, count))
-    _aggregate_outside(outside, index, settings)
-    pairs = {}
-    for skey, shost, dkey, dhost, proto, port, count in pending:
-        src = (HOST, shost) if shost is not None else (NET, outside[skey])
-        dst = (HOST, dhost) if dhost is not None else (NET, outside[dkey])
-        key = (src, dst, proto, port)
-        entry = pairs.get(key)
-        if entry is None:
-            entry = pairs[key] = [0, set()]
-        entry[0] += count
-        entry[1].add((skey, dkey))
-    for (src, dst, proto, port), (count, raw) in sorted(pairs.items(), key=_pair_order):
-        flow = Flow(src, dst, proto, port, count)
-        result.raw[flow] = sorted(raw)
-        if count < settings.min_count:
-            result.left_out["below_threshold"].append((flow.text(), count))
-            continue
-        result.kept.append(flow)
-    for reason in result.left_out:
-        result.left_out[reason].sort()
+    endpoints = {name: (HOST, name) for name in fleet.hosts}
+    pairs = result.pairs
+    with paused_gc():
+        _sort(result, flows, index, endpoints, pairs)
+    result.kept.sort(key=_flow_order)
     defaults = dict(fleet.policy.defaults) if current else dict(DEFAULTS)
     taken = {rule.id for rule in fleet.policy.rules} if current else set()
     _build_rules(result, defaults, taken)
     return result
 
 
-def _raw_text(src, dst, proto, port):
+def _sort(result, flows, index, endpoints, pairs):
+    """Sort every summed flow into a reason to leave it out or an endpoint pair (steps 1 to 3)."""
+    settings = result.settings
+    resolved = {}
+    outside = {}
+    pending = []
+    left = result.left_out
+    listening = flows.listening
+    low, high = settings.ephemeral
+    for key, count in flows.counts.items():
+        src, dst, proto, port = key
+        source = resolved.get(src)
+        if source is None:
+            source = resolved[src] = _resolve(src, index, endpoints)
+        target = resolved.get(dst)
+        if target is None:
+            target = resolved[dst] = _resolve(dst, index, endpoints)
+        skey, sep = source
+        dkey, dep = target
+        if skey is None or dkey is None:
+            left["bad_address"].append((key, count))
+        elif settings.exclude and _excluded(settings.exclude, skey, dkey, proto, port):
+            left["excluded"].append((key, count))
+        elif skey == dkey or (sep is not None and sep is dep):
+            left["loopback"].append((key, count))
+        elif sep is None and dep is None:
+            left["outside_only"].append((key, count))
+        elif proto in _PORTED and listening.get(key) is False:
+            left["not_listening"].append((key, count))
+        elif proto in _PORTED and low <= port <= high and listening.get(key) is None:
+            left["ephemeral"].append((key, count))
+        elif sep is not None and dep is not None:
+            _count(pairs, (sep, dep, proto, port), key, count)
+        else:
+            if sep is None:
+                outside[skey] = None
+            if dep is None:
+                outside[dkey] = None
+            pending.append((skey, sep, dkey, dep, key, count))
+    _aggregate_outside(outside, index, settings)
+    for skey, sep, dkey, dep, key, count in pending:
+        _count(pairs, (sep or (NET, outside[skey]), dep or (NET, outside[dkey]), key[2], key[3]), key, count)
+    minimum = settings.min_count
+    below = left["below_threshold"]
+    for pair, entry in pairs.items():
+        if entry[0] < minimum:
+            below.append((pair, entry[0]))
+        else:
+            result.kept.append(Flow(pair[0], pair[1], pair[2], pair[3], entry[0]))
+
+
+def _resolve(text, index, endpoints):
+    """(address key, (HOST, name) or None for an outside address); (None, None) when ``text`` is no address."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return (None, None)
+    key = (address.version, int(address))
+    name = index.host(key)
+    return (key, None if name is None else endpoints[name])
+
+
+def _count(pairs, pair, key, count):
+    entry = pairs.get(pair)
+    if entry is None:
+        pairs[pair] = [count, [key]]
+    else:
+        entry[0] += count
+        entry[1].append(key)
+
+
+def _flow_order(flow):
+    return (flow.src, flow.dst, flow.proto, -1 if flow.port is None else flow.port)
+
+
+def item_text(item):
+    """A left-out item as people read it: a record's flow (``10.0.2.1 -> 10.0.1.1 tcp/45000``) or an endpoint pair
+    (``198.51.100.77 -> web-01 tcp/25``)."""
+    src, dst, proto, port = item[:4]
+    if isinstance(src, tuple):
+        src, dst = src[1], dst[1]
     return "%s -> %s %s" % (src, dst, service_text(proto, port))
 
 
-def _pair_order(item):
-    (src, dst, proto, port), _value = item
-    return (src, dst, proto, -1 if port is None else port)
+def largest(items, limit):
+    """The ``limit`` items with the most connections (then in text order), as (text, connections)."""
+    chosen = heapq.nsmallest(limit, items, key=lambda item: (-item[1], item_text(item[0])))
+    return [(item_text(item), count) for item, count in chosen]
 
 
 class _AddressIndex(object):
