@@ -109,10 +109,13 @@ def test_every_flow_above_the_threshold_is_allowed_and_the_rest_is_closed(lab):
     data = lab.to_data()
     assert data["coverage"] == {"flows": 25, "uncovered": []}
     assert data["closed_pairs"]["pairs"] == [
-        "app -> app", "app -> bastion", "app -> legacy-01", "app -> mon", "app -> web",
-        "db -> app", "db -> bastion", "db -> legacy-01", "db -> mon", "db -> web",
-        "legacy-01 -> app", "legacy-01 -> bastion", "legacy-01 -> mon", "legacy-01 -> web",
-        "web -> bastion", "web -> db", "web -> legacy-01", "web -> mon", "web -> web"]
+        "legacy-01 -> role=app", "legacy-01 -> role=bastion", "legacy-01 -> role=mon", "legacy-01 -> role=web",
+        "role=app -> legacy-01", "role=app -> role=app", "role=app -> role=bastion", "role=app -> role=mon",
+        "role=app -> role=web",
+        "role=db -> legacy-01", "role=db -> role=app", "role=db -> role=bastion", "role=db -> role=mon",
+        "role=db -> role=web",
+        "role=web -> legacy-01", "role=web -> role=bastion", "role=web -> role=db", "role=web -> role=mon",
+        "role=web -> role=web"]
 
 
 def test_what_was_left_out_is_reported_with_its_reason(lab):

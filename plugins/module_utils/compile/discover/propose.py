@@ -414,7 +414,16 @@ def _group_order(group):
 
 
 def group_name(group):
-    """How reports and rule names call a group: its label values, ``all``, a host name or a prefix."""
+    """How reports call a group: its labels (``role=web,env=prod``), a host name or a prefix."""
+    if group[0] == HAS:
+        return "every labelled host"
+    if group[0] == TAGS:
+        return ",".join("%s=%s" % pair for pair in group[1])
+    return group[1]
+
+
+def _name_part(group):
+    """How a rule name calls a group: its label values (``web-prod``), ``all``, or a host name."""
     if group[0] == HAS:
         return "all"
     if group[0] == TAGS:
@@ -424,7 +433,7 @@ def group_name(group):
 
 def _side_name(groups):
     nets = [g for g in groups if g[0] == NET]
-    names = [group_name(g) for g in groups if g[0] != NET]
+    names = [_name_part(g) for g in groups if g[0] != NET]
     if nets:
         names.append("outside" if len(nets) > 1 else "net-" + nets[0][1])
     text = "-".join(names[:3]) + ("-and-%d-more" % (len(names) - 3) if len(names) > 3 else "")
