@@ -193,6 +193,26 @@ def test_labels_are_grouped_by_the_labels_asked_for(hosts):
     assert rule["from"] == {"tags": {"role": "web", "env": "prod"}}
 
 
+def test_label_values_and_host_names_yaml_would_misread_are_quoted():
+    hosts = {
+        "yes": {"tags": {"role": "yes"}, "addresses": ["10.1.0.1"]},
+        "0123": {"tags": {"role": "2001-12-14"}, "addresses": ["10.1.0.2"]},
+        "on": {"tags": {"role": "8080"}, "addresses": ["10.1.0.3"]},
+        "off": {"addresses": ["10.1.0.4"]},
+    }
+    flows = csv_flows("10.1.0.1,10.1.0.2,tcp,80,5,true", "10.1.0.2,10.1.0.3,tcp,80,5,true",
+                      "10.1.0.4,10.1.0.3,tcp,80,5,true")
+    report = discover(flows, hosts)
+    assert [line for line in report.proposal.yaml.splitlines() if line.startswith(("      from", "      to"))] == [
+        '      from: [{tags: {role: "2001-12-14"}}, {hosts: ["off"]}]',
+        '      to: {tags: {role: "8080"}}',
+        '      from: {tags: {role: "yes"}}',
+        '      to: {tags: {role: "2001-12-14"}}',
+    ]
+    assert yaml.safe_load(report.proposal.yaml)["mseg_policy"] == report.proposal.document
+    assert report.uncovered == []
+
+
 def test_the_coverage_check_catches_a_proposal_that_drops_a_flow(hosts, monkeypatch):
     real = check.propose
 

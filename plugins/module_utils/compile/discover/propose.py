@@ -31,8 +31,6 @@ import json
 import re
 from collections import namedtuple
 
-import yaml
-
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.common.ports import PortSpec
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.records import (
@@ -50,7 +48,9 @@ MAX_NAME = 48
 HOST, NET, TAGS, HAS = "host", "net", "tags", "has"
 LEFT_OUT = ("bad_address", "excluded", "loopback", "outside_only", "not_listening", "ephemeral", "below_threshold")
 _PORTED = ("tcp", "udp")
-_PLAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$")
+_PLAIN_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_./-]*$")
+_PLAIN_IPV4 = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){3}(/[0-9]{1,2})?$")
+_YAML_WORDS = frozenset(("y", "n", "yes", "no", "true", "false", "on", "off", "null", "nan", "inf"))
 _NAME_CHARS = re.compile(r"[^a-z0-9_-]+")
 
 
@@ -489,13 +489,11 @@ def rule_data(rule, group_by):
 
 
 def _scalar(value):
+    """A string as YAML writes it: plain when no YAML 1.1 reader can take it for anything but that string (a word
+    that is not a boolean or null, an IPv4 address or prefix), else double-quoted (JSON's quoting is YAML's)."""
     text = str(value)
-    if _PLAIN.match(text):
-        try:
-            if yaml.safe_load(text) == text:
-                return text
-        except yaml.YAMLError:
-            pass
+    if (_PLAIN_WORD.match(text) and text.lower() not in _YAML_WORDS) or _PLAIN_IPV4.match(text):
+        return text
     return json.dumps(text)
 
 

@@ -33,6 +33,11 @@ from ansible_collections.mseg.fleet.plugins.module_utils.compile.policy import (
     _describe, _parse_cidrs, _parse_ports, _unknown_keys,
 )
 
+try:
+    import netaddr
+except ImportError:  # pragma: no cover - parse_policy reports it
+    netaddr = None
+
 FIELDS = ("src", "dst", "proto", "dport", "count", "listening")
 PORTED = ("tcp", "udp")
 MAX_REPORTED = 20
@@ -78,8 +83,6 @@ def _int_setting(problems, raw, key, low, high):
 
 def parse_settings(raw=None):
     """Validate the settings (each may be omitted; DEFAULT_SETTINGS fills in); raise MsegError with every problem."""
-    import netaddr
-
     raw = dict(raw or {})
     problems = []
     _unknown_keys(problems, "mseg_discover", raw, SETTINGS_KEYS)
