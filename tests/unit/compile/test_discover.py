@@ -171,6 +171,27 @@ def test_an_outside_prefix_holding_a_fleet_address_is_not_proposed(hosts):
     assert rule["from"] == {"cidr": ["10.0.1.50", "10.0.1.51", "198.51.100.0/24"]}
 
 
+def test_a_host_given_as_a_prefix_owns_its_addresses_and_no_outside_prefix_overlaps_it():
+    hosts = {"nat-01": {"tags": {"role": "nat"}, "addresses": ["198.51.100.16/28"]},
+             "app-01": {"tags": {"role": "app"}, "addresses": ["10.0.2.1"]}}
+    flows = csv_flows("198.51.100.20,10.0.2.1,tcp,8080,5,true", "198.51.100.40,10.0.2.1,tcp,8080,5,true",
+                      "198.51.100.41,10.0.2.1,tcp,8080,5,true")
+    rules = discover(flows, hosts).proposal.document["rules"]
+    # 198.51.100.20 is nat-01's; the other two stay themselves, as 198.51.100.0/24 overlaps nat-01's /28
+    assert [(r["from"], r["to"]) for r in rules] == [
+        ([{"tags": {"role": "nat"}}, {"cidr": ["198.51.100.40", "198.51.100.41"]}], {"tags": {"role": "app"}})]
+
+
+def test_exclusions_by_prefix_and_port_are_left_out_and_reported(hosts):
+    flows = csv_flows("192.0.2.9,10.0.1.1,tcp,443,5,true", "192.0.2.9,10.0.1.1,tcp,80,5,true",
+                      "10.0.1.1,10.0.2.1,tcp,8080,5,true")
+    report = discover(flows, hosts, settings={"exclude": [{"cidr": ["192.0.2.0/24"], "ports": ["tcp/443"]}]})
+    assert [r["name"] for r in report.proposal.document["rules"]] == ["net-192-0-2-9-to-web", "web-to-app"]
+    assert report.proposal.document["rules"][0]["ports"] == ["tcp/80"]
+    assert report.to_data()["left_out"]["excluded"]["examples"] == [
+        {"flow": "192.0.2.9 -> 10.0.1.1 tcp/443", "connections": 5}]
+
+
 def test_with_egress_deny_flows_to_outside_get_rules_else_the_default_allows_them(hosts):
     flows = csv_flows("10.0.2.1,192.0.2.10,tcp,443,5,", "10.0.2.2,192.0.2.11,tcp,443,5,")
     allow = discover(flows, hosts)

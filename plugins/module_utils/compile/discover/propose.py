@@ -92,9 +92,9 @@ class Discovery(object):
     """The whole result: what was left out and why, the flows kept, the proposed rules and the proposed document.
 
     ``left_out`` maps each reason of LEFT_OUT to a list of (item, connections), the item a record's key (src, dst,
-    proto, port) or, below the threshold, a Flow (see ``largest``); ``kept`` lists the Flows at or above the
-    threshold; ``pairs`` maps every endpoint pair (src, dst, proto, port), kept or noise, to [connections, the record
-    keys summed into it] (what check.py traces).
+    proto, port) or, below the threshold, an endpoint pair (see ``item_text`` and ``largest``); ``kept`` lists the
+    Flows at or above the threshold; ``pairs`` maps every endpoint pair (src, dst, proto, port), kept or noise, to
+    [connections, the record keys summed into it] (what check.py traces).
     """
 
     def __init__(self, settings, fleet, records):
@@ -132,6 +132,7 @@ def _sort(result, flows, index, endpoints, pairs):
     """Sort every summed flow into a reason to leave it out or an endpoint pair (steps 1 to 3)."""
     settings = result.settings
     resolved = {}
+    inside = {}
     outside = {}
     pending = []
     left = result.left_out
@@ -149,7 +150,7 @@ def _sort(result, flows, index, endpoints, pairs):
         dkey, dep = target
         if skey is None or dkey is None:
             left["bad_address"].append((key, count))
-        elif settings.exclude and _excluded(settings.exclude, skey, dkey, proto, port):
+        elif settings.exclude and _excluded(settings.exclude, skey, dkey, proto, port, inside):
             left["excluded"].append((key, count))
         elif skey == dkey or (sep is not None and sep is dep):
             left["loopback"].append((key, count))
@@ -240,20 +241,28 @@ class _AddressIndex(object):
         return name
 
     def buckets(self, version, shift):
-        """The prefixes of length (bits - ``shift``) that hold a fleet address, as their top bits."""
-        found = {value >> shift for v, value in self.exact if v == version}
-        for v, first, last, _name in self.prefixes:
-            if v == version:
-                found.update(range(first >> shift, (last >> shift) + 1))
-        return found
+        """The prefixes of length (bits - ``shift``) that hold a host's single address, as their top bits."""
+        return {value >> shift for v, value in self.exact if v == version}
+
+    def overlaps_prefix(self, version, first, last):
+        """Whether a host given as a prefix shares an address with ``first``-``last``."""
+        return any(v == version and f <= last and first <= l for v, f, l, _name in self.prefixes)
 
 
-def _excluded(exclude, skey, dkey, proto, port):
-    for networks, ports in exclude:
+def _excluded(exclude, skey, dkey, proto, port, inside):
+    """Whether an exclusion entry matches the flow; ``inside`` caches (entry, address key) -> in its prefixes."""
+    for position, (networks, ports) in enumerate(exclude):
         if ports is not None and not any(spec.matches(proto, port) for spec in ports):
             continue
-        if networks is not None and not any(netaddr.IPAddress(k[1], k[0]) in networks for k in (skey, dkey)):
-            continue
+        if networks is not None:
+            hit = False
+            for key in (skey, dkey):
+                known = inside.get((position, key))
+                if known is None:
+                    known = inside[(position, key)] = netaddr.IPAddress(key[1], key[0]) in networks
+                hit = hit or known
+            if not hit:
+                continue
         return True
     return False
 
@@ -269,7 +278,8 @@ def _aggregate_outside(outside, index, settings):
     for (version, top, shift), members in sorted(buckets.items()):
         if (version, shift) not in managed:
             managed[(version, shift)] = index.buckets(version, shift)
-        if len(members) >= settings.outside_min_addresses and shift and top not in managed[(version, shift)]:
+        if len(members) >= settings.outside_min_addresses and shift and top not in managed[(version, shift)] \
+                and not index.overlaps_prefix(version, top << shift, ((top + 1) << shift) - 1):
             text = "%s/%d" % (_key_text((version, top << shift)), (32 if version == 4 else 128) - shift)
             for key in members:
                 outside[key] = text
@@ -394,7 +404,7 @@ def _unite(drafts, side, fleet, group_by, labelled, cache):
     result = []
     for (fixed, ports), (groups, flows) in merged.items():
         groups = set(groups)
-        if len(groups) > 1 and all(g[0] != HAS for g in groups):
+        if len([g for g in groups if g[0] != NET]) > 1 and all(g[0] != HAS for g in groups):
             covered = set()
             for group in groups:
                 covered |= group_hosts(fleet, group, group_by, cache)
