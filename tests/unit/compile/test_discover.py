@@ -234,6 +234,12 @@ def test_label_values_and_host_names_yaml_would_misread_are_quoted():
     assert report.uncovered == []
 
 
+def test_closed_pairs_are_not_listed_beyond_the_bound(hosts, monkeypatch):
+    monkeypatch.setattr(check, "MAX_GROUPS", 5)
+    data = discover(csv_flows("10.0.1.1,10.0.2.1,tcp,8080,5,true"), hosts).to_data()
+    assert data["closed_pairs"] == {"count": None, "pairs": [], "not_listed": "more than 5 label groups"}
+
+
 def test_the_coverage_check_catches_a_proposal_that_drops_a_flow(hosts, monkeypatch):
     real = check.propose
 

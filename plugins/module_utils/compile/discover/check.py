@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - parse_policy reports it
     netaddr = None
 
 MAX_LISTED = 1000
+MAX_GROUPS = 1000
 MAX_EXAMPLES = 20
 
 
@@ -77,7 +78,8 @@ class Verdicts(object):
 class Report(object):
     """What ``discover`` found: ``proposal`` (propose.Discovery), ``uncovered`` (flows the proposal would drop,
     with where), ``current`` (None, or a dict: ``would_drop`` and ``unused_rules``), ``closed`` (label pairs the
-    proposal opens nothing between), ``proposed_fleet`` (the proposal compiled)."""
+    proposal opens nothing between; None when there are too many groups to list), ``proposed_fleet`` (the proposal
+    compiled)."""
 
     def __init__(self, proposal, proposed_fleet, uncovered, current, closed):
         self.proposal = proposal
@@ -116,7 +118,8 @@ class Report(object):
             "coverage": {"flows": len(proposal.kept), "uncovered": [{"flow": text, "dropped_at": where}
                                                                     for text, where in self.uncovered]},
             "current": self.current,
-            "closed_pairs": {"count": len(self.closed), "pairs": self.closed[:MAX_LISTED]},
+            "closed_pairs": ({"count": len(self.closed), "pairs": self.closed[:MAX_LISTED]} if self.closed is not None
+                             else {"count": None, "pairs": [], "not_listed": "more than %d label groups" % MAX_GROUPS}),
         }
 
 
@@ -156,17 +159,21 @@ def discover(flows, raw_hosts, current_policy=None, settings=None, raw_system=No
 
 def closed_pairs(proposal):
     """``src -> dst`` for every ordered pair of the fleet's label groups between which no proposed rule opens
-    anything (a group's pair with itself only when it has two hosts or more)."""
+    anything (a group's pair with itself only when it has two hosts or more); None when the fleet has more than
+    MAX_GROUPS groups (hosts without the ``group_by`` labels are a group each), as the list grows with their square."""
     fleet, group_by = proposal.fleet, proposal.settings.group_by
     cache = {}
     groups = sorted({group_of(fleet, (HOST, name), group_by) for name in fleet.hosts}, key=group_name)
+    if len(groups) > MAX_GROUPS:
+        return None
     labelled = group_hosts(fleet, (HAS, ()), group_by, cache)
+    everyone = {g for g in groups if group_hosts(fleet, g, group_by, cache) <= labelled}
 
     def expand(side):
         found = set()
         for group in side:
             if group[0] == HAS:
-                found.update(g for g in groups if group_hosts(fleet, g, group_by, cache) <= labelled)
+                found |= everyone
             elif group[0] in (TAGS, HOST):
                 found.add(group)  # an outside prefix is no label group
         return found
