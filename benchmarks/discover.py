@@ -72,7 +72,7 @@ def make_records(count, by_role, seed=1):
     rng = random.Random(seed)
     services = [(role, port, client) for role, ports in SERVES.items() for port in ports for client in CLIENTS[role]]
     lines = ["src,dst,proto,dport,count,listening"]
-    for _ in range(count):
+    for _record in range(count):
         draw = rng.random()
         if draw < 0.90:
             role, port, client = services[rng.randrange(len(services))]
@@ -131,7 +131,7 @@ def main():
     compile_s = clock()
     reads, proposes = [], []
     flows = result = None
-    for _ in range(args.repeats):
+    for _round in range(args.repeats):
         clock = timer()
         flows = read_csv(lines)
         reads.append(clock())
