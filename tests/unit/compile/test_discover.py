@@ -171,6 +171,14 @@ def test_an_outside_prefix_holding_a_fleet_address_is_not_proposed(hosts):
     assert rule["from"] == {"cidr": ["10.0.1.50", "10.0.1.51", "198.51.100.0/24"]}
 
 
+def test_outside_ipv6_addresses_aggregate_into_their_64_and_the_prefix_length_is_a_setting(hosts):
+    rows = ["2001:db8:0:7::10,fd00:1::1,tcp,443,5,true", "2001:db8:0:7::11,fd00:1::1,tcp,443,5,true"]
+    rule = discover(csv_flows(*rows), hosts).proposal.document["rules"][0]
+    assert rule["from"] == {"cidr": ["2001:db8:0:7::/64"]}
+    rule = discover(csv_flows(*rows), hosts, settings={"outside_prefix_v6": 124}).proposal.document["rules"][0]
+    assert rule["from"] == {"cidr": ["2001:db8:0:7::10/124"]}
+
+
 def test_a_host_given_as_a_prefix_owns_its_addresses_and_no_outside_prefix_overlaps_it():
     hosts = {"nat-01": {"tags": {"role": "nat"}, "addresses": ["198.51.100.16/28"]},
              "app-01": {"tags": {"role": "app"}, "addresses": ["10.0.2.1"]}}
