@@ -180,16 +180,15 @@ def remove(module):
 
 
 def start(module, params):
-    host = os.uname()[1]
     if not module.get_bin_path("systemd-run"):
-        module.fail_json(msg="%s: systemd-run is not installed: the collector runs as a transient systemd unit, so "
-                             "the host needs systemd" % host, unit=UNIT)
+        module.fail_json(msg="systemd-run is not installed: the collector runs as a transient systemd unit, so "
+                             "the host needs systemd", unit=UNIT)
     nft = module.get_bin_path("nft")
     rc = module.run_command([nft] + TABLE)[0] if nft else 1
     if rc != 0:
-        module.fail_json(msg="%s: no mseg.fleet table (inet mseg) here, so the kernel tracks no connection to "
-                             "collect: put the host in observe mode first (ansible-playbook mseg.fleet.mode -e "
-                             "mseg_mode=observe --limit %s), then run discover again" % (host, host), unit=UNIT)
+        module.fail_json(msg="no mseg.fleet table (inet mseg) here, so the kernel tracks no connection to collect: "
+                             "put the host in observe mode first (ansible-playbook mseg.fleet.mode -e "
+                             "mseg_mode=observe --limit THIS_HOST), then run discover again", unit=UNIT)
     if module.check_mode:
         return
     remove(module)
@@ -202,12 +201,11 @@ def start(module, params):
         rc, out, err = module.run_command(argv)
         if rc != 0:
             remove(module)
-            module.fail_json(msg="%s: cannot start the collector: %s failed: %s" % (host, argv[0], (err or out).strip()),
+            module.fail_json(msg="cannot start the collector: %s failed: %s" % (argv[0], (err or out).strip()),
                              unit=UNIT)
 
 
 def collect(module, wait):
-    host = os.uname()[1]
     deadline = time.time() + wait
     while active(module, UNIT) and time.time() < deadline:
         time.sleep(1)
@@ -218,8 +216,8 @@ def collect(module, wait):
         with open(path + ".json") as handle:
             status = json.load(handle)
     except (IOError, OSError, ValueError) as exc:
-        module.fail_json(msg="%s: the collector left no records (%s): it was not started, was removed (after its "
-                             "grace period), or failed (journalctl -u %s)" % (host, exc, UNIT), unit=UNIT)
+        module.fail_json(msg="the collector left no records (%s): it was not started, was removed (after its grace "
+                             "period), or failed (journalctl -u %s)" % (exc, UNIT), unit=UNIT)
     if active(module, UNIT):
         status["finished"] = False
     return records, status
