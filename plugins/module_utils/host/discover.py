@@ -301,4 +301,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())   # run as a script by the transient unit, never imported by a module to exit
