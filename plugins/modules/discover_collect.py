@@ -133,6 +133,7 @@ unit:
 import inspect  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
+import sys  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
@@ -151,7 +152,7 @@ TABLE = ["list", "table", "inet", "mseg"]
 def unit_argv(module, params):
     """systemd-run's command lines: the collector and the timer that removes its files after the window."""
     systemd_run = module.get_bin_path("systemd-run")
-    python = module.get_bin_path("python3") or "/usr/bin/python3"
+    python = sys.executable or module.get_bin_path("python3")   # the interpreter Ansible runs modules with
     window = params["duration"]
     run = [systemd_run, "--unit", UNIT, "--description", "mseg.fleet discovery collector", "--collect",
            "--nice=10", "-p", "IOSchedulingClass=idle", "-p", "MemoryMax=%s" % params["memory_max"],
