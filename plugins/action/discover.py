@@ -109,7 +109,8 @@ class ActionModule(FleetAction):
         report = discover(flows, fleet, policy, settings, gather_system(task_vars, self._templar))
         data = report.to_data()
         summary = {
-            "hosts": {"collected": sorted(args["records"] or {}), "not_collected": dict(args["failed"])},
+            "hosts": {"collected": sorted(args["records"] or {}), "not_collected": dict(args["failed"]),
+                      "incomplete": incomplete(args["status"])},
             "records": data["records"]["read"], "malformed": data["records"]["malformed"],
             "seen_twice": twice, "flows_kept": len(data["flows"]), "rules": len(data["rules"]),
             "left_out": {reason: item["flows"] for reason, item in data["left_out"].items() if item["flows"]},
@@ -136,11 +137,31 @@ class ActionModule(FleetAction):
                     lines=format_summary(summary, data))
 
 
+def incomplete(status):
+    """Per host whose collector did not see the whole window, why (its status as discover_collect returns it)."""
+    found = {}
+    for name, state in sorted((status or {}).items()):
+        why = []
+        if state.get("overflow"):
+            why.append("%d connection(s) not kept: max_flows (%s) distinct flows reached; raise "
+                       "mseg_discover_max_flows" % (state["overflow"], state.get("max_flows")))
+        if state.get("finished") is False:
+            why.append("the collector stopped before the end of the window (%s sample(s))" % state.get("samples"))
+        if why:
+            found[name] = "; ".join(why)
+    return found
+
+
 def format_summary(summary, data):
     hosts = summary["hosts"]
     lines = ["Collected on %d host(s): %s" % (len(hosts["collected"]), ", ".join(hosts["collected"]) or "none")]
     for name, why in sorted(hosts["not_collected"].items()):
         lines.append("NOT collected on %s: %s" % (name, why))
+    for name, why in sorted(hosts["incomplete"].items()):
+        lines.append("INCOMPLETE on %s: %s" % (name, why))
+    if not summary["records"]:
+        lines.append("EMPTY: no connection was recorded; check the window was long enough for the traffic that "
+                     "matters, and that the hosts carry the mseg.fleet table (observe mode)")
     lines.append("%d record(s) (%d malformed), %d flow(s) kept, %d rule(s) proposed"
                  % (summary["records"], summary["malformed"], summary["flows_kept"], summary["rules"]))
     if summary["left_out"]:

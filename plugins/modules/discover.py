@@ -32,6 +32,12 @@ options:
     description: Per inventory host that could not collect, why (unreachable, no mseg table, ...). Only reported.
     type: dict
     default: {}
+  status:
+    description: Per inventory host, the collector's status (RV(mseg.fleet.discover_collect#module:status)); a host
+      whose collector reached O(mseg.fleet.discover_collect#module:max_flows) or stopped early is reported as
+      incomplete.
+    type: dict
+    default: {}
   record_files:
     description: CSV files of flow records on the controller (docs/discovery.md, "Flow records"), e.g. the
       C(records.csv) of an earlier run, read in addition to O(records).
@@ -85,7 +91,8 @@ summary:
   type: dict
   contains:
     hosts:
-      description: C(collected) (the hosts whose records were read) and C(not_collected) (host -> why).
+      description: C(collected) (the hosts whose records were read), C(not_collected) (host -> why) and
+        C(incomplete) (host -> why its records miss part of the window or of its flows).
       type: dict
     records:
       description: Records read.

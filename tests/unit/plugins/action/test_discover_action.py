@@ -39,3 +39,24 @@ def test_settings_given_with_e_on_the_command_line_are_read_as_the_engine_wants_
     assert from_command_line("group_by", "role, zone") == ["role", "zone"]
     assert from_command_line("ephemeral_ports", "32768-60999") == "32768-60999"
     assert from_command_line("min_count", "many") == "many"      # judged (and refused) by the engine
+
+
+def test_a_collector_that_missed_part_of_the_window_or_of_its_flows_is_named():
+    from ansible_collections.mseg.fleet.plugins.action.discover import incomplete
+    status = {"web-01": {"overflow": 0, "finished": True, "samples": 3, "max_flows": 10},
+              "app-01": {"overflow": 7, "finished": True, "samples": 3, "max_flows": 10},
+              "db-01": {"overflow": 0, "finished": False, "samples": 1, "max_flows": 10}}
+    assert incomplete(status) == {
+        "app-01": "7 connection(s) not kept: max_flows (10) distinct flows reached; raise mseg_discover_max_flows",
+        "db-01": "the collector stopped before the end of the window (1 sample(s))"}
+
+
+def test_an_empty_window_is_said_in_the_summary():
+    from ansible_collections.mseg.fleet.plugins.action.discover import format_summary
+    summary = {"hosts": {"collected": ["web-01"], "not_collected": {}, "incomplete": {}}, "records": 0, "malformed": 0,
+               "flows_kept": 0, "rules": 0, "left_out": {}, "uncovered": 0, "closed_pairs": 0,
+               "current_would_drop": None, "current_unused_rules": None, "notes": []}
+    lines = format_summary(summary, {"rules": []})
+    assert lines[1].startswith("EMPTY: no connection was recorded")
+    summary["records"] = 5
+    assert not any(line.startswith("EMPTY") for line in format_summary(summary, {"rules": []}))
