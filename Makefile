@@ -12,7 +12,7 @@ BUILD := $(CURDIR)/.build
 COLLECTIONS := $(BUILD)/collections
 COLLECTION_LINK := $(COLLECTIONS)/ansible_collections/mseg/fleet
 DEB_PACKAGES := nftables iproute2 iptables ipset debootstrap systemd-container openssh-client \
-	python3-venv rsync procps kmod gcc libc6-dev
+	python3-venv rsync procps kmod gcc libc6-dev graphviz
 
 export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)

@@ -363,3 +363,56 @@ def test_every_batch_applies_the_policy_the_canary_was_checked_with():
     after = digests()
     assert len(set(after.values())) == 1, after
     assert set(after.values()).isdisjoint(before.values())  # the edited policy was applied
+
+
+# Discovery (issue 20): a known traffic pattern, a short window, the proposal enforced and measured.
+ADDRESS = {"web-01": "10.213.240.11", "app-01": "10.213.240.21", "db-01": "10.213.240.31", "out-01": "10.213.240.91"}
+PATTERN = {("web-01", "app-01", "tcp/8080"), ("app-01", "db-01", "tcp/5432")}
+DISCOVER_MIN = 10   # above what the earlier tests' probes leave in the conntrack tables (TIME_WAIT lasts 120 s)
+
+
+def _connect(src, dst, port, times):
+    """``times`` TCP connections from ``src`` to ``dst``'s IPv4 address, each opened and closed."""
+    host(src).check_output("python3 -c 'import socket; [socket.create_connection((\"%s\", %d), 3).close() "
+                           "for _ in range(%d)]'" % (ADDRESS[dst], port, times))
+
+
+def test_discover_proposes_the_observed_flows_and_enforcing_the_proposal_opens_exactly_them():
+    playbook("mseg.fleet.mode", *ev({"mseg_mode": "observe", "mseg_hosts": "managed"}))
+    run("ansible", "app:db", "-i", INVENTORY, "-m", "mseg.fleet.probe_listener",
+        "-a", json.dumps({"ports": ["tcp/8080", "tcp/5432"], "duration": 900}))
+    _connect("web-01", "app-01", 8080, 12)
+    _connect("app-01", "db-01", 5432, 12)
+    _connect("out-01", "app-01", 8080, 2)          # noise from an unlabelled address, below the threshold
+    with tempfile.TemporaryDirectory() as scratch:
+        report = os.path.join(scratch, "report")
+        proc = playbook("mseg.fleet.discover", *ev({"mseg_hosts": "managed", "mseg_discover_duration": "10s",
+                                                    "mseg_discover_interval": 2, "mseg_discover_dir": report,
+                                                    "mseg_discover_min_count": DISCOVER_MIN}))
+        assert "Collected on 3 host(s): app-01, db-01, web-01" in proc.output, proc.output[-4000:]
+        with open(os.path.join(report, "proposal.yml"), encoding="utf-8") as handle:
+            proposal = yaml.safe_load(handle)["mseg_policy"]
+        with open(os.path.join(report, "discovery.json"), encoding="utf-8") as handle:
+            data = json.load(handle)
+        with open(os.path.join(report, "map.svg"), encoding="utf-8") as handle:
+            svg = handle.read()
+    assert data["coverage"]["uncovered"] == []
+    kept = {(f["src"], f["dst"], f["service"]) for f in data["flows"]}
+    assert {("web-01", "app-01", "tcp/8080"), ("app-01", "db-01", "tcp/5432")} <= kept, kept
+    noise = [e["flow"] for e in data["left_out"]["below_threshold"]["examples"]]
+    assert "out-01 -> app-01 tcp/8080" in noise, noise
+    assert "<svg" in svg and "role=web" in svg and "role=app" in svg
+    for name in MANAGED:    # the collection removed itself: no unit, no timer, no file
+        assert not host(name).file("/run/mseg-discover").exists
+        assert host(name).run("systemctl is-active mseg-discover.service mseg-discover-cleanup.timer").stdout.split() \
+            == ["inactive", "inactive"]
+    try:
+        playbook("mseg.fleet.rollout", *ev({"mseg_hosts": "managed", "mseg_policy": proposal,
+                                            "mseg_health_probes": []}))
+        measured, _predicted = agreement(mseg_policy=proposal)
+        wrong = sorted((src, dst, family, port, is_open) for (src, dst, family, port), is_open in measured.items()
+                       if dst in MANAGED and src != dst and is_open != ((src, dst, port) in PATTERN))
+        assert wrong == [], wrong
+    finally:
+        start_db_listener()    # reachability stopped the listeners; the inventory's health probe needs db's
+        playbook("mseg.fleet.rollout", *ev({"mseg_hosts": "managed"}))

@@ -1,0 +1,62 @@
+"""The discover action's merge of the hosts' records: each connection counted once, from its receiver."""
+
+import pytest
+
+from ansible_collections.mseg.fleet.plugins.action.discover import HEADER, host_addresses, merge_records
+from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
+
+FLEET = {"web-01": {"addresses": ["10.0.1.1/32"]}, "app-01": {"ansible_host": "10.0.2.1"},
+         "db-01": {"addresses": ["10.0.3.1", "fd00::31"]}}
+
+
+def test_host_addresses_follow_the_compiler_mseg_addresses_else_ansible_host():
+    assert {str(a) for a in host_addresses(FLEET["web-01"])} == {"10.0.1.1"}
+    assert {str(a) for a in host_addresses(FLEET["app-01"])} == {"10.0.2.1"}
+    assert {str(a) for a in host_addresses({"addresses": ["10.0.0.0/24", "junk", "FD00:0::31"]})} == {"fd00::31"}
+
+
+def test_a_connection_between_two_collecting_hosts_is_counted_from_the_receiver():
+    records = {
+        # web-01 opened to app-01 (which collected: its own line counts) and to db-01 (which did not collect)
+        "web-01": HEADER + "\n10.0.1.1,10.0.2.1,tcp,8080,40,\n10.0.1.1,10.0.3.1,tcp,5432,3,\n",
+        "app-01": HEADER + "\n10.0.1.1,10.0.2.1,tcp,8080,41,true\n10.0.9.9,10.0.2.1,tcp,22,1,false\n",
+    }
+    merged, twice = merge_records(records, FLEET)
+    assert twice == 1
+    assert merged == (HEADER + "\n10.0.1.1,10.0.2.1,tcp,8080,41,true\n10.0.9.9,10.0.2.1,tcp,22,1,false\n"
+                      "10.0.1.1,10.0.3.1,tcp,5432,3,\n")
+
+
+def test_records_with_another_header_are_one_clear_message():
+    with pytest.raises(MsegError) as caught:
+        merge_records({"web-01": "a,b\n1,2\n"}, FLEET)
+    assert "records of web-01: the header line is 'a,b'" in str(caught.value)
+
+
+def test_settings_given_with_e_on_the_command_line_are_read_as_the_engine_wants_them():
+    from ansible_collections.mseg.fleet.plugins.action.discover import from_command_line
+    assert from_command_line("min_count", "20") == 20 and from_command_line("min_count", 20) == 20
+    assert from_command_line("group_by", "role, zone") == ["role", "zone"]
+    assert from_command_line("ephemeral_ports", "32768-60999") == "32768-60999"
+    assert from_command_line("min_count", "many") == "many"      # judged (and refused) by the engine
+
+
+def test_a_collector_that_missed_part_of_the_window_or_of_its_flows_is_named():
+    from ansible_collections.mseg.fleet.plugins.action.discover import incomplete
+    status = {"web-01": {"overflow": 0, "finished": True, "samples": 3, "max_flows": 10},
+              "app-01": {"overflow": 7, "finished": True, "samples": 3, "max_flows": 10},
+              "db-01": {"overflow": 0, "finished": False, "samples": 1, "max_flows": 10}}
+    assert incomplete(status) == {
+        "app-01": "7 connection(s) not kept: max_flows (10) distinct flows reached; raise mseg_discover_max_flows",
+        "db-01": "the collector stopped before the end of the window (1 sample(s))"}
+
+
+def test_an_empty_window_is_said_in_the_summary():
+    from ansible_collections.mseg.fleet.plugins.action.discover import format_summary
+    summary = {"hosts": {"collected": ["web-01"], "not_collected": {}, "incomplete": {}}, "records": 0, "malformed": 0,
+               "flows_kept": 0, "rules": 0, "left_out": {}, "uncovered": 0, "closed_pairs": 0,
+               "current_would_drop": None, "current_unused_rules": None, "notes": []}
+    lines = format_summary(summary, {"rules": []})
+    assert lines[1].startswith("EMPTY: no connection was recorded")
+    summary["records"] = 5
+    assert not any(line.startswith("EMPTY") for line in format_summary(summary, {"rules": []}))
