@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 
+from ansible_collections.mseg.fleet.plugins.module_utils.common.contract import RENDERED_SUFFIX
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.policy import tag_value
 from ansible_collections.mseg.fleet.plugins.module_utils.render.nftables import render_plan
@@ -35,7 +36,7 @@ class ActionModule(FleetAction):
         changed = False
         files = []
         if args["render_dir"]:
-            texts = {"%s.nft" % name: body for name, body in rulesets.items()}
+            texts = {name + RENDERED_SUFFIX: body for name, body in rulesets.items()}
             texts["plan.json"] = json.dumps(fleet.to_data(names), indent=1, sort_keys=True) + "\n"
             changed, files = self.write_files(args["render_dir"], texts, "render_dir",
                                               "choose a writable directory with -e mseg_render_dir=DIR")

@@ -5,6 +5,7 @@ import os
 from types import SimpleNamespace
 
 from ansible_collections.mseg.fleet.plugins.action.compile import ActionModule
+from ansible_collections.mseg.fleet.plugins.module_utils.common.contract import RENDERED_SUFFIX
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import compile_fleet
 
 ARGS = {"hosts": None, "tags": {}, "render_dir": None, "return_rulesets": False, "return_summary": True,
@@ -24,8 +25,8 @@ def test_without_summary_the_result_does_not_grow_with_the_fleet(load_fleet, tmp
     small = act(fleet, return_summary=False, render_dir=str(tmp_path / "small"))
     assert "summary" not in small and "rulesets" not in small
     assert small["render_dir"] == str(tmp_path / "small")
-    for name in data["hosts"]:  # the files hold what return_rulesets would have returned
-        with open(os.path.join(small["render_dir"], name + ".nft"), encoding="utf-8") as handle:
+    for name in data["hosts"]:  # the files the policy role reads hold what return_rulesets would have returned
+        with open(os.path.join(small["render_dir"], name + RENDERED_SUFFIX), encoding="utf-8") as handle:
             assert handle.read() == act(fleet, return_rulesets=True)["rulesets"][name]
     many = dict(data["hosts"], **{"%s-copy" % name: dict(host, addresses=["10.9.%d.1" % index])
                                   for index, (name, host) in enumerate(sorted(data["hosts"].items()))})
