@@ -198,6 +198,10 @@ NAMES = {
 
 _DECLARED = {"chain": "chain", "set": "set", "map": "set", "counter": "counter"}  # maps share the sets' names
 
+# --- files on the controller: a render_dir holds <inventory_hostname><RENDERED_SUFFIX> for each host (written by
+# mseg.fleet.compile, read by the policy role's apply in a rollout) and plan.json
+RENDERED_SUFFIX = ".nft"
+
 # --- files on the host -----------------------------------------------------------------------------------------
 STATE_DIR = "/etc/mseg"
 UNIT_DIR = "/etc/systemd/system"
