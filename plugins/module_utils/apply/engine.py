@@ -178,9 +178,9 @@ class Engine:
     def evaluate(self):
         """Compare desired with live. Returns dict: in_sync, drift, before (listing or None), recorded state.
 
-        When the kernel's generation id, boot and network namespace are those recorded after the last
-        apply, no table has changed since (every committed transaction bumps the id), so the recorded
-        listing is the live one and listing 100,000 elements again is skipped.
+        When the kernel's generation id and the network namespace (its cookie, never reused while the kernel
+        runs) are those recorded after the last apply, no table has changed since (every committed transaction
+        bumps the id), so the recorded listing is the live one and listing 100,000 elements again is skipped.
 
         ``state: previous`` reads the backup here (under the lock) and raises ApplyError, changing nothing, unless
         the restore is safe (``_previous_refusal``).
@@ -189,8 +189,9 @@ class Engine:
         backup = self._plan_previous() if self.req.state == "previous" else None
         genid = runner.ruleset_genid()
         recorded = read_text(self.paths.live)
-        untouched = (genid is not None and state.get("genid") == genid and state.get("identity") == namespace_identity()
-                     and "live_sha256" in state
+        identity = namespace_identity()
+        untouched = (genid is not None and identity is not None and state.get("genid") == genid
+                     and state.get("identity") == identity and "live_sha256" in state
                      and state["live_sha256"] == (None if recorded is None else sha256_text(recorded)))
         before = recorded if untouched else self.nft.listing()
         if self.req.state == "absent":

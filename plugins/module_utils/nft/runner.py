@@ -11,7 +11,6 @@ replaceable, and ``tests/unit/nft/fake.py`` is the fake the unit tests use.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import struct
@@ -162,18 +161,29 @@ def ruleset_genid():
     return None
 
 
+# SO_NETNS_COOKIE (Linux 5.14, asm-generic/socket.h); Python 3.11's socket module does not name it.
+SO_NETNS_COOKIE = getattr(socket, "SO_NETNS_COOKIE", 71)
+
+
 def namespace_identity():
-    """Boot and network namespace identity: a recorded generation id is only meaningful within them."""
+    """The network namespace's cookie, as a string, or None when the kernel cannot tell it.
+
+    A recorded generation id is only meaningful in the namespace that recorded it. The cookie is a 64-bit number the
+    kernel gives each namespace once and never hands out again while it runs, so a fresh namespace (a recreated
+    container or lab host) never carries the recorded one's; its inode is reused and its generation id restarts
+    (issue 16). Without a cookie (kernels before 5.14) there is no identity, and nothing recorded is trusted.
+    """
     try:
-        with open("/proc/sys/kernel/random/boot_id") as handle:
-            boot = handle.read().strip()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     except OSError:
-        boot = ""
+        return None
     try:
-        netns = os.stat("/proc/self/ns/net").st_ino
-    except OSError:
-        netns = 0
-    return "%s/%s" % (boot, netns)
+        cookie, = struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))
+    except (OSError, struct.error):
+        return None
+    finally:
+        sock.close()
+    return "netns-cookie:%d" % cookie
 
 
 def count_listing(listing):

@@ -122,6 +122,22 @@ def test_another_tables_change_is_listed_once_and_still_in_sync(host):
     assert host.fake.commands()[commands:] == []  # the new id was recorded: no listing the next time
 
 
+def test_the_recorded_state_is_trusted_only_in_the_namespace_that_recorded_it(host, monkeypatch):
+    """The state is keyed by the namespace cookie: another namespace's cookie (at the same generation id), or a
+    kernel that cannot tell its cookie, lists the table again (the recycled inode of issue 16 needs a real kernel:
+    tests/integration/test_apply_state.py)."""
+    host.apply(A)
+    assert host.state()["identity"] == runner.namespace_identity() is not None
+    for identity in ("netns-cookie:%d" % (2 ** 63 + 7), None):
+        monkeypatch.setattr(engine, "namespace_identity", lambda identity=identity: identity)
+        commands = len(host.fake.commands())
+        host.fake.drop_table()
+        host.fake.generation = host.state()["genid"]  # the same generation count, as in the issue
+        res = host.apply(A)
+        assert res["changed"] is True and host.fake.commands()[commands] == LIST, res
+        assert host.fake.table == live_of(A)
+
+
 @pytest.mark.parametrize("edit,shows", [
     (lambda live: live.replace("tcp dport 7001 accept\n", "tcp dport 7001 accept\ntcp dport 9999 accept\n"),
      "tcp dport 9999 accept"),
