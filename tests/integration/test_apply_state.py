@@ -1,7 +1,9 @@
-"""The apply engine's recorded state, against real nftables in network namespaces.
+"""The apply engine's recorded state and its one transaction, against real nftables in network namespaces.
 
 * the "nothing changed since" shortcut trusts the recorded state only in the network namespace that recorded it,
-  even when a fresh namespace gets the recorded one's inode back and reaches the same generation id (issue 16).
+  even when a fresh namespace gets the recorded one's inode back and reaches the same generation id (issue 16);
+* a load the kernel refuses leaves the whole live ruleset byte-identical: the transaction is all-or-nothing, so the
+  apply path runs no separate ``nft -c`` pass.
 """
 
 import json
@@ -20,7 +22,35 @@ DRIVER = os.path.join(HERE, "apply_driver.py")
 COLLECTIONS = os.path.join(os.path.dirname(os.path.dirname(HERE)), ".build", "collections")
 sys.path.insert(0, HERE)
 
-from test_nft_apply import ruleset  # noqa: E402  (the contract-shaped ruleset of the module tests)
+from test_nft_apply import FIREWALLD_LIKE, ruleset  # noqa: E402  (the contract-shaped ruleset of the module tests)
+
+# Runs the engine in the namespace it is started in; a runner that appends to the document of the live load
+# (``nft -j -f -``, never the scratch parse) a set the kernel refuses at commit (two elements in a set of size 1),
+# and that records every argv it ran. Prints the error (or the result) and the argv list as JSON.
+_FAULTY = r"""
+import json, os, subprocess, sys
+sys.path.insert(0, sys.argv[3])
+from ansible_collections.mseg.fleet.plugins.module_utils.apply.engine import Request, apply
+from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
+from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft
+ran = []
+def runner(argv, input=None, **kwargs):
+    ran.append(list(argv))
+    if argv[-3:] == ["-j", "-f", "-"] and os.path.basename(argv[0]) == "nft":
+        document = json.loads(input)
+        document["nftables"].append({"add": {"set": {"family": "inet", "table": "mseg", "name": "r9_in_v4",
+                                                     "type": "ipv4_addr", "size": 1,
+                                                     "elem": ["192.0.2.1", "192.0.2.2"]}}})
+        input = json.dumps(document)
+    return subprocess.run(argv, input=input, **kwargs)
+try:
+    out = apply(Request(sys.stdin.read(), "present", state_dir=sys.argv[1], unit_dir=sys.argv[2]),
+                Nft(runner=runner))
+except MsegError as exc:
+    out = {"failed": True, "msg": str(exc)}
+print(json.dumps({"result": out, "ran": ran}))
+"""
+
 
 def apply_in(fleet, host, text, state_dir, unit_dir):
     proc = fleet.run(host, [sys.executable, DRIVER, state_dir, unit_dir], input=text)
@@ -71,3 +101,51 @@ def test_a_fresh_namespace_is_never_taken_for_the_recorded_one(tmp_path):
         res = apply_in(fresh, "a", ruleset(), state_dir, unit_dir)
         assert res.get("changed") is True and "already matches" not in res["msg"], res
         assert "r1024_in_v4" in live(fresh, "a", ("-s", "list", "table", "inet", "mseg"))
+
+
+def test_a_load_the_kernel_refuses_leaves_the_live_ruleset_byte_identical(tmp_path):
+    state_dir, unit_dir = str(tmp_path / "etc-mseg"), str(tmp_path / "units")
+    with Fleet(["a"]) as fleet:
+        fleet.run("a", ["nft", "-f", "-"], input=FIREWALLD_LIKE)
+        assert apply_in(fleet, "a", ruleset(), state_dir, unit_dir)["changed"] is True
+        before = live(fleet, "a")
+        files = {name: open(os.path.join(state_dir, name)).read() for name in sorted(os.listdir(state_dir))
+                 if name != "lock"}
+        proc = fleet.run("a", [sys.executable, "-c", _FAULTY, state_dir, unit_dir, COLLECTIONS],
+                         input=ruleset(port=9090))
+        out = json.loads(proc.stdout)
+        assert out["result"].get("failed") and "the kernel kept the previous one" in out["result"]["msg"], out
+        assert "Traceback" not in out["result"]["msg"]
+        assert live(fleet, "a") == before  # every table, every counter: nothing of the new table is live
+        assert {name: open(os.path.join(state_dir, name)).read() for name in sorted(os.listdir(state_dir))
+                if name != "lock"} == files  # the record, backup and persisted copy still describe that table
+        loads = [argv for argv in out["ran"] if os.path.basename(argv[0]) == "nft" and "-f" in argv]
+        assert loads == [loads[0]] and "-c" not in loads[0], "the apply ran more than the one load: %s" % loads
+        # and the next apply of the same (valid) ruleset puts it in place
+        assert apply_in(fleet, "a", ruleset(port=9090), state_dir, unit_dir)["changed"] is True
+        assert "dport 9090" in live(fleet, "a", ("-s", "list", "table", "inet", "mseg"))
+
+
+def test_check_mode_still_asks_the_kernel(tmp_path):
+    """Check mode loads nothing, so it keeps ``nft -c``: a ruleset the kernel would refuse fails there too."""
+    code = r"""
+import json, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.mseg.fleet.plugins.module_utils.apply.engine import Request, apply
+from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft
+ran = []
+def runner(argv, input=None, **kwargs):
+    ran.append(list(argv))
+    return subprocess.run(argv, input=input, **kwargs)
+res = apply(Request(sys.stdin.read(), "present", state_dir=sys.argv[2], unit_dir=sys.argv[3], check_mode=True),
+            Nft(runner=runner))
+print(json.dumps({"result": res, "ran": ran}))
+"""
+    with Fleet(["a"]) as fleet:
+        proc = fleet.run("a", [sys.executable, "-c", code, COLLECTIONS, str(tmp_path / "s"), str(tmp_path / "u")],
+                         input=ruleset())
+        out = json.loads(proc.stdout)
+        assert out["result"]["changed"] is True
+        assert any(argv[-4:] == ["-j", "-c", "-f", "-"] for argv in out["ran"]), out["ran"]
+        assert live(fleet, "a", ("list", "table", "inet", "mseg")) is None
+        assert not os.path.exists(str(tmp_path / "s"))

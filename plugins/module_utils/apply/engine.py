@@ -9,7 +9,9 @@ reuses it. Guarantees (DESIGN section 5):
 * scope: nft reads the content in a scratch namespace, its JSON form is judged object by object against the wire
   contract's allowlist, and only that JSON is ever loaded (``nft/jsonform.py``): anything but table ``inet mseg``
   is refused before the host's ruleset is touched;
-* atomic: ``nft -j -c -f`` validates, one ``nft -j -f`` transaction replaces the table;
+* atomic: one ``nft -j -f`` transaction replaces the table, all or nothing in the kernel (a refused load leaves
+  the live ruleset byte-identical, so the apply path runs no separate ``nft -c``; check mode, which loads nothing,
+  asks ``nft -j -c``);
 * idempotent: the sha256 of the desired transaction and the live table listed without counters
   (``nft -s``) are recorded; a run is unchanged when both still match. The kernel's ruleset
   generation id (netlink ``NFT_MSG_GETGEN``) is recorded too, so an unchanged run on an unchanged
@@ -37,7 +39,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import time
 
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.errors import ApplyError
@@ -348,16 +349,7 @@ class Engine:
             return self._run_locked()
 
     def _run_locked(self):
-        check = None
-        if self.req.state == "present" and not self.req.check_mode \
-                and load_state(self.paths).get("desired_sha256") != self.desired_sha:
-            check = _Background(self.nft.check, self.transaction)  # certain to be needed; overlaps the listing
-        try:
-            ev = self.evaluate()
-        except ApplyError:
-            if check:
-                check.wait()
-            raise
+        ev = self.evaluate()
         persist_ok = self.persist_in_sync()
         if ev["in_sync"]:
             counts = ev["state"].get("counts") or count_listing(ev["before"])
@@ -373,45 +365,19 @@ class Engine:
             msg = "table inet mseg %s%s" % (already, "; persisted copy repaired" if changed else "")
             return self.result(changed, ev["before"], ev["before"], counts, False, msg)
         if self.req.check_mode:
+            if self.wants_table():
+                self.nft.check(self.transaction)  # nothing is loaded in check mode: the kernel's answer is asked
             after = self.predict_after() if self.req.want_diff else None
             counts = count_listing(after if after and after != self.transaction else ev["before"])
             return self.result(True, ev["before"] or "", after, counts, ev["drift"], self.done_msg(ev["drift"], True))
-        if check:
-            check.result()
-        elif self.wants_table():
-            self.nft.check(self.transaction)
+        # No separate nft -c: the load is one transaction the kernel commits whole or not at all, so a ruleset it
+        # refuses leaves the live ruleset byte-identical (tests/integration/test_apply_state.py).
         backup = self.backup_text(ev["before"])
         self.nft.load(self.transaction)
         self.keep_backup(backup)
         after, counts = self.record()
         self.finish_persist()
         return self.result(True, ev["before"] or "", after or "", counts, ev["drift"], self.done_msg(ev["drift"]))
-
-
-class _Background:
-    """Run ``func(*args)`` in a thread; ``result()`` joins it and re-raises its exception."""
-
-    def __init__(self, func, *args):
-        self.error = None
-        self.value = None
-
-        def target():
-            try:
-                self.value = func(*args)
-            except Exception as exc:  # handed to the caller by result()
-                self.error = exc
-        self.thread = threading.Thread(target=target)
-        self.thread.daemon = True
-        self.thread.start()
-
-    def wait(self):
-        self.thread.join()
-
-    def result(self):
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.value
 
 
 def apply(request, nft=None):

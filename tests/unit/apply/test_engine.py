@@ -95,7 +95,8 @@ def test_the_first_apply_changes_the_table_and_records_it(host):
     assert state["previous_sha256"] == sha256_text(PREAMBLE)
     assert read_text(host.paths.ruleset) == persist.persisted_text(transaction)
     assert os.path.realpath(host.paths.wants) == host.paths.unit
-    assert ["-j", "-c", "-f", "-"] in host.fake.commands()  # validated before the load
+    loads = [args for args in host.fake.commands() if "-f" in args]
+    assert loads == [["-j", "-f", "-"]]  # one load, no separate nft -c: the transaction is all-or-nothing
 
 
 def test_in_sync_reports_no_change_and_neither_loads_nor_lists(host):
@@ -183,14 +184,27 @@ def test_check_mode_loads_nothing_and_writes_nothing(host):
     assert "tcp dport 7001" in res["diff"]["before"] and "tcp dport 7002" in res["diff"]["after"]
 
 
-def test_a_ruleset_nft_rejects_changes_nothing(host):
+def test_a_ruleset_the_kernel_refuses_changes_nothing(host):
     host.apply(A)
     files, live = host.files(), host.fake.table
-    host.fake.reject = "/dev/stdin:12:9-14: Error: syntax error, unexpected perhaps\n"
+    host.fake.fail_load = "internal:0:0-0: Error: Could not process rule: Too many open files in system\n"
     with pytest.raises(MsegError) as err:
         host.apply(B)
-    assert "nft rejected the ruleset" in str(err.value) and "content:12:9-14" in str(err.value)
+    assert "the kernel kept the previous one" in str(err.value) and "Too many open files" in str(err.value)
     assert host.fake.table == live and len(host.fake.loads) == 1 and host.files() == files
+
+
+def test_check_mode_asks_the_kernel_and_reports_its_refusal(host):
+    host.apply(A)
+    files = host.files()
+    host.fake.reject = "/dev/stdin:12:9-14: Error: syntax error, unexpected perhaps\n"
+    with pytest.raises(MsegError) as err:
+        host.apply(B, check_mode=True)
+    assert "nft rejected the ruleset" in str(err.value) and "content:12:9-14" in str(err.value)
+    assert len(host.fake.loads) == 1 and host.files() == files
+    host.fake.reject = None
+    assert host.apply(B, check_mode=True)["changed"] is True
+    assert ["-j", "-c", "-f", "-"] in host.fake.commands()
 
 
 @pytest.mark.parametrize("damage", [
