@@ -80,12 +80,32 @@ class Nft:
                 objects = jsonform.check(jsonform.parse(text, self.path, self.runner), require_table=False)
             except jsonform.ScopeError as exc:
                 raise NftError(str(exc))
-            self._judged = {text: (jsonform.transaction(objects), any(list(o) == ["table"] for o in objects))}
-        document, has_table = self._judged[text]
-        if require_table and not has_table:
+            self._judged = {text: (jsonform.transaction(objects), jsonform.counts(objects))}
+        document, counts = self._judged[text]
+        if require_table and not counts["tables"]:
             raise NftError("the ruleset does not define table %s: pass the ruleset rendered by mseg.fleet; nothing "
                            "was changed" % contract.TABLE)
         return document
+
+    def counts(self, text):
+        """Counts of the judged form of ``text`` (``jsonform.counts``: tables, rules, sets, elements)."""
+        self.judge(text)
+        return dict(self._judged[text][1])
+
+    def live_document(self):
+        """The JSON transaction that would load the live table inet mseg again (``jsonform.transaction`` of its JSON
+        listing), or None when it does not exist. A table loaded from a judged document lists back into that very
+        document, so comparing the two tells whether the live table is still the one that was loaded."""
+        rc, out, err = self._run(["-j", "list", "table", contract.TABLE_FAMILY, contract.TABLE_NAME])
+        if rc != 0:
+            if "No such file or directory" in err:
+                return None
+            raise NftError("nft cannot list table %s: %s" % (contract.TABLE, err.strip()))
+        try:
+            items = [item for item in json.loads(out)["nftables"] if list(item) != ["metainfo"]]
+            return jsonform.transaction(items)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return ""  # a form this code does not know: never equal to a document it loaded
 
     def check(self, text, what="ruleset"):
         document = self.judge(text)
