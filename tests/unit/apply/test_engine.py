@@ -162,7 +162,8 @@ def test_the_recorded_state_is_trusted_only_in_the_namespace_that_recorded_it(ho
     kernel that cannot tell its cookie, lists the table again (the recycled inode of issue 16 needs a real kernel:
     tests/integration/test_apply_state.py)."""
     host.apply(A)
-    assert host.state()["identity"] == runner.namespace_identity() is not None
+    assert runner.namespace_identity() is not None
+    assert host.state()["identity"] == runner.namespace_identity()
     for identity in ("netns-cookie:%d" % (2 ** 63 + 7), None):
         monkeypatch.setattr(engine, "namespace_identity", lambda identity=identity: identity)
         commands = len(host.fake.commands())

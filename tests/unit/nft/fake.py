@@ -143,7 +143,7 @@ class FakeNft:
             items.append({block[0].split()[0]: dict(where, name=block[1], elem=["e%d" % i for i in range(size)])})
         rules = max(1, count_listing(listing)["rules"])
         items.append({"rule": dict(where, chain="input", expr=[], comment=CARRIER + "\n" + text)})
-        items.extend({"rule": dict(where, chain="input", expr=[{"accept": None}])} for _ in range(rules - 1))
+        items.extend({"rule": dict(where, chain="input", expr=[{"accept": None}])} for dummy in range(rules - 1))
         return items
 
     @staticmethod
