@@ -3,7 +3,9 @@
 * the "nothing changed since" shortcut trusts the recorded state only in the network namespace that recorded it,
   even when a fresh namespace gets the recorded one's inode back and reaches the same generation id (issue 16);
 * a load the kernel refuses leaves the whole live ruleset byte-identical: the transaction is all-or-nothing, so the
-  apply path runs no separate ``nft -c`` pass.
+  apply path runs no separate ``nft -c`` pass;
+* an apply whose load was the only commit records the document it loaded instead of a listing, and later runs
+  still tell that table from a hand edit.
 """
 
 import json
@@ -149,3 +151,25 @@ print(json.dumps({"result": res, "ran": ran}))
         assert any(argv[-4:] == ["-j", "-c", "-f", "-"] for argv in out["ran"]), out["ran"]
         assert live(fleet, "a", ("list", "table", "inet", "mseg")) is None
         assert not os.path.exists(str(tmp_path / "s"))
+
+
+def test_an_apply_that_was_the_only_commit_records_no_listing_and_is_recognised_later(tmp_path):
+    """The load was the only commit (generation id + 1): nothing is listed to record it, the counts come from the
+    judged document, and after another table's commit the live table's JSON listing is still recognised as the
+    loaded document (real nft lists it back into that document), so the run is unchanged and records the listing."""
+    state_dir, unit_dir = str(tmp_path / "etc-mseg"), str(tmp_path / "units")
+    with Fleet(["a"]) as fleet:
+        res = apply_in(fleet, "a", ruleset(extra=300), state_dir, unit_dir)
+        listed = live(fleet, "a", ("-s", "list", "table", "inet", "mseg"))
+        assert res["changed"] and (res["rules"], res["sets"], res["elements"]) == (8, 3, 301), res
+        assert not os.path.exists(os.path.join(state_dir, "live.nft"))
+        # a hand edit before anything listed the table: its JSON listing is not the loaded document, so drift
+        fleet.run("a", ["nft", "add", "rule", "inet", "mseg", "input", "tcp", "dport", "7", "accept"])
+        res = apply_in(fleet, "a", ruleset(extra=300), state_dir, unit_dir)
+        assert res["changed"] and res["drift"], res
+        assert live(fleet, "a", ("-s", "list", "table", "inet", "mseg")) == listed
+        # another table's commit: the table is still the loaded document, unchanged, and its listing is recorded
+        fleet.run("a", "nft add table ip other && nft delete table ip other")
+        res = apply_in(fleet, "a", ruleset(extra=300), state_dir, unit_dir)
+        assert res["changed"] is False and res["msg"] == "table inet mseg already matches", res
+        assert open(os.path.join(state_dir, "live.nft")).read() == listed

@@ -233,7 +233,7 @@ class Engine:
             same_live = before is not None and recorded is not None and before == recorded
             in_sync = same_live and state.get("desired_sha256") == self.desired_sha
             drift = (before != recorded) and state.get("desired_sha256") is not None
-        # the listing is worth recording (``resolved``) once the generation id moved: from then on, only it tells
+        # ``resolved``: record the listing now, once the generation id moved (until then the id answers without it)
         return {"in_sync": in_sync, "drift": drift, "before": before, "state": state, "listed": not untouched,
                 "genid": genid, "resolved": resolved and not same_kernel}
 
