@@ -13,16 +13,19 @@ module: nft_apply
 short_description: Apply a rendered mseg.fleet ruleset to table inet mseg atomically, idempotently and safely
 version_added: 0.1.0
 description:
-  - Replaces the nftables table C(inet mseg) with the rendered ruleset O(content) in one transaction, after
-    C(nft -c -f) has validated it. No other table is ever modified or flushed (Docker, Kubernetes,
+  - Replaces the nftables table C(inet mseg) with the rendered ruleset O(content) in one transaction, which the
+    kernel commits whole or not at all (a ruleset it refuses leaves the live ruleset as it was). No other table is ever modified or flushed (Docker, Kubernetes,
     firewalld and the distribution's own rules keep theirs); content that touches anything but
     C(inet mseg) (C(flush ruleset), other tables, C(include)) is refused before C(nft) runs.
-  - Idempotent. After an apply the live table listed without counters (C(nft -s list table inet mseg))
-    and the sha256 of the desired transaction are recorded under O(state_dir). A run is unchanged when
-    both still match; a hand edit of the live table (a changed rule, a deleted table, a changed set) is
-    drift and is corrected. The kernel's ruleset generation id is recorded as well, so an unchanged run
-    on a host whose nftables ruleset nobody touched does not need to list the table.
-  - Check mode changes nothing and reports what would change. With C(--diff) the before/after is the
+  - Idempotent. After an apply the sha256 of the desired transaction and of the document loaded, and the live
+    table listed without counters (C(nft -s list table inet mseg)), are recorded under O(state_dir). A run is
+    unchanged when they still match; a hand edit of the live table (a changed rule, a deleted table, a changed
+    set) is drift and is corrected. The kernel's ruleset generation id and the network namespace's cookie are
+    recorded as well, so an unchanged run on a host whose nftables ruleset nobody touched neither parses the
+    content nor lists the table, and an apply whose load was the only commit records the document it loaded
+    instead of listing the table.
+  - Check mode changes nothing and reports what would change; it asks the kernel (C(nft -c)) whether it would
+    accept the ruleset. With C(--diff) the before/after is the
     readable table listing without counters (the after side is computed in a scratch network namespace
     when C(unshare) is allowed, otherwise it is the desired ruleset text).
   - The table that was live before an apply is kept in C(ruleset.prev.nft) as a loadable backup.

@@ -208,7 +208,8 @@ UNIT_DIR = "/etc/systemd/system"
 RULESET_FILE = "ruleset.nft"          # the persisted ruleset as text (sha256 header + transaction), for people
 RULESET_JSON_FILE = "ruleset.json"    # its judged JSON form (sha256 header + document), the one thing loaded at boot
 PREVIOUS_FILE = "ruleset.prev.nft"    # the table that was live before the last apply, as a loadable transaction
-LIVE_FILE = "live.nft"                # the live table as listed right after the last apply (drift detection)
+LIVE_FILE = "live.nft"                # the live table as listed after the last apply (drift detection); absent while
+                                      # the generation id proves the live table is the document loaded (state.json)
 STATE_FILE = "state.json"             # hashes, generation id and counts recorded by the last apply
 RESTORE_SCRIPT_FILE = "restore.sh"    # run by RESTORE_UNIT at boot
 LOCK_FILE = "lock"                    # serialises applies on one host

@@ -151,6 +151,22 @@ def transaction(objects):
     return json.dumps({"nftables": commands}, sort_keys=True) + "\n"
 
 
+def counts(objects):
+    """What the judged ``objects`` hold: tables, rules, sets (and maps), set and map elements."""
+    found = {"tables": 0, "rules": 0, "sets": 0, "elements": 0}
+    for item in objects:
+        (kind, body), = item.items()
+        if kind == "table":
+            found["tables"] += 1
+        elif kind == "rule":
+            found["rules"] += 1
+        elif kind in ("set", "map"):
+            found["sets"] += 1
+            elements = body.get("elem")
+            found["elements"] += len(elements) if isinstance(elements, list) else 0
+    return found
+
+
 def checked(text, nft_path, runner=subprocess.run, require_table=True):
     """``text`` parsed, judged and turned into the JSON transaction that is the only thing loaded."""
     return transaction(check(parse(text, nft_path, runner), require_table))

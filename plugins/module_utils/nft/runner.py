@@ -11,7 +11,6 @@ replaceable, and ``tests/unit/nft/fake.py`` is the fake the unit tests use.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import struct
@@ -81,12 +80,32 @@ class Nft:
                 objects = jsonform.check(jsonform.parse(text, self.path, self.runner), require_table=False)
             except jsonform.ScopeError as exc:
                 raise NftError(str(exc))
-            self._judged = {text: (jsonform.transaction(objects), any(list(o) == ["table"] for o in objects))}
-        document, has_table = self._judged[text]
-        if require_table and not has_table:
+            self._judged = {text: (jsonform.transaction(objects), jsonform.counts(objects))}
+        document, counts = self._judged[text]
+        if require_table and not counts["tables"]:
             raise NftError("the ruleset does not define table %s: pass the ruleset rendered by mseg.fleet; nothing "
                            "was changed" % contract.TABLE)
         return document
+
+    def counts(self, text):
+        """Counts of the judged form of ``text`` (``jsonform.counts``: tables, rules, sets, elements)."""
+        self.judge(text)
+        return dict(self._judged[text][1])
+
+    def live_document(self):
+        """The JSON transaction that would load the live table inet mseg again (``jsonform.transaction`` of its JSON
+        listing), or None when it does not exist. A table loaded from a judged document lists back into that very
+        document, so comparing the two tells whether the live table is still the one that was loaded."""
+        rc, out, err = self._run(["-j", "list", "table", contract.TABLE_FAMILY, contract.TABLE_NAME])
+        if rc != 0:
+            if "No such file or directory" in err:
+                return None
+            raise NftError("nft cannot list table %s: %s" % (contract.TABLE, err.strip()))
+        try:
+            items = [item for item in json.loads(out)["nftables"] if list(item) != ["metainfo"]]
+            return jsonform.transaction(items)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return ""  # a form this code does not know: never equal to a document it loaded
 
     def check(self, text, what="ruleset"):
         document = self.judge(text)
@@ -162,18 +181,29 @@ def ruleset_genid():
     return None
 
 
+# SO_NETNS_COOKIE (Linux 5.14, asm-generic/socket.h); Python 3.11's socket module does not name it.
+SO_NETNS_COOKIE = getattr(socket, "SO_NETNS_COOKIE", 71)
+
+
 def namespace_identity():
-    """Boot and network namespace identity: a recorded generation id is only meaningful within them."""
+    """The network namespace's cookie, as a string, or None when the kernel cannot tell it.
+
+    A recorded generation id is only meaningful in the namespace that recorded it. The cookie is a 64-bit number the
+    kernel gives each namespace once and never hands out again while it runs, so a fresh namespace (a recreated
+    container or lab host) never carries the recorded one's; its inode is reused and its generation id restarts
+    (issue 16). Without a cookie (kernels before 5.14) there is no identity, and nothing recorded is trusted.
+    """
     try:
-        with open("/proc/sys/kernel/random/boot_id") as handle:
-            boot = handle.read().strip()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     except OSError:
-        boot = ""
+        return None
     try:
-        netns = os.stat("/proc/self/ns/net").st_ino
-    except OSError:
-        netns = 0
-    return "%s/%s" % (boot, netns)
+        cookie, = struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))
+    except (OSError, struct.error):
+        return None
+    finally:
+        sock.close()
+    return "netns-cookie:%d" % cookie
 
 
 def count_listing(listing):
