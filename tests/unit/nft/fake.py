@@ -48,6 +48,20 @@ def listing_of(text):
     return "".join(line + "\n" for line in kept) or None
 
 
+
+def typed_elements(block, size):
+    """A set's (or map's) type as nft lists it in JSON, and ``size`` elements of that type (10.0.x.y addresses,
+    address . port pairs, or addresses mapped to accept)."""
+    key = re.search(r"^\s*type (.+)$", block, re.M).group(1).split(" : ")
+    family = 6 if key[0].startswith("ipv6") else 4
+    addresses = [("2001:db8::%x" % (i + 1)) if family == 6 else "10.0.%d.%d" % (i >> 8 & 255, i & 255)
+                 for i in range(size)]
+    if len(key) == 2:
+        return {"type": key[0], "map": key[1], "elem": [[addr, {"accept": None}] for addr in addresses]}
+    if " . " in key[0]:
+        return {"type": key[0].split(" . "), "elem": [{"concat": [addr, 22]} for addr in addresses]}
+    return {"type": key[0], "elem": addresses}
+
 class FakeNft:
     """Callable like ``subprocess.run``; holds the live table as its listing (None: no table)."""
 
@@ -140,7 +154,7 @@ class FakeNft:
         listing = listing_of(text.rsplit("delete table %s\n" % TABLE, 1)[-1]) or ""
         for block in re.findall(r"^((?:set|map) (\w+) \{\n.*?^\}\n)", listing, re.M | re.S):
             size = count_listing("chain x {\n}\n" + block[0])["elements"]
-            items.append({block[0].split()[0]: dict(where, name=block[1], elem=["e%d" % i for i in range(size)])})
+            items.append({block[0].split()[0]: dict(where, name=block[1], **typed_elements(block[0], size))})
         rules = max(1, count_listing(listing)["rules"])
         items.append({"rule": dict(where, chain="input", expr=[], comment=CARRIER + "\n" + text)})
         items.extend({"rule": dict(where, chain="input", expr=[{"accept": None}])} for dummy in range(rules - 1))
