@@ -51,7 +51,7 @@ from ansible_collections.mseg.fleet.plugins.module_utils.apply.persist import (
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.common.files import FileLock, read_text, sha256_text, unlink, write_atomic
-from ansible_collections.mseg.fleet.plugins.module_utils.nft import runner
+from ansible_collections.mseg.fleet.plugins.module_utils.nft import jsonform, runner
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft, count_listing, namespace_identity
 
 STATES = ("present", "absent", "previous")
@@ -284,8 +284,11 @@ class Engine:
             return ""
         unshare = shutil.which("unshare") or shutil.which("unshare", path="/usr/bin:/bin")
         if unshare:
-            script = "%s -f - && %s -s list table %s" % (self.nft.path, self.nft.path, contract.TABLE)
-            proc = self.nft.runner([unshare, "--net", "sh", "-c", script], input=self.transaction,
+            document = jsonform.is_document(self.transaction)  # nft reads a JSON document only with -j
+            script = "%s %s-f - && %s -s list table %s" % (self.nft.path, "-j " if document else "", self.nft.path,
+                                                           contract.TABLE)
+            proc = self.nft.runner([unshare, "--net", "sh", "-c", script],
+                                   input=self.judged() if document else self.transaction,
                                    capture_output=True, text=True, check=False)
             if proc.returncode == 0:
                 return proc.stdout

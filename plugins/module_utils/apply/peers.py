@@ -12,12 +12,14 @@ once connected from does not stay a management peer forever.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import time
 
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.errors import ApplyError
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
+from ansible_collections.mseg.fleet.plugins.module_utils.nft import jsonform
 
 PREAMBLE = "table %s {}\ndelete table %s\n" % (contract.TABLE, contract.TABLE)
 # The per-connection sshd process: ``sshd`` up to OpenSSH 9.7, ``sshd-session`` (exec'd by the listener) from 9.8.
@@ -151,17 +153,51 @@ def without_auto_elements(content):
     return _AUTO_ADD_RE.sub("", content) if _ADD_ELEMENT_RE.search(content) else content  # else: no line scan
 
 
+def _undeclared(name, address):
+    return ApplyError(
+        "content does not declare set %s, so the controller's SSH address %s cannot be added as a management "
+        "entry: render the ruleset with mseg.fleet (every mode declares it) or set management_auto: false"
+        % (name, address))
+
+
+def build_document(content, peers):
+    """A ruleset in the JSON form (``jsonform.is_document``) with this run's management elements as the only
+    elements of the auto management sets, serialised deterministically (the same content and peers give the same
+    text, so its sha256 names the transaction). It stays a document: ``Nft.judge`` judges it as one."""
+    try:
+        objects = jsonform.document_objects(content)
+    except jsonform.ScopeError as exc:
+        raise ApplyError(str(exc))
+    auto = {name: [] for name in contract.MGMT_AUTO_SET.values()}
+    for address, port in sorted(set(peers)):
+        parsed = ipaddress.ip_address(address)
+        auto[contract.MGMT_AUTO_SET[parsed.version]].append({"concat": [str(parsed), port]})
+    declared = set()
+    for item in objects:
+        body = item.get("set") if isinstance(item, dict) else None
+        if isinstance(body, dict) and body.get("name") in auto and body.get("table") == contract.TABLE_NAME:
+            declared.add(body["name"])
+            body.pop("elem", None)
+            if auto[body["name"]]:
+                body["elem"] = auto[body["name"]]
+    for address, _port in peers:
+        name = contract.MGMT_AUTO_SET[ipaddress.ip_address(address).version]
+        if name not in declared:
+            raise _undeclared(name, address)
+    return json.dumps({"nftables": objects}, sort_keys=True, separators=(",", ":")) + "\n"
+
+
 def build_transaction(content, peers):
     """The complete, atomic ``nft -f`` text: preamble, the content without earlier auto elements, then this run's
-    management elements (auto-detected peers are replaced each run, never accumulated)."""
+    management elements (auto-detected peers are replaced each run, never accumulated). Content in the JSON form
+    stays a document (``build_document``)."""
+    if jsonform.is_document(content):
+        return build_document(content, peers)
     content = without_auto_elements(content)
     for address, _port in peers:
         name = contract.MGMT_AUTO_SET[ipaddress.ip_address(address).version]
         if not re.search(r"\bset\s+%s\b" % name, content):
-            raise ApplyError(
-                "content does not declare set %s, so the controller's SSH address %s cannot be added as a management "
-                "entry: render the ruleset with mseg.fleet (every mode declares it) or set management_auto: false"
-                % (name, address))
+            raise _undeclared(name, address)
     body = content if content.endswith("\n") else content + "\n"
     extra = "".join(line + "\n" for line in management_elements(peers))
     return PREAMBLE + body + extra

@@ -72,12 +72,16 @@ class Nft:
         """The JSON transaction ``text`` stands for, judged by ``jsonform`` (NftError when the contract refuses it).
 
         Every text this runner loads or checks goes through here: nft reads it in a scratch namespace, the JSON form
-        is judged object by object, and only that JSON reaches the host's ruleset (``jsonform``). ``require_table``:
+        is judged object by object, and only that JSON reaches the host's ruleset (``jsonform``). A text already in
+        the JSON form (``jsonform.is_document``) is read strictly and judged as it is, with no scratch parse. ``require_table``:
         the text must leave table inet mseg (not only remove it).
         """
         if text not in self._judged:
             try:
-                objects = jsonform.check(jsonform.parse(text, self.path, self.runner), require_table=False)
+                if jsonform.is_document(text):
+                    objects = jsonform.check(jsonform.document_objects(text), require_table=False, scratch=False)
+                else:
+                    objects = jsonform.check(jsonform.parse(text, self.path, self.runner), require_table=False)
             except jsonform.ScopeError as exc:
                 raise NftError(str(exc))
             self._judged = {text: (jsonform.transaction(objects), jsonform.counts(objects))}
