@@ -279,8 +279,8 @@ OBJECT_KEYS = {
 _LOG_KEYS = ("prefix", "group", "level", "snaplen", "queue-threshold", "flags")
 # The fields each statement may carry (beside log's and mangle's own checks). A JSON ruleset the host receives as
 # is (not as nft's listing of a text) could carry fields nft ignores or interprets otherwise: only these pass.
-_STATEMENT_KEYS = {"match": ("op", "left", "right"), "limit": ("rate", "per", "burst", "rate_unit", "burst_unit",
-                                                              "inv"),
+_STATEMENT_KEYS = {"match": ("op", "left", "right"),
+                   "limit": ("rate", "per", "burst", "rate_unit", "burst_unit", "inv"),
                    "counter": ("packets", "bytes"), "jump": ("target",), "goto": ("target",), "vmap": ("key", "data"),
                    "mangle": ("key", "value")}
 _BARE_VERDICTS = ("accept", "drop", "continue", "return")

@@ -48,7 +48,6 @@ def listing_of(text):
     return "".join(line + "\n" for line in kept) or None
 
 
-
 def typed_elements(block, size):
     """A set's (or map's) type as nft lists it in JSON, and ``size`` elements of that type (10.0.x.y addresses,
     address . port pairs, or addresses mapped to accept)."""
@@ -61,6 +60,7 @@ def typed_elements(block, size):
     if " . " in key[0]:
         return {"type": key[0].split(" . "), "elem": [{"concat": [addr, 22]} for addr in addresses]}
     return {"type": key[0], "elem": addresses}
+
 
 class FakeNft:
     """Callable like ``subprocess.run``; holds the live table as its listing (None: no table)."""
