@@ -26,8 +26,8 @@ rejects what it must).
 from __future__ import annotations
 
 import functools
-import ipaddress
 import re
+import socket
 
 # --- the table -------------------------------------------------------------------------------------------------
 TABLE_FAMILY = "inet"
@@ -352,6 +352,16 @@ def _set_problems(kind, body):
         judge = functools.partial(_pair_element, version)
     else:
         judge = functools.partial(_address_element, version)
+        if version == 4 and kind == "set":  # the common cases, IPv4 addresses and prefixes, without a call each
+            plain = _IPV4_RE.match
+            elements = [element for element in elements if not isinstance(element, str) or not plain(element)]
+            # the exact type: a bool is an int to isinstance, and JSON true is no prefix length
+            elements = [element for element in elements if not (
+                isinstance(element, dict) and len(element) == 1 and isinstance(element.get("prefix"), dict)
+                and len(element["prefix"]) == 2
+                and type(element["prefix"].get("len")) is int  # pylint: disable=unidiomatic-typecheck
+                and 0 <= element["prefix"]["len"] <= 32
+                and isinstance(element["prefix"].get("addr"), str) and plain(element["prefix"]["addr"]))]
     for element in elements:
         if kind == "map":
             if not (isinstance(element, list) and len(element) == 2 and _verdict_value(element[1])):
@@ -371,9 +381,9 @@ def _address(version, value):
         return _IPV4_RE.match(value) is not None
     if not _IPV6_RE.match(value):
         return False
-    try:
-        return str(ipaddress.IPv6Address(value)) == value  # the one spelling nft lists
-    except ValueError:
+    try:  # the one spelling nft lists (it prints addresses with inet_ntop)
+        return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, value)) == value
+    except (OSError, ValueError):
         return False
 
 
@@ -385,14 +395,18 @@ def _address_element(version, element):
     (form, value), = element.items()
     if form == "prefix":
         return isinstance(value, dict) and set(value) == {"addr", "len"} and _address(version, value["addr"]) \
-            and type(value["len"]) is int and 0 <= value["len"] <= (32 if version == 4 else 128)
+            and _prefix_length(value["len"], 32 if version == 4 else 128)
     if form == "range":
         return isinstance(value, list) and len(value) == 2 and all(_address(version, end) for end in value)
     return False
 
 
+def _prefix_length(value, bits):
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= bits
+
+
 def _port(value):
-    return type(value) is int and 0 <= value <= 65535
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535
 
 
 def _pair_element(version, element):
