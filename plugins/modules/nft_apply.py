@@ -83,6 +83,12 @@ options:
     description:
       - The rendered ruleset text, exactly as the mseg.fleet render step writes it (a complete
         C(nft -f) file for table C(inet mseg) that declares the sets C(mgmt_auto_v4) and C(mgmt_auto_v6)).
+      - Or the same ruleset in the libnftables JSON form (content that starts with a brace), one JSON object whose
+        only key C(nftables) holds the objects of table C(inet mseg) as C(nft -j list) prints them. It is judged as it
+        is, with no scratch parse, and loaded with one C(nft -j -f) (the fast first apply of a big ruleset). It is
+        held to the same contract, and to more than a text is (see C(docs/security.md)); a duplicate key, a command
+        such as C(flush), a set element that is not a plain address, prefix, range or address . port of the set's
+        type, and a statement field the contract does not list are refused.
       - Required when O(state=present); not used otherwise.
     type: str
   state:
@@ -150,7 +156,8 @@ options:
 notes:
   - Needs root (C(become)) and the C(nft) binary on the host; Python 3.8 or later.
   - The module always prepends C(table inet mseg {}) and C(delete table inet mseg) to O(content), so the
-    transaction replaces the table whether or not the rendered ruleset carries that preamble itself.
+    transaction replaces the table whether or not the rendered ruleset carries that preamble itself (a JSON
+    O(content) gets the same two commands when its judged objects are loaded).
   - During the O(confirm_timeout) window the rollback lives in the detached worker process. A reboot in
     the window brings back the previous ruleset (nothing was persisted yet); killing the worker
     (C(kill -9)) leaves the new ruleset live without its rollback, and the next run re-applies.
