@@ -163,7 +163,8 @@ def _undeclared(name, address):
 def build_document(content, peers):
     """A ruleset in the JSON form (``jsonform.is_document``) with this run's management elements as the only
     elements of the auto management sets, serialised deterministically (the same content and peers give the same
-    text, so its sha256 names the transaction). It stays a document: ``Nft.judge`` judges it as one."""
+    text, so its sha256 names the transaction; content that needs no change comes back as it is). It stays a
+    document: ``Nft.judge`` judges it as one."""
     try:
         objects = jsonform.document_objects(content)
     except jsonform.ScopeError as exc:
@@ -173,18 +174,21 @@ def build_document(content, peers):
         parsed = ipaddress.ip_address(address)
         auto[contract.MGMT_AUTO_SET[parsed.version]].append({"concat": [str(parsed), port]})
     declared = set()
+    changed = False
     for item in objects:
         body = item.get("set") if isinstance(item, dict) else None
         if isinstance(body, dict) and body.get("name") in auto and body.get("table") == contract.TABLE_NAME:
             declared.add(body["name"])
-            body.pop("elem", None)
+            changed = changed or body.pop("elem", None) is not None or bool(auto[body["name"]])
             if auto[body["name"]]:
                 body["elem"] = auto[body["name"]]
     for address, _port in peers:
         name = contract.MGMT_AUTO_SET[ipaddress.ip_address(address).version]
         if name not in declared:
             raise _undeclared(name, address)
-    return json.dumps({"nftables": objects}, sort_keys=True, separators=(",", ":")) + "\n"
+    if not changed:
+        return content  # nothing to add or drop: the content as it came (serialising 100,000 elements costs 25 ms)
+    return json.dumps({"nftables": objects}, separators=(",", ":")) + "\n"  # in the content's own order
 
 
 def build_transaction(content, peers):

@@ -183,6 +183,8 @@ def test_the_management_peers_are_the_only_elements_of_the_auto_sets_of_a_docume
     jsonform.check(jsonform.document_objects(built), scratch=False)
     assert build_transaction(content, [("198.51.100.7", 2222), ("2001:DB8::9", 22)]) == built
     assert peers_of(build_transaction(content, []), 4) is None
+    bare = build_transaction(content, [])
+    assert build_transaction(bare, []) is bare  # nothing to add or drop: the very content, not re-serialised
 
 
 def test_a_document_without_an_auto_set_or_broken_fails_with_one_message():
