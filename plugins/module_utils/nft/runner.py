@@ -73,8 +73,8 @@ class Nft:
 
         Every text this runner loads or checks goes through here: nft reads it in a scratch namespace, the JSON form
         is judged object by object, and only that JSON reaches the host's ruleset (``jsonform``). A text already in
-        the JSON form (``jsonform.is_document``) is read strictly and judged as it is, with no scratch parse. ``require_table``:
-        the text must leave table inet mseg (not only remove it).
+        the JSON form (``jsonform.is_document``) is read strictly and judged as it is, with no scratch parse.
+        ``require_table``: the text must leave table inet mseg (not only remove it).
         """
         if text not in self._judged:
             try:
@@ -82,9 +82,12 @@ class Nft:
                     objects = jsonform.check(jsonform.document_objects(text), require_table=False, scratch=False)
                 else:
                     objects = jsonform.check(jsonform.parse(text, self.path, self.runner), require_table=False)
+                self._judged = {text: (jsonform.transaction(objects), jsonform.counts(objects))}
             except jsonform.ScopeError as exc:
                 raise NftError(str(exc))
-            self._judged = {text: (jsonform.transaction(objects), jsonform.counts(objects))}
+            except RecursionError:  # a JSON document Python could read but not judge or write back at its depth
+                raise NftError("the ruleset nests deeper than mseg.fleet judges: pass the ruleset rendered by "
+                               "mseg.fleet; nothing was changed")
         document, counts = self._judged[text]
         if require_table and not counts["tables"]:
             raise NftError("the ruleset does not define table %s: pass the ruleset rendered by mseg.fleet; nothing "

@@ -10,7 +10,8 @@ import pytest
 
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.errors import ApplyError
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.peers import build_transaction
-from ansible_collections.mseg.fleet.plugins.module_utils.nft import jsonform
+from ansible_collections.mseg.fleet.plugins.module_utils.nft import jsonform, runner
+from ansible_collections.mseg.fleet.tests.unit.nft.fake import PATH, FakeNft
 
 WHERE = {"family": "inet", "table": "mseg"}
 PREFIX = "[MSEG-DROP] ID=7 "
@@ -202,3 +203,15 @@ def test_judging_does_not_change_the_objects_it_was_given():
     kept = copy.deepcopy(items)
     jsonform.transaction(jsonform.check(items, scratch=False))
     assert items == kept
+
+
+def test_a_document_too_deep_to_judge_or_write_back_fails_with_one_message(monkeypatch):
+    """Python may read a document that nests nearly as deep as its recursion limit and still fail to write the
+    judged objects back one level deeper: one message, no traceback."""
+    def too_deep(objects):
+        raise RecursionError("maximum recursion depth exceeded")
+    monkeypatch.setattr(jsonform, "transaction", too_deep)
+    with pytest.raises(runner.NftError) as err:
+        runner.Nft(PATH, FakeNft()).judge(document(objects()))
+    assert str(err.value) == ("the ruleset nests deeper than mseg.fleet judges: pass the ruleset rendered by "
+                              "mseg.fleet; nothing was changed")
