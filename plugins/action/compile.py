@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import json
+import os
 
+from ansible_collections.mseg.fleet.plugins.module_utils.common.contract import RENDERED_SUFFIX
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.policy import tag_value
 from ansible_collections.mseg.fleet.plugins.module_utils.render.nftables import render_plan
@@ -26,18 +28,24 @@ class ActionModule(FleetAction):
         for name in names:
             text, stats = render_plan(fleet.plans[name])
             rulesets[name] = text
-            plan = fleet.plans[name]
-            summary[name] = dict(stats, mode=plan.mode, ingress_rules=len(plan.ingress), egress_rules=len(plan.egress),
-                                 tags={k: sorted(v) for k, v in sorted(plan.host.tags.items())})
+            if args["return_summary"]:
+                plan = fleet.plans[name]
+                summary[name] = dict(stats, mode=plan.mode, ingress_rules=len(plan.ingress),
+                                     egress_rules=len(plan.egress),
+                                     tags={k: sorted(v) for k, v in sorted(plan.host.tags.items())})
         changed = False
         files = []
         if args["render_dir"]:
-            texts = {"%s.nft" % name: body for name, body in rulesets.items()}
+            texts = {name + RENDERED_SUFFIX: body for name, body in rulesets.items()}
             texts["plan.json"] = json.dumps(fleet.to_data(names), indent=1, sort_keys=True) + "\n"
             changed, files = self.write_files(args["render_dir"], texts, "render_dir",
                                               "choose a writable directory with -e mseg_render_dir=DIR")
-        result = dict(changed=changed, policy_digest=fleet.policy.digest, hosts=len(names), summary=summary,
+        result = dict(changed=changed, policy_digest=fleet.policy.digest, hosts=len(names),
                       warnings_list=fleet.warnings, files=files)
+        if args["return_summary"]:
+            result["summary"] = summary
+        if args["render_dir"]:
+            result["render_dir"] = os.path.abspath(args["render_dir"])
         if args["return_rulesets"]:
             result["rulesets"] = rulesets
         if args["other_modes"]:

@@ -48,8 +48,16 @@ options:
   return_rulesets:
     description:
       - Return the rendered rulesets in C(rulesets), keyed by inventory hostname.
+      - The result then grows with hosts x rules, and Ansible copies, serialises and keeps it for every host of the
+        play; at thousands of hosts prefer O(render_dir) and read each host's file (as the rollout playbook does).
     type: bool
     default: false
+  return_summary:
+    description:
+      - Return RV(summary), a few lines per rendered host. V(false) keeps the result the same size whatever the
+        number of hosts; C(mseg.fleet.render) sets it, its files are the result.
+    type: bool
+    default: true
   other_modes:
     description:
       - Also render every host's ruleset as it would be in these modes, whatever the host's own mode, and return
@@ -97,7 +105,7 @@ hosts:
   sample: 8
 summary:
   description: Per host, its mode, its merged labels and the size of its ruleset.
-  returned: success
+  returned: success, when O(return_summary=true)
   type: dict
   sample: {"web-01": {"mode": "enforce", "rules": 25, "sets": 8, "elements": 6, "counters": 8, "chains": 3,
            "ingress_rules": 3, "egress_rules": 2, "tags": {"env": ["prod"], "role": ["web"]}}}
@@ -111,6 +119,10 @@ files:
   returned: success
   type: list
   elements: str
+render_dir:
+  description: O(render_dir) as an absolute path, so that a later task can read C(<inventory_hostname>.nft) there.
+  returned: when O(render_dir) is set
+  type: str
 rulesets:
   description: The rendered C(nft -f) files, keyed by inventory hostname.
   returned: when O(return_rulesets=true)

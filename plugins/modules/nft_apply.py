@@ -13,16 +13,19 @@ module: nft_apply
 short_description: Apply a rendered mseg.fleet ruleset to table inet mseg atomically, idempotently and safely
 version_added: 0.1.0
 description:
-  - Replaces the nftables table C(inet mseg) with the rendered ruleset O(content) in one transaction, after
-    C(nft -c -f) has validated it. No other table is ever modified or flushed (Docker, Kubernetes,
+  - Replaces the nftables table C(inet mseg) with the rendered ruleset O(content) in one transaction, which the
+    kernel commits whole or not at all (a ruleset it refuses leaves the live ruleset as it was). No other table is ever modified or flushed (Docker, Kubernetes,
     firewalld and the distribution's own rules keep theirs); content that touches anything but
     C(inet mseg) (C(flush ruleset), other tables, C(include)) is refused before C(nft) runs.
-  - Idempotent. After an apply the live table listed without counters (C(nft -s list table inet mseg))
-    and the sha256 of the desired transaction are recorded under O(state_dir). A run is unchanged when
-    both still match; a hand edit of the live table (a changed rule, a deleted table, a changed set) is
-    drift and is corrected. The kernel's ruleset generation id is recorded as well, so an unchanged run
-    on a host whose nftables ruleset nobody touched does not need to list the table.
-  - Check mode changes nothing and reports what would change. With C(--diff) the before/after is the
+  - Idempotent. After an apply the sha256 of the desired transaction and of the document loaded, and the live
+    table listed without counters (C(nft -s list table inet mseg)), are recorded under O(state_dir). A run is
+    unchanged when they still match; a hand edit of the live table (a changed rule, a deleted table, a changed
+    set) is drift and is corrected. The kernel's ruleset generation id and the network namespace's cookie are
+    recorded as well, so an unchanged run on a host whose nftables ruleset nobody touched neither parses the
+    content nor lists the table, and an apply whose load was the only commit records the document it loaded
+    instead of listing the table.
+  - Check mode changes nothing and reports what would change; it asks the kernel (C(nft -c)) whether it would
+    accept the ruleset. With C(--diff) the before/after is the
     readable table listing without counters (the after side is computed in a scratch network namespace
     when C(unshare) is allowed, otherwise it is the desired ruleset text).
   - The table that was live before an apply is kept in C(ruleset.prev.nft) as a loadable backup.
@@ -80,6 +83,12 @@ options:
     description:
       - The rendered ruleset text, exactly as the mseg.fleet render step writes it (a complete
         C(nft -f) file for table C(inet mseg) that declares the sets C(mgmt_auto_v4) and C(mgmt_auto_v6)).
+      - Or the same ruleset in the libnftables JSON form (content that starts with a brace), one JSON object whose
+        only key C(nftables) holds the objects of table C(inet mseg) as C(nft -j list) prints them. It is judged as it
+        is, with no scratch parse, and loaded with one C(nft -j -f) (the fast first apply of a big ruleset). It is
+        held to the same contract, and to more than a text is (see C(docs/security.md)); a duplicate key, a command
+        such as C(flush), a set element that is not a plain address, prefix, range or address . port of the set's
+        type, and a statement field the contract does not list are refused.
       - Required when O(state=present); not used otherwise.
     type: str
   state:
@@ -147,7 +156,8 @@ options:
 notes:
   - Needs root (C(become)) and the C(nft) binary on the host; Python 3.8 or later.
   - The module always prepends C(table inet mseg {}) and C(delete table inet mseg) to O(content), so the
-    transaction replaces the table whether or not the rendered ruleset carries that preamble itself.
+    transaction replaces the table whether or not the rendered ruleset carries that preamble itself (a JSON
+    O(content) gets the same two commands when its judged objects are loaded).
   - During the O(confirm_timeout) window the rollback lives in the detached worker process. A reboot in
     the window brings back the previous ruleset (nothing was persisted yet); killing the worker
     (C(kill -9)) leaves the new ruleset live without its rollback, and the next run re-applies.

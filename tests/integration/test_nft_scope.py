@@ -134,3 +134,81 @@ def test_a_ruleset_persisted_by_the_previous_release_still_restores(tmp_path):
         assert proc.returncode == 0, proc.stderr
         assert fleet.run("b", ["nft", "-s", "list", "ruleset"]).stdout == \
             fleet.run("a", ["nft", "-s", "list", "ruleset"]).stdout
+
+
+# ------------------------------------------------------ a ruleset in the JSON form: judged as it is, no scratch parse
+
+
+def json_form(text):
+    """``{"nftables": [...]}`` as nft lists ``text`` loaded in a scratch namespace: what a renderer that writes the
+    JSON form gives the host."""
+    return subprocess.run(["unshare", "--net", "sh", "-c", "nft -f - && nft -j list ruleset"], input=text,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def golden_text():
+    golden = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "unit", "fixtures", "golden",
+                          "web-01.nft")
+    with open(golden, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def test_a_rendered_ruleset_in_the_json_form_loads_byte_identical_to_its_text(tmp_path):
+    text = golden_text()
+    with Fleet(["a", "b"]) as fleet:
+        for host in ("a", "b"):
+            fleet.run(host, ["nft", "-f", "-"], input=FOREIGN)
+        as_text = fleet.run("a", [sys.executable, DRIVER, str(tmp_path / "text"), str(tmp_path / "u1")], input=text)
+        as_json = fleet.run("b", [sys.executable, DRIVER, str(tmp_path / "json"), str(tmp_path / "u2")],
+                            input=json_form(text))
+        assert json.loads(as_text.stdout)["changed"] and json.loads(as_json.stdout)["changed"], as_json.stdout
+        listed = [fleet.run(host, ["nft", "-s", "list", "ruleset"]).stdout for host in ("a", "b")]
+        assert listed[0] == listed[1] and "table inet mseg" in listed[1] and "table ip docker" in listed[1]
+        assert (tmp_path / "json" / "ruleset.json").read_text() == (tmp_path / "text" / "ruleset.json").read_text()
+        again = fleet.run("b", [sys.executable, DRIVER, str(tmp_path / "json"), str(tmp_path / "u2")],
+                          input=json_form(text))
+        assert json.loads(again.stdout)["changed"] is False
+
+
+TABLE = {"family": "inet", "name": "mseg"}
+INPUT = {"family": "inet", "table": "mseg", "name": "input", "type": "filter", "hook": "input", "prio": 0,
+         "policy": "accept"}
+JSON_ATTACKS = {
+    # nft reads a command list too: a flush or a delete of another table must never be loaded
+    "flush ruleset": '{"nftables": [{"table": %s}, {"flush": {"ruleset": null}}]}' % json.dumps(TABLE),
+    "foreign table": '{"nftables": [{"table": %s}, {"delete": {"table": {"family": "ip", "name": "docker"}}}]}'
+                     % json.dumps(TABLE),
+    # Python keeps the last of two equal keys; whatever nft would keep, the document is refused
+    "duplicate key": '{"nftables": [{"table": {"family": "ip", "name": "docker", "family": "inet", "name": "mseg"}},'
+                     ' {"chain": {"family": "ip", "table": "docker", "name": "keep", "table": "mseg",'
+                     ' "family": "inet"}}]}',
+    # an element that is an object (a timeout, a counter): a listing of a text never holds one
+    "element object": json.dumps({"nftables": [{"table": TABLE}, {"set": {
+        "family": "inet", "table": "mseg", "name": "r1_in_v4", "type": "ipv4_addr",
+        "elem": [{"elem": {"val": "10.0.0.1", "timeout": 5}}]}}]}),
+    "nat chain": json.dumps({"nftables": [{"table": TABLE}, {"chain": dict(INPUT, type="nat", hook="prerouting")}]}),
+    "jump out of the contract": json.dumps({"nftables": [{"table": TABLE}, {"chain": INPUT}, {"rule": {
+        "family": "inet", "table": "mseg", "chain": "input", "expr": [{"jump": {"target": "keep"}}]}}]}),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(JSON_ATTACKS))
+def test_a_json_attack_is_refused_before_anything_reaches_the_kernel(tmp_path, attack):
+    with Fleet(["a"]) as fleet:
+        fleet.run("a", ["nft", "-f", "-"], input=FOREIGN)
+        before = fleet.run("a", ["nft", "list", "ruleset"]).stdout
+        result = apply_in(fleet, tmp_path, JSON_ATTACKS[attack])
+        assert result.get("failed") and "nothing was changed" in result["msg"], result
+        assert fleet.run("a", ["nft", "list", "ruleset"]).stdout == before
+        assert not os.path.exists(tmp_path / "etc-mseg" / "ruleset.nft")
+
+
+def test_the_json_attacks_are_real_for_nft_itself():
+    """Loaded by nft as they are, the command lists remove the foreign table: the tests above refuse what nft would
+    really have done. (nft keeps the last of two equal keys, as Python does: the duplicate key is refused so that
+    no reader of the document can see another object than the one judged.)"""
+    with Fleet(["a"]) as fleet:
+        for attack in ("flush ruleset", "foreign table"):
+            fleet.run("a", ["nft", "-f", "-"], input=FOREIGN)
+            fleet.run("a", ["nft", "-j", "-f", "-"], input=JSON_ATTACKS[attack])
+            assert "docker" not in fleet.run("a", ["nft", "list", "ruleset"]).stdout, attack

@@ -29,12 +29,11 @@ import time
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.errors import REFUSED_WORD, AgentError
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.fetch import Credentials, Fetcher, controller_url
 from ansible_collections.mseg.fleet.plugins.module_utils.agent.state import State
-from ansible_collections.mseg.fleet.plugins.module_utils.apply.engine import Request, apply, lock
+from ansible_collections.mseg.fleet.plugins.module_utils.apply.engine import Request, apply, last_applied, lock
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.persist import Paths, restore_script, restore_templates
 from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope as bundles
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
-from ansible_collections.mseg.fleet.plugins.module_utils.common.files import read_text
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.bypass import bypass_ruleset
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft, find_nft
 
@@ -186,7 +185,7 @@ class Agent:
             return False  # no readable table: nothing to protect; the apply itself reports the kernel's problem
         if not live or not _EMERGENCY_RE.search(live):
             return False
-        return live != read_text(os.path.join(self.state.nft_dir, contract.LIVE_FILE))
+        return not last_applied(Paths(self.state.nft_dir, None), live)
 
     def _stand_down(self, what):
         """Whether to leave the table alone because of a foreign emergency bypass (logged once while it lasts)."""

@@ -55,6 +55,7 @@ def arm(request, token, confirm_timeout):
             res = engine._run_locked()
             res["armed"] = False
             return res
+        engine.judged()
         if engine.wants_table():
             engine.nft.check(engine.transaction)
     txn = _txn_dir(request.paths, token)

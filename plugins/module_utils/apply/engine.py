@@ -9,11 +9,14 @@ reuses it. Guarantees (DESIGN section 5):
 * scope: nft reads the content in a scratch namespace, its JSON form is judged object by object against the wire
   contract's allowlist, and only that JSON is ever loaded (``nft/jsonform.py``): anything but table ``inet mseg``
   is refused before the host's ruleset is touched;
-* atomic: ``nft -j -c -f`` validates, one ``nft -j -f`` transaction replaces the table;
-* idempotent: the sha256 of the desired transaction and the live table listed without counters
-  (``nft -s``) are recorded; a run is unchanged when both still match. The kernel's ruleset
-  generation id (netlink ``NFT_MSG_GETGEN``) is recorded too, so an unchanged run on an unchanged
-  kernel ruleset does not even need to list the table;
+* atomic: one ``nft -j -f`` transaction replaces the table, all or nothing in the kernel (a refused load leaves
+  the live ruleset byte-identical, so the apply path runs no separate ``nft -c``; check mode, which loads nothing,
+  asks ``nft -j -c``);
+* idempotent: the sha256 of the desired transaction, of its judged JSON document and of the live table listed
+  without counters (``nft -s``) are recorded; a run is unchanged when they still match. The kernel's ruleset
+  generation id (netlink ``NFT_MSG_GETGEN``) and the network namespace's cookie are recorded too, so an unchanged
+  run on an unchanged kernel ruleset neither parses the content nor lists the table, and an apply whose load was
+  the only commit (generation id + 1) records the document it loaded instead of listing 100,000 elements;
 * persistent: the applied transaction lives in ``<state_dir>/ruleset.nft`` and its judged JSON form in
   ``ruleset.json`` (0600, first line carries its own sha256); ``mseg-restore.service`` loads the JSON form at boot
   (``nft -j -f``, no text parsed). A file that fails its checksum or ``nft -j -c`` is not loaded: a fail-closed
@@ -25,8 +28,9 @@ reuses it. Guarantees (DESIGN section 5):
   table unless ``confirm`` renames its ``armed`` marker in time.
 
 State directory layout: ``ruleset.nft`` (persisted transaction), ``ruleset.prev.nft`` (the table
-that was live before the last apply, loadable), ``live.nft`` (recorded listing), ``state.json`` (the hashes of the
-desired transaction, of the live listing and of the backup that apply kept), ``restore.sh`` (boot restore),
+that was live before the last apply, loadable), ``live.nft`` (recorded listing, once one was taken), ``state.json``
+(the hashes of the desired transaction, of its judged document, of the live listing and of the backup that apply
+kept, the generation id and namespace cookie), ``restore.sh`` (boot restore),
 ``lock``, ``txn/<token>/`` (commit-confirmed transactions).
 """
 
@@ -37,7 +41,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import time
 
 from ansible_collections.mseg.fleet.plugins.module_utils.apply.errors import ApplyError
@@ -46,8 +49,9 @@ from ansible_collections.mseg.fleet.plugins.module_utils.apply.persist import (
     Paths, load_state, persist, persisted_ok, prepare_state_dir, restore_templates, unpersist,
 )
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
+from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.common.files import FileLock, read_text, sha256_text, unlink, write_atomic
-from ansible_collections.mseg.fleet.plugins.module_utils.nft import runner
+from ansible_collections.mseg.fleet.plugins.module_utils.nft import jsonform, runner
 from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft, count_listing, namespace_identity
 
 STATES = ("present", "absent", "previous")
@@ -168,8 +172,12 @@ class Engine:
         if self.nft is None:
             self.nft = Nft()
         self.nft.probe()
-        if self.req.state == "present":
-            self.nft.judge(self.transaction, require_table=True)
+
+    def judged(self):
+        """The judged JSON form of the transaction (``Nft.judge``), asked only when something needs it: a load,
+        check mode, a persisted copy to write. An unchanged run does not parse the content again: the recorded
+        state names the transaction (sha256) that was judged before it was loaded."""
+        return self.nft.judge(self.transaction, require_table=self.wants_table())
 
     def wants_table(self):
         """Whether the transaction leaves a table (present, or a backup that held one)."""
@@ -178,9 +186,12 @@ class Engine:
     def evaluate(self):
         """Compare desired with live. Returns dict: in_sync, drift, before (listing or None), recorded state.
 
-        When the kernel's generation id, boot and network namespace are those recorded after the last
-        apply, no table has changed since (every committed transaction bumps the id), so the recorded
-        listing is the live one and listing 100,000 elements again is skipped.
+        When the kernel's generation id and the network namespace (its cookie, never reused while the kernel
+        runs) are those recorded after the last apply, no table has changed since (every committed transaction
+        bumps the id), so the recorded listing is the live one and listing 100,000 elements again is skipped.
+        An apply whose own load was the only commit records no listing at all (``record``): the live table is the
+        judged document it loaded. Until a later run lists it, that run compares the table's JSON listing with
+        the recorded document instead (``Nft.live_document``), and records the listing once they match.
 
         ``state: previous`` reads the backup here (under the lock) and raises ApplyError, changing nothing, unless
         the restore is safe (``_previous_refusal``).
@@ -189,10 +200,25 @@ class Engine:
         backup = self._plan_previous() if self.req.state == "previous" else None
         genid = runner.ruleset_genid()
         recorded = read_text(self.paths.live)
-        untouched = (genid is not None and state.get("genid") == genid and state.get("identity") == namespace_identity()
-                     and "live_sha256" in state
-                     and state["live_sha256"] == (None if recorded is None else sha256_text(recorded)))
+        identity = namespace_identity()
+        same_kernel = (genid is not None and identity is not None and state.get("genid") == genid
+                       and state.get("identity") == identity)
+        loaded = "live_sha256" not in state and bool(state.get("document_sha256"))  # recorded without a listing
+        untouched = same_kernel and "live_sha256" in state and state["live_sha256"] == (
+            None if recorded is None else sha256_text(recorded))
+        if same_kernel and loaded and self.req.state == "present" and not self.req.want_diff \
+                and state.get("desired_sha256") == self.desired_sha:
+            return {"in_sync": True, "drift": False, "before": None, "state": state, "listed": False,
+                    "genid": genid}
         before = recorded if untouched else self.nft.listing()
+        resolved = False
+        if loaded and before is not None and (same_kernel or sha256_text(
+                self.nft.live_document() or "") == state["document_sha256"]):
+            recorded, resolved = before, True  # the live table is the document the last apply loaded
+            state = dict(state, live_sha256=sha256_text(before))
+        elif loaded:
+            recorded = ""  # no listing nft prints: the live table is not (or no longer) the one last loaded
+            state = dict(state, live_sha256=sha256_text(recorded))
         if self.req.state == "absent":
             in_sync = before is None
             drift = False
@@ -207,8 +233,9 @@ class Engine:
             same_live = before is not None and recorded is not None and before == recorded
             in_sync = same_live and state.get("desired_sha256") == self.desired_sha
             drift = (before != recorded) and state.get("desired_sha256") is not None
+        # ``resolved``: record the listing now, once the generation id moved (until then the id answers without it)
         return {"in_sync": in_sync, "drift": drift, "before": before, "state": state, "listed": not untouched,
-                "genid": genid}
+                "genid": genid, "resolved": resolved and not same_kernel}
 
     def _plan_previous(self):
         """Build the transaction that restores the backup; returns the backup's text."""
@@ -257,8 +284,11 @@ class Engine:
             return ""
         unshare = shutil.which("unshare") or shutil.which("unshare", path="/usr/bin:/bin")
         if unshare:
-            script = "%s -f - && %s -s list table %s" % (self.nft.path, self.nft.path, contract.TABLE)
-            proc = self.nft.runner([unshare, "--net", "sh", "-c", script], input=self.transaction,
+            document = jsonform.is_document(self.transaction)  # nft reads a JSON document only with -j
+            script = "%s %s-f - && %s -s list table %s" % (self.nft.path, "-j " if document else "", self.nft.path,
+                                                           contract.TABLE)
+            proc = self.nft.runner([unshare, "--net", "sh", "-c", script],
+                                   input=self.judged() if document else self.transaction,
                                    capture_output=True, text=True, check=False)
             if proc.returncode == 0:
                 return proc.stdout
@@ -280,21 +310,39 @@ class Engine:
             write_atomic(self.paths.prev, text)
             self.backup_sha = sha256_text(text)
 
-    def record(self):
-        """After a load: record generation id, listing and hashes. Returns (listing, counts)."""
+    def record(self, genid_before=None):
+        """After a load: record generation id, listing and hashes. Returns (listing, counts).
+
+        ``genid_before``: the generation id read under the lock before the load. When the id after it is exactly
+        one more (the load was the only commit since) in the same namespace, the live table is the judged document
+        that was loaded, and listing 100,000 elements only to record them is skipped: the state records the
+        document's sha256 instead (``evaluate`` lists later, when it needs to). ``--diff`` lists anyway (it shows
+        the table as nft lists it).
+        """
         genid = runner.ruleset_genid()
-        listing = self.nft.listing()
-        counts = count_listing(listing)
-        if listing is None:
-            unlink(self.paths.live)
-        else:
-            write_atomic(self.paths.live, listing)
+        identity = namespace_identity()
+        document = self.judged() if self.wants_table() else None
+        proven = (document is not None and not self.req.want_diff and genid_before is not None
+                  and genid is not None and identity is not None and genid == genid_before + 1)
         state = {"desired_sha256": self.desired_sha if self.req.state != "absent" else None,
-                 "live_sha256": None if listing is None else sha256_text(listing),
+                 "document_sha256": None if document is None else sha256_text(document),
                  "previous_sha256": self.backup_sha,
-                 "genid": genid, "identity": namespace_identity(), "counts": counts,
+                 "genid": genid, "identity": identity,
                  "applied_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "peers": self.req.peers}
+        if proven:
+            listing = None
+            counts = {key: value for key, value in self.nft.counts(self.transaction).items() if key != "tables"}
+            unlink(self.paths.live)
+        else:
+            listing = self.nft.listing()
+            counts = count_listing(listing)
+            if listing is None:
+                unlink(self.paths.live)
+            else:
+                write_atomic(self.paths.live, listing)
+            state["live_sha256"] = None if listing is None else sha256_text(listing)
+        state["counts"] = counts
         write_atomic(self.paths.state, json.dumps(state, indent=1, sort_keys=True) + "\n")
         return listing, counts
 
@@ -304,13 +352,18 @@ class Engine:
     def finish_persist(self):
         if self.persists_table():
             templates = self.req.templates or restore_templates()  # the module gets them from its action plugin
-            return persist(self.paths, self.transaction, self.req.peers, self.nft.path, templates,
-                           self.nft.judge(self.transaction))
+            return persist(self.paths, self.transaction, self.req.peers, self.nft.path, templates, self.judged())
         return unpersist(self.paths)
 
-    def persist_in_sync(self):
+    def persist_in_sync(self, state=None):
+        """Whether the persisted copy and boot unit are what this transaction needs. The JSON copy is checked
+        against the judged document's sha256 the state recorded for this very transaction when there is one (no
+        parse of the content), else against the document judged now."""
         if self.persists_table():
-            return persisted_ok(self.paths, self.transaction, self.nft.judge(self.transaction)) and (
+            state = load_state(self.paths) if state is None else state
+            known = state.get("document_sha256") if state.get("desired_sha256") == self.desired_sha else None
+            document = None if known else self.judged()
+            return persisted_ok(self.paths, self.transaction, document, known) and (
                 not self.paths.unit or (os.path.exists(self.paths.unit) and os.path.lexists(self.paths.wants)))
         return not any(os.path.lexists(p) for p in (self.paths.ruleset, self.paths.ruleset_json, self.paths.unit,
                                                     self.paths.wants) if p)
@@ -347,70 +400,60 @@ class Engine:
             return self._run_locked()
 
     def _run_locked(self):
-        check = None
-        if self.req.state == "present" and not self.req.check_mode \
-                and load_state(self.paths).get("desired_sha256") != self.desired_sha:
-            check = _Background(self.nft.check, self.transaction)  # certain to be needed; overlaps the listing
-        try:
-            ev = self.evaluate()
-        except ApplyError:
-            if check:
-                check.wait()
-            raise
-        persist_ok = self.persist_in_sync()
+        ev = self.evaluate()
+        persist_ok = self.persist_in_sync(ev["state"])
         if ev["in_sync"]:
             counts = ev["state"].get("counts") or count_listing(ev["before"])
             changed = not persist_ok
             if changed and not self.req.check_mode:
                 self.finish_persist()
-            if ev.get("listed") and ev.get("genid") is not None and not self.req.check_mode \
-                    and ev["state"].get("genid") != ev["genid"]:
+            if ev.get("resolved") and not self.req.check_mode:
+                write_atomic(self.paths.live, ev["before"])  # the listing the last apply did not take
+            if (ev.get("resolved") or ev.get("listed") and ev.get("genid") is not None
+                    and ev["state"].get("genid") != ev["genid"]) and not self.req.check_mode:
                 ev["state"].update(genid=ev["genid"], identity=namespace_identity())
                 write_atomic(self.paths.state, json.dumps(ev["state"], indent=1, sort_keys=True) + "\n")
             already = "already is the backup %s" % self.paths.prev if self.req.state == "previous" \
                 else "already matches"
             msg = "table inet mseg %s%s" % (already, "; persisted copy repaired" if changed else "")
             return self.result(changed, ev["before"], ev["before"], counts, False, msg)
+        self.judged()  # refused content fails here, before anything is written
         if self.req.check_mode:
+            if self.wants_table():
+                self.nft.check(self.transaction)  # nothing is loaded in check mode: the kernel's answer is asked
             after = self.predict_after() if self.req.want_diff else None
             counts = count_listing(after if after and after != self.transaction else ev["before"])
             return self.result(True, ev["before"] or "", after, counts, ev["drift"], self.done_msg(ev["drift"], True))
-        if check:
-            check.result()
-        elif self.wants_table():
-            self.nft.check(self.transaction)
+        # No separate nft -c: the load is one transaction the kernel commits whole or not at all, so a ruleset it
+        # refuses leaves the live ruleset byte-identical (tests/integration/test_apply_state.py).
         backup = self.backup_text(ev["before"])
         self.nft.load(self.transaction)
         self.keep_backup(backup)
-        after, counts = self.record()
+        after, counts = self.record(ev["genid"])
         self.finish_persist()
         return self.result(True, ev["before"] or "", after or "", counts, ev["drift"], self.done_msg(ev["drift"]))
 
 
-class _Background:
-    """Run ``func(*args)`` in a thread; ``result()`` joins it and re-raises its exception."""
+def last_applied(paths, listing, nft=None):
+    """Whether ``listing`` (the live table, ``Nft.listing``) is the table the last apply under ``paths`` put there.
 
-    def __init__(self, func, *args):
-        self.error = None
-        self.value = None
-
-        def target():
-            try:
-                self.value = func(*args)
-            except Exception as exc:  # handed to the caller by result()
-                self.error = exc
-        self.thread = threading.Thread(target=target)
-        self.thread.daemon = True
-        self.thread.start()
-
-    def wait(self):
-        self.thread.join()
-
-    def result(self):
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.value
+    The recorded listing answers when there is one. An apply that recorded none (its load was the only commit,
+    ``Engine.record``) is still the live table while the generation id has not moved in this namespace, or when
+    the live table's JSON form is the document it loaded (``Nft.live_document``)."""
+    recorded = read_text(paths.live)
+    state = load_state(paths)
+    if listing is None:
+        return "live_sha256" in state and state["live_sha256"] is None  # the last apply removed the table
+    if recorded is not None or "live_sha256" in state or not state.get("document_sha256"):
+        return listing == recorded
+    identity = namespace_identity()
+    if identity is not None and state.get("identity") == identity and state.get("genid") is not None \
+            and state.get("genid") == runner.ruleset_genid():
+        return True
+    try:
+        return sha256_text((nft or Nft()).live_document() or "") == state["document_sha256"]
+    except MsegError:
+        return False
 
 
 def apply(request, nft=None):

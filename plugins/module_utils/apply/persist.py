@@ -76,10 +76,16 @@ def persisted_text(transaction):
     return "%s%s\n%s" % (contract.HASH_HEADER, sha256_text(transaction), transaction)
 
 
-def persisted_ok(paths, transaction, document):
-    """Whether both persisted files hold ``transaction`` and its judged JSON form ``document``."""
-    return read_text(paths.ruleset) == persisted_text(transaction) and \
-        read_text(paths.ruleset_json) == persisted_text(document)
+def persisted_ok(paths, transaction, document, document_sha=None):
+    """Whether both persisted files hold ``transaction`` and its judged JSON form: ``document``, or, given
+    ``document_sha`` instead, the document of that sha256 (the JSON file's header names it, and its body has it)."""
+    if read_text(paths.ruleset) != persisted_text(transaction):
+        return False
+    stored = read_text(paths.ruleset_json)
+    if document is not None:
+        return stored == persisted_text(document)
+    header = "%s%s\n" % (contract.HASH_HEADER, document_sha)
+    return stored is not None and stored.startswith(header) and sha256_text(stored[len(header):]) == document_sha
 
 
 def load_state(paths):

@@ -25,7 +25,9 @@ rejects what it must).
 
 from __future__ import annotations
 
+import functools
 import re
+import socket
 
 # --- the table -------------------------------------------------------------------------------------------------
 TABLE_FAMILY = "inet"
@@ -222,13 +224,19 @@ LIMIT_SET_RE = re.compile(r"^sys_%s_v(?P<version>[46])$" % _LIMIT)
 
 _DECLARED = {"chain": "chain", "set": "set", "map": "set", "counter": "counter"}  # maps share the sets' names
 
+# --- files on the controller: a render_dir holds <inventory_hostname><RENDERED_SUFFIX> for each host (written by
+# mseg.fleet.compile, read by the policy role's apply in a rollout) and plan.json
+RENDERED_SUFFIX = ".nft"
+
 # --- files on the host -----------------------------------------------------------------------------------------
 STATE_DIR = "/etc/mseg"
 UNIT_DIR = "/etc/systemd/system"
 RULESET_FILE = "ruleset.nft"          # the persisted ruleset as text (sha256 header + transaction), for people
 RULESET_JSON_FILE = "ruleset.json"    # its judged JSON form (sha256 header + document), the one thing loaded at boot
 PREVIOUS_FILE = "ruleset.prev.nft"    # the table that was live before the last apply, as a loadable transaction
-LIVE_FILE = "live.nft"                # the live table as listed right after the last apply (drift detection)
+# LIVE_FILE: the live table as listed after the last apply (drift detection); absent while the generation id proves
+# the live table is the document loaded (state.json)
+LIVE_FILE = "live.nft"
 STATE_FILE = "state.json"             # hashes, generation id and counts recorded by the last apply
 RESTORE_SCRIPT_FILE = "restore.sh"    # run by RESTORE_UNIT at boot
 LOCK_FILE = "lock"                    # serialises applies on one host
@@ -297,6 +305,21 @@ OBJECT_KEYS = {
     "rule": ("family", "table", "chain", "handle", "expr", "comment"),
 }
 _LOG_KEYS = ("prefix", "group", "level", "snaplen", "queue-threshold", "flags")
+# The fields each statement may carry (beside log's and mangle's own checks). A JSON ruleset the host receives as
+# is (not as nft's listing of a text) could carry fields nft ignores or interprets otherwise: only these pass.
+_STATEMENT_KEYS = {"match": ("op", "left", "right"),
+                   "limit": ("rate", "per", "burst", "rate_unit", "burst_unit", "inv"),
+                   "counter": ("packets", "bytes"), "jump": ("target",), "goto": ("target",), "vmap": ("key", "data"),
+                   "mangle": ("key", "value")}
+_BARE_VERDICTS = ("accept", "drop", "continue", "return")
+# Set and map key types, and what an element of each may be: a plain address (or one with a prefix length, or a
+# range of them), a port number, or an address . port pair; map values are verdicts. Nothing else: a JSON element
+# may be an object carrying a timeout, a counter or a comment, which nft's listing of a text never shows.
+SET_TYPES = {"ipv4_addr": 4, "ipv6_addr": 6}
+CONCAT_TYPES = {("ipv4_addr", "inet_service"): 4, ("ipv6_addr", "inet_service"): 6}
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_RE = re.compile(r"^%s(?:\.%s){3}\Z" % (_OCTET, _OCTET))
+_IPV6_RE = re.compile(r"^[0-9a-f:.]{2,45}\Z")
 _MARK_SELECTORS = {("meta", "mark"): "meta mark", ("ct", "mark"): "ct mark"}
 
 
@@ -336,9 +359,102 @@ def check_ruleset(objects):
                 problems.append("%s is a %s chain on hook %s; the contract allows only filter chains %s" % (
                     where, body.get("type"), body["hook"],
                     ", ".join("%s (hook %s)" % pair for pair in sorted(BASE_CHAIN_HOOKS.items()))))
+        if kind in ("set", "map"):
+            problems.extend("%s: %s" % (where, p) for p in _set_problems(kind, body))
         if kind == "rule":
             problems.extend("%s: %s" % (where, p) for p in _rule_problems(body.get("expr")))
     return problems
+
+
+def _set_problems(kind, body):
+    """A set's (or map's) type is one of the contract's, and every element is a plain value of that type."""
+    key = body.get("type")
+    version = CONCAT_TYPES.get(tuple(key)) if isinstance(key, list) else SET_TYPES.get(key)
+    if version is None or (kind == "map") != ("map" in body) or body.get("map", "verdict") != "verdict" or (
+            kind == "map" and isinstance(key, list)):
+        return ["has type %s%s; the contract allows sets of %s and maps of an address type to verdicts" % (
+            _short(key), " : %s" % _short(body["map"]) if "map" in body else "",
+            ", ".join(sorted(SET_TYPES) + [" . ".join(pair) for pair in sorted(CONCAT_TYPES)]))]
+    elements = body.get("elem", [])
+    if not isinstance(elements, list):
+        return ["holds elements that are not a list"]
+    if isinstance(key, list):
+        judge = functools.partial(_pair_element, version)
+    else:
+        judge = functools.partial(_address_element, version)
+        if version == 4 and kind == "set":  # the common cases, IPv4 addresses and prefixes, without a call each
+            plain = _IPV4_RE.match
+            elements = [element for element in elements if not isinstance(element, str) or not plain(element)]
+            # the exact type: a bool is an int to isinstance, and JSON true is no prefix length
+            elements = [element for element in elements if not (
+                isinstance(element, dict) and len(element) == 1 and isinstance(element.get("prefix"), dict)
+                and len(element["prefix"]) == 2
+                and type(element["prefix"].get("len")) is int  # pylint: disable=unidiomatic-typecheck
+                and 0 <= element["prefix"]["len"] <= 32
+                and isinstance(element["prefix"].get("addr"), str) and plain(element["prefix"]["addr"]))]
+    for element in elements:
+        if kind == "map":
+            if not (isinstance(element, list) and len(element) == 2 and _verdict_value(element[1])):
+                return ["element %s is not an address mapped to a verdict" % _short(element)]
+            element = element[0]
+        if not judge(element):
+            return ["element %s is not a plain %s (an address, prefix or range%s)" % (
+                _short(element), key if isinstance(key, str) else " . ".join(key),
+                ", then a port" if isinstance(key, list) else "")]
+    return []
+
+
+def _address(version, value):
+    if not isinstance(value, str):
+        return False
+    if version == 4:
+        return _IPV4_RE.match(value) is not None
+    if not _IPV6_RE.match(value):
+        return False
+    try:  # the one spelling nft lists (it prints addresses with inet_ntop)
+        return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, value)) == value
+    except (OSError, ValueError):
+        return False
+
+
+def _address_element(version, element):
+    if isinstance(element, str):
+        return _address(version, element)
+    if not isinstance(element, dict) or len(element) != 1:
+        return False
+    (form, value), = element.items()
+    if form == "prefix":
+        return isinstance(value, dict) and set(value) == {"addr", "len"} and _address(version, value["addr"]) \
+            and _prefix_length(value["len"], 32 if version == 4 else 128)
+    if form == "range":
+        return isinstance(value, list) and len(value) == 2 and all(_address(version, end) for end in value)
+    return False
+
+
+def _prefix_length(value, bits):
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= bits
+
+
+def _port(value):
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535
+
+
+def _pair_element(version, element):
+    if not isinstance(element, dict) or list(element) != ["concat"]:
+        return False
+    pair = element["concat"]
+    return isinstance(pair, list) and len(pair) == 2 and _address(version, pair[0]) and _port(pair[1])
+
+
+def _verdict_value(value):
+    """A verdict as a map value: accept, drop, continue, return, or a jump or goto to a chain of the contract."""
+    if not isinstance(value, dict) or len(value) != 1:
+        return False
+    (verdict, argument), = value.items()
+    if verdict in _BARE_VERDICTS:
+        return argument is None
+    return verdict in ("jump", "goto") and isinstance(argument, dict) and list(argument) == ["target"] \
+        and isinstance(argument["target"], str) and NAMES["chain"].match(argument["target"]) is not None
 
 
 def _short(value, limit=80):
@@ -365,6 +481,13 @@ def _rule_problems(expr):
         (name, value), = statement.items()
         if name not in RULE_STATEMENTS:
             found.append("statement %s is not allowed (a rule may hold %s)" % (name, ", ".join(RULE_STATEMENTS)))
+        elif name in _BARE_VERDICTS and value is not None:
+            found.append("statement %s carries %s; it takes no argument" % (name, _short(value)))
+        elif name in _STATEMENT_KEYS and isinstance(value, dict) and set(value) - set(_STATEMENT_KEYS[name]):
+            found.append("statement %s carries %s, which the contract does not allow" % (
+                name, ", ".join(sorted(set(value) - set(_STATEMENT_KEYS[name])))))
+        elif name in ("jump", "goto") and not _verdict_value(statement):
+            found.append("statement %s goes to %s, not a chain of the contract" % (name, _short(value)))
         elif name == "mangle":
             found.extend(_mark_problems(value))
         elif name == "log":

@@ -381,7 +381,8 @@ class FleetPlan(object):
         def ref(address_set):
             if address_set is None:
                 return None
-            sets.setdefault(address_set.key, address_set.to_data())
+            if address_set.key not in sets:
+                sets[address_set.key] = address_set.to_data()
             return address_set.key
 
         def system_data(item):

@@ -12,7 +12,14 @@ canary (``flush ruleset``, ``delete table ...``) is refused too. ``transaction``
 loaded (``nft -j -f``): add and delete table inet mseg, then add each judged object. Whatever lexer tricks the text
 plays (strings spanning lines, ``include`` inside a block, ``define``), what reaches the kernel is the judged JSON.
 
-Cost: one scratch load and one JSON listing per distinct text, linear in its size.
+A ruleset that is already in the JSON form (``{"nftables": [{"table": ...}, {"set": ...}, ...]}``, the objects
+``nft -j list`` prints) needs no scratch parse: ``document_objects`` reads it strictly (a duplicate key, NaN or a
+nesting too deep is refused, not resolved the way Python's json would), and the same ``check`` judges its objects
+(the contract then also judges what nft would not have normalised: set elements, statement fields); ``transaction``
+re-serialises only what was judged, so nft reads exactly the objects that were judged.
+
+Cost: a text: one scratch load and one JSON listing per distinct text, linear in its size. A JSON document: one
+strict ``json.loads`` and one pass over its objects and set elements, linear in its size, no nft run.
 """
 
 from __future__ import annotations
@@ -109,9 +116,49 @@ def parse(text, nft_path, runner=subprocess.run):
     return items
 
 
-def check(items, require_table=True):
+def is_document(text):
+    """Whether ``text`` is a ruleset in the JSON form (judged as it is) rather than nft text (parsed first)."""
+    return text.lstrip()[:1] == "{"
+
+
+def _unique_keys(pairs):
+    found = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError("the key %s appears twice in one object" % json.dumps(key))
+        found[key] = value
+    return found
+
+
+def _no_constant(name):
+    raise ValueError("%s is not a JSON number" % name)
+
+
+def document_objects(text):
+    """The objects of a ruleset in the JSON form, read strictly: ScopeError for anything but one object
+    ``{"nftables": [objects]}`` of unique keys. Nothing else is decided here: ``check`` judges the objects."""
+    try:
+        document = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except RecursionError:
+        raise ScopeError("the JSON ruleset nests deeper than Python reads: pass the ruleset rendered by mseg.fleet; "
+                         "nothing was changed")
+    except ValueError as exc:
+        raise ScopeError("the JSON ruleset is not valid JSON: %s; pass the ruleset rendered by mseg.fleet; nothing "
+                         "was changed" % exc)
+    if not isinstance(document, dict) or list(document) != ["nftables"] or not isinstance(document["nftables"], list):
+        raise ScopeError('the JSON ruleset is not one object {"nftables": [...]} holding the objects of table %s '
+                         '(the form "nft -j list" prints): pass the ruleset rendered by mseg.fleet; nothing was '
+                         'changed' % contract.TABLE)
+    return document["nftables"]
+
+
+def check(items, require_table=True, scratch=True):
     """Raise ScopeError unless ``items`` (from ``parse``) hold table inet mseg (or, without ``require_table``, no
-    table at all: a removal), its contents, and the untouched canaries; returns the judged objects."""
+    table at all: a removal), its contents, and the untouched canaries; returns the judged objects. Without
+    ``scratch`` (``items`` from ``document_objects``: no scratch parse, so no canaries) a canary is judged like any
+    other object: as one outside table inet mseg."""
+    if not scratch:
+        return _judge([item for item in items if not _is_metainfo(item)], set(), set(), require_table)
     canaries = set()
     ours = []
     for item in items:
@@ -125,6 +172,14 @@ def check(items, require_table=True):
         ours.append(item)
     shape = (("table", CANARY_NAME), ("chain", "keep"))
     wanted = {(kind, family, name) for family in CANARY_FAMILIES for kind, name in shape}
+    return _judge(ours, canaries, wanted, require_table)
+
+
+def _is_metainfo(item):
+    return isinstance(item, dict) and list(item) == ["metainfo"]
+
+
+def _judge(ours, canaries, wanted, require_table):
     problems = []
     if canaries != wanted:
         problems.append("it removes or changes tables other than %s (flush ruleset, delete or flush of another "
@@ -149,6 +204,22 @@ def transaction(objects):
         body = {key: value for key, value in body.items() if key not in ("handle", "packets", "bytes")}
         commands.append({"add": {kind: body}})
     return json.dumps({"nftables": commands}, sort_keys=True) + "\n"
+
+
+def counts(objects):
+    """What the judged ``objects`` hold: tables, rules, sets (and maps), set and map elements."""
+    found = {"tables": 0, "rules": 0, "sets": 0, "elements": 0}
+    for item in objects:
+        (kind, body), = item.items()
+        if kind == "table":
+            found["tables"] += 1
+        elif kind == "rule":
+            found["rules"] += 1
+        elif kind in ("set", "map"):
+            found["sets"] += 1
+            elements = body.get("elem")
+            found["elements"] += len(elements) if isinstance(elements, list) else 0
+    return found
 
 
 def checked(text, nft_path, runner=subprocess.run, require_table=True):

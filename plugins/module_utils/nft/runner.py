@@ -11,7 +11,6 @@ replaceable, and ``tests/unit/nft/fake.py`` is the fake the unit tests use.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import struct
@@ -73,20 +72,47 @@ class Nft:
         """The JSON transaction ``text`` stands for, judged by ``jsonform`` (NftError when the contract refuses it).
 
         Every text this runner loads or checks goes through here: nft reads it in a scratch namespace, the JSON form
-        is judged object by object, and only that JSON reaches the host's ruleset (``jsonform``). ``require_table``:
-        the text must leave table inet mseg (not only remove it).
+        is judged object by object, and only that JSON reaches the host's ruleset (``jsonform``). A text already in
+        the JSON form (``jsonform.is_document``) is read strictly and judged as it is, with no scratch parse.
+        ``require_table``: the text must leave table inet mseg (not only remove it).
         """
         if text not in self._judged:
             try:
-                objects = jsonform.check(jsonform.parse(text, self.path, self.runner), require_table=False)
+                if jsonform.is_document(text):
+                    objects = jsonform.check(jsonform.document_objects(text), require_table=False, scratch=False)
+                else:
+                    objects = jsonform.check(jsonform.parse(text, self.path, self.runner), require_table=False)
+                self._judged = {text: (jsonform.transaction(objects), jsonform.counts(objects))}
             except jsonform.ScopeError as exc:
                 raise NftError(str(exc))
-            self._judged = {text: (jsonform.transaction(objects), any(list(o) == ["table"] for o in objects))}
-        document, has_table = self._judged[text]
-        if require_table and not has_table:
+            except RecursionError:  # a JSON document Python could read but not judge or write back at its depth
+                raise NftError("the ruleset nests deeper than mseg.fleet judges: pass the ruleset rendered by "
+                               "mseg.fleet; nothing was changed")
+        document, counts = self._judged[text]
+        if require_table and not counts["tables"]:
             raise NftError("the ruleset does not define table %s: pass the ruleset rendered by mseg.fleet; nothing "
                            "was changed" % contract.TABLE)
         return document
+
+    def counts(self, text):
+        """Counts of the judged form of ``text`` (``jsonform.counts``: tables, rules, sets, elements)."""
+        self.judge(text)
+        return dict(self._judged[text][1])
+
+    def live_document(self):
+        """The JSON transaction that would load the live table inet mseg again (``jsonform.transaction`` of its JSON
+        listing), or None when it does not exist. A table loaded from a judged document lists back into that very
+        document, so comparing the two tells whether the live table is still the one that was loaded."""
+        rc, out, err = self._run(["-j", "list", "table", contract.TABLE_FAMILY, contract.TABLE_NAME])
+        if rc != 0:
+            if "No such file or directory" in err:
+                return None
+            raise NftError("nft cannot list table %s: %s" % (contract.TABLE, err.strip()))
+        try:
+            items = [item for item in json.loads(out)["nftables"] if list(item) != ["metainfo"]]
+            return jsonform.transaction(items)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return ""  # a form this code does not know: never equal to a document it loaded
 
     def check(self, text, what="ruleset"):
         document = self.judge(text)
@@ -163,18 +189,29 @@ def ruleset_genid():
     return None
 
 
+# SO_NETNS_COOKIE (Linux 5.14, asm-generic/socket.h); Python 3.11's socket module does not name it.
+SO_NETNS_COOKIE = getattr(socket, "SO_NETNS_COOKIE", 71)
+
+
 def namespace_identity():
-    """Boot and network namespace identity: a recorded generation id is only meaningful within them."""
+    """The network namespace's cookie, as a string, or None when the kernel cannot tell it.
+
+    A recorded generation id is only meaningful in the namespace that recorded it. The cookie is a 64-bit number the
+    kernel gives each namespace once and never hands out again while it runs, so a fresh namespace (a recreated
+    container or lab host) never carries the recorded one's; its inode is reused and its generation id restarts
+    (issue 16). Without a cookie (kernels before 5.14) there is no identity, and nothing recorded is trusted.
+    """
     try:
-        with open("/proc/sys/kernel/random/boot_id") as handle:
-            boot = handle.read().strip()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     except OSError:
-        boot = ""
+        return None
     try:
-        netns = os.stat("/proc/self/ns/net").st_ino
-    except OSError:
-        netns = 0
-    return "%s/%s" % (boot, netns)
+        cookie, = struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))
+    except (OSError, struct.error):
+        return None
+    finally:
+        sock.close()
+    return "netns-cookie:%d" % cookie
 
 
 def stable_listing(listing):

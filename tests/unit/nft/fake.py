@@ -4,13 +4,17 @@
 knftables' ``fake.go`` it does not parse nftables, it records. What it models is exactly what the engine relies on:
 
 * the scratch parse of ``nft/jsonform.py`` (``unshare --net setpriv ... sh -c SCRIPT``): its JSON form is the
-  untouched canaries, table inet mseg, and one rule whose comment carries the text (``CARRIER``), so the judged
-  JSON ``-j -f -`` loads stands for exactly that text; ``scratch_items`` replaces the listing (a test of the
+  untouched canaries, table inet mseg, one set (or map) per set of its listing with as many elements, and as
+  many rules as the listing has, the first of which carries the text in its comment (``CARRIER``), so the judged
+  JSON ``-j -f -`` loads stands for exactly that text and counts what the listing counts; ``scratch_items`` replaces the listing (a test of the
   checked path), ``scratch_error`` makes nft refuse the text;
 * ``-j -c -f -`` validates: accepted, unless ``reject`` holds an error message (nft's own wording, ``/dev/stdin:…``);
 * ``-j -f -`` loads a transaction that opens with the preamble (``table inet mseg {}`` / ``delete table inet mseg``):
   whatever follows the last ``delete table inet mseg`` becomes the table, and nothing the absent table. Any other
   text is refused loudly (the engine never sends one), so a test cannot pass on something the fake does not model;
+* ``-j list table inet mseg`` lists it in the JSON form: the same objects the scratch parse made of the text that
+  was loaded (so it lists back into the document that was loaded, as real nft does), or, after ``edit``, of the
+  edited listing;
 * ``-s list table inet mseg`` lists the table: a deterministic function of the loaded text (its lines without
   comments, blank lines or surrounding blanks), so loading a listing again lists the same; "No such file or
   directory" when there is no table;
@@ -44,6 +48,20 @@ def listing_of(text):
     return "".join(line + "\n" for line in kept) or None
 
 
+def typed_elements(block, size):
+    """A set's (or map's) type as nft lists it in JSON, and ``size`` elements of that type (10.0.x.y addresses,
+    address . port pairs, or addresses mapped to accept)."""
+    key = re.search(r"^\s*type (.+)$", block, re.M).group(1).split(" : ")
+    family = 6 if key[0].startswith("ipv6") else 4
+    addresses = [("2001:db8::%x" % (i + 1)) if family == 6 else "10.0.%d.%d" % (i >> 8 & 255, i & 255)
+                 for i in range(size)]
+    if len(key) == 2:
+        return {"type": key[0], "map": key[1], "elem": [[addr, {"accept": None}] for addr in addresses]}
+    if " . " in key[0]:
+        return {"type": key[0].split(" . "), "elem": [{"concat": [addr, 22]} for addr in addresses]}
+    return {"type": key[0], "elem": addresses}
+
+
 class FakeNft:
     """Callable like ``subprocess.run``; holds the live table as its listing (None: no table)."""
 
@@ -59,6 +77,7 @@ class FakeNft:
         self.scratch_error = None
         self.calls = []
         self.loads = []
+        self.source = None  # the text the live table was loaded from (None: edited by hand, or no table)
 
     # -- what tests use ---------------------------------------------------------------------------------------
 
@@ -73,6 +92,7 @@ class FakeNft:
     def edit(self, listing):
         """Replace the live table behind the engine's back (a hand edit, another tool)."""
         self.table = listing_of(listing) if listing is not None else None
+        self.source = None
         self.generation += 1
 
     def drop_table(self):
@@ -99,6 +119,11 @@ class FakeNft:
             return self._load(argv, self._carried(input or ""))
         if args == ["-f", "-"]:  # a text loaded by another tool (the engine loads only judged JSON)
             return self._load(argv, input or "")
+        if args == ["-j", "list", "table"] + TABLE.split():
+            if not self.table:
+                return self._done(argv, 1, err=MISSING)
+            items = [{"metainfo": {"json_schema_version": 1}}] + self.objects(self.source or self.table)
+            return self._done(argv, 0, out=json.dumps({"nftables": items}))
         if args == ["-s", "list", "table"] + TABLE.split():
             return self._done(argv, 0, out=self.table) if self.table else self._done(argv, 1, err=MISSING)
         if args == ["-j", "list", "counters", "table"] + TABLE.split():
@@ -116,11 +141,24 @@ class FakeNft:
             canaries = [{kind: {"family": family, "table" if kind == "chain" else "name": jsonform.CANARY_NAME,
                                 **({"name": "keep"} if kind == "chain" else {})}}
                         for family in jsonform.CANARY_FAMILIES for kind in ("table", "chain")]
-            items = canaries + [{"table": {"family": "inet", "name": "mseg"}},
-                                {"chain": {"family": "inet", "table": "mseg", "name": "input"}},
-                                {"rule": {"family": "inet", "table": "mseg", "chain": "input", "expr": [],
-                                          "comment": CARRIER + "\n" + text}}]
+            items = canaries + self.objects(text)
         return self._done(argv, 0, out=json.dumps({"nftables": items}))
+
+    @staticmethod
+    def objects(text):
+        """The JSON objects that stand for ``text``: table, input chain, its sets and maps (as many elements as
+        the listing shows), and its rules, the first carrying the text."""
+        from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import count_listing
+        where = {"family": "inet", "table": "mseg"}
+        items = [{"table": {"family": "inet", "name": "mseg"}}, {"chain": dict(where, name="input")}]
+        listing = listing_of(text.rsplit("delete table %s\n" % TABLE, 1)[-1]) or ""
+        for block in re.findall(r"^((?:set|map) (\w+) \{\n.*?^\}\n)", listing, re.M | re.S):
+            size = count_listing("chain x {\n}\n" + block[0])["elements"]
+            items.append({block[0].split()[0]: dict(where, name=block[1], **typed_elements(block[0], size))})
+        rules = max(1, count_listing(listing)["rules"])
+        items.append({"rule": dict(where, chain="input", expr=[], comment=CARRIER + "\n" + text)})
+        items.extend({"rule": dict(where, chain="input", expr=[{"accept": None}])} for dummy in range(rules - 1))
+        return items
 
     @staticmethod
     def _carried(document):
@@ -137,6 +175,7 @@ class FakeNft:
         if self.fail_load:
             return self._done(argv, 1, err=self.fail_load)
         self.loads.append(text)
+        self.source = text
         self.table = listing_of(text.rsplit("delete table %s\n" % TABLE, 1)[1])
         self.generation += 1
         return self._done(argv, 0)
