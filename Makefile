@@ -68,8 +68,8 @@ demo-render: setup ## render the example inventory (no hosts needed): ruleset su
 	@ansible-playbook -i inventories/example playbooks/demo.yml
 
 .PHONY: test
-TEST_STAGES := unit integration sanity lint molecule
-test: setup ## run every test: unit, integration (real nftables in network namespaces), sanity, lint, molecule
+TEST_STAGES := unit integration artifact sanity lint molecule
+test: setup ## run every test: unit, integration (real nftables in network namespaces), artifact, sanity, lint, molecule
 	@failed=""; for stage in $(TEST_STAGES); do \
 	  start=$$(date +%s); \
 	  $(MAKE) --no-print-directory $$stage || failed="$$failed $$stage"; \
@@ -123,6 +123,20 @@ unit: setup ## unit tests of the engine and plugins
 integration: setup ## real nftables rulesets in network namespaces (root)
 	@echo ">>> integration tests (network namespaces)"
 	@python -m pytest -q -p no:cacheprovider tests/integration
+
+# The Galaxy artifact: built from the tracked files, installed into an empty collection path outside the checkout and
+# run from there; galaxy-importer and ansible-builder (their own virtualenv: their pins need not match ours).
+ARTIFACT_VENV := $(BUILD)/artifact-venv
+$(ARTIFACT_VENV)/.stamp: tests/artifact/requirements.txt
+	@echo ">>> artifact tools virtualenv"
+	@[ -x $(ARTIFACT_VENV)/bin/python ] || $(PYTHON) -m venv $(ARTIFACT_VENV)
+	@$(ARTIFACT_VENV)/bin/python -m pip install -q -r tests/artifact/requirements.txt
+	@touch $@
+
+.PHONY: artifact
+artifact: setup $(ARTIFACT_VENV)/.stamp ## build the collection tarball, install it outside the checkout, run render and trace from it, galaxy-importer, ansible-builder create
+	@echo ">>> the Galaxy artifact and the execution environment"
+	@MSEG_ARTIFACT_VENV=$(ARTIFACT_VENV) python -m pytest -q -p no:cacheprovider tests/artifact
 
 SANITY_ARGS ?=
 SANITY_VENV := $(BUILD)/sanity-venv
