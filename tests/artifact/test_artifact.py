@@ -29,7 +29,8 @@ def clean_env():
 
 
 def run(cmd, cwd, env=None, timeout=120):
-    proc = subprocess.run(cmd, cwd=cwd, env=clean_env() if env is None else env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, check=False, env=clean_env() if env is None else env, capture_output=True,
+                          text=True, timeout=timeout)
     assert proc.returncode == 0, "%s failed (%d):\n%s\n%s" % (cmd, proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:])
     return proc
 
