@@ -122,11 +122,13 @@ def test_render_and_trace_run_from_the_install(artifact):
     rulesets = sorted(p.name for p in out.glob("*.nft"))
     assert "web-01.nft" in rulesets and "db-01.nft" in rulesets
     assert "table inet mseg" in (out / "db-01.nft").read_text()
-    trace = run([playbook, "-i", inventory, "mseg.fleet.trace", "-e", "mseg_trace_src=web-01",
-                 "-e", "mseg_trace_dst=db-01", "-e", "mseg_trace_port=tcp/5432"],
-                cwd=str(artifact["base"]), env=env, timeout=180).stdout
-    assert re.search(r"web-01.*db-01", trace), trace[-3000:]
-    assert re.search(r"\b(allow|drop|deny|accept)", trace, re.I), trace[-3000:]
+    # the lab policy (inventories/lab/group_vars/all/policy.yml): rule 700 denies web to db, rule 400 lets app in
+    for src, verdict in (("web-01", r"DENY .*by rule 700 \(no-web-to-db\)"), ("app-01", r"ALLOW .*by rule 400 \(app-to-db\)")):
+        trace = run([playbook, "-i", inventory, "mseg.fleet.trace", "-e", "mseg_trace_src=" + src,
+                     "-e", "mseg_trace_dst=db-01", "-e", "mseg_trace_port=tcp/5432"],
+                    cwd=str(artifact["base"]), env=env, timeout=180).stdout
+        lines = [line for line in trace.splitlines() if re.search(r"\b%s\s+-> db-01\s+tcp/5432" % src, line)]
+        assert len(lines) == 2 and all(re.search(verdict, line) for line in lines), trace[-3000:]
     assert_nothing_from_checkout(log)
 
 
