@@ -133,6 +133,19 @@ $(ARTIFACT_VENV)/.stamp: tests/artifact/requirements.txt
 	@$(ARTIFACT_VENV)/bin/python -m pip install -q -r tests/artifact/requirements.txt
 	@touch $@
 
+# The tarball built from the tracked files, installed without dependencies into a collection path of its own.
+ARTIFACT_DIR := $(BUILD)/artifact
+ARTIFACT_COLLECTIONS := $(ARTIFACT_DIR)/collections
+.PHONY: artifact-install
+artifact-install: setup ## build the collection tarball from the tracked files and install it into .build/artifact/collections
+	@rm -rf $(ARTIFACT_DIR) && mkdir -p $(ARTIFACT_DIR)/src
+	@git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --files-from=- ./ $(ARTIFACT_DIR)/src/
+	@cd $(ARTIFACT_DIR)/src && ansible-galaxy collection build --output-path $(ARTIFACT_DIR) >/dev/null
+	@ANSIBLE_COLLECTIONS_PATH=$(ARTIFACT_COLLECTIONS) ansible-galaxy collection install --offline --no-deps \
+	  -p $(ARTIFACT_COLLECTIONS) $(ARTIFACT_DIR)/mseg-fleet-*.tar.gz >/dev/null
+	@rm -rf $(ARTIFACT_DIR)/src
+	@echo ">>> installed $$(ls $(ARTIFACT_DIR)/*.tar.gz) into $(ARTIFACT_COLLECTIONS)"
+
 .PHONY: artifact
 artifact: setup $(ARTIFACT_VENV)/.stamp ## build the collection tarball, install it outside the checkout, run render and trace from it, galaxy-importer, ansible-builder create
 	@echo ">>> the Galaxy artifact and the execution environment"
