@@ -48,8 +48,9 @@ def artifact(tmp_path_factory):
     shutil.rmtree(str(src))
     install = base / "collections"
     install.mkdir()
+    # with only the empty path to look in: a copy elsewhere (~/.ansible) would make ansible-galaxy skip the install
     run([os.path.join(BIN, "ansible-galaxy"), "collection", "install", "--offline", "--no-deps", "-p", str(install),
-         str(base / TARBALL)], cwd=str(base))
+         str(base / TARBALL)], cwd=str(base), env=dict(clean_env(), ANSIBLE_COLLECTIONS_PATH=str(install)))
     root = install / "ansible_collections" / GALAXY["namespace"] / GALAXY["name"]
     return {"base": base, "tarball": base / TARBALL, "install": install, "root": root}
 
