@@ -104,9 +104,13 @@ lab-matrix: setup ## measure who reaches whom in lab "demo" with real packets (L
 MOLECULE_SCENARIOS ?= $(sort $(filter-out default lab resources,$(notdir $(patsubst %/,%,$(dir $(wildcard molecule/*/molecule.yml))))))
 MOLECULE_TIMEOUT ?= 1500
 .PHONY: molecule
-molecule: setup forget-installed-copy ## every Molecule scenario on the lab (molecule test -s <name>)
+# MOLECULE_FROM_ARTIFACT=1: the scenarios get the collection from the installed tarball (make artifact-install), not
+# the checkout; the lab harness and the scenarios' own tests still come from this tree.
+MOLECULE_FROM_ARTIFACT ?=
+molecule: setup forget-installed-copy $(if $(MOLECULE_FROM_ARTIFACT),artifact-install) ## every Molecule scenario on the lab (molecule test -s <name>)
 	@failed=""; for s in lab $(MOLECULE_SCENARIOS); do \
 	  echo ">>> molecule test -s $$s"; start=$$(date +%s); \
+	  $(if $(MOLECULE_FROM_ARTIFACT),ANSIBLE_COLLECTIONS_PATH=$(ARTIFACT_COLLECTIONS)) \
 	  timeout --kill-after=60 $(MOLECULE_TIMEOUT) molecule test -s $$s || failed="$$failed $$s"; \
 	  echo ">>> molecule scenario $$s took $$(( $$(date +%s) - start )) s"; \
 	done; \
