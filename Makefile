@@ -68,8 +68,8 @@ demo-render: setup ## render the example inventory (no hosts needed): ruleset su
 	@ansible-playbook -i inventories/example playbooks/demo.yml
 
 .PHONY: test
-TEST_STAGES := unit integration sanity lint molecule
-test: setup ## run every test: unit, integration (real nftables in network namespaces), sanity, lint, molecule
+TEST_STAGES := unit integration artifact sanity lint molecule
+test: setup ## run every test: unit, integration (real nftables in network namespaces), artifact, sanity, lint, molecule
 	@failed=""; for stage in $(TEST_STAGES); do \
 	  start=$$(date +%s); \
 	  $(MAKE) --no-print-directory $$stage || failed="$$failed $$stage"; \
@@ -104,9 +104,13 @@ lab-matrix: setup ## measure who reaches whom in lab "demo" with real packets (L
 MOLECULE_SCENARIOS ?= $(sort $(filter-out default lab resources,$(notdir $(patsubst %/,%,$(dir $(wildcard molecule/*/molecule.yml))))))
 MOLECULE_TIMEOUT ?= 1500
 .PHONY: molecule
-molecule: setup forget-installed-copy ## every Molecule scenario on the lab (molecule test -s <name>)
+# MOLECULE_FROM_ARTIFACT=1: the scenarios get the collection from the installed tarball (make artifact-install), not
+# the checkout; the lab harness and the scenarios' own tests still come from this tree.
+MOLECULE_FROM_ARTIFACT ?=
+molecule: setup forget-installed-copy $(if $(MOLECULE_FROM_ARTIFACT),artifact-install) ## every Molecule scenario on the lab (molecule test -s <name>)
 	@failed=""; for s in lab $(MOLECULE_SCENARIOS); do \
 	  echo ">>> molecule test -s $$s"; start=$$(date +%s); \
+	  $(if $(MOLECULE_FROM_ARTIFACT),ANSIBLE_COLLECTIONS_PATH=$(ARTIFACT_COLLECTIONS)) \
 	  timeout --kill-after=60 $(MOLECULE_TIMEOUT) molecule test -s $$s || failed="$$failed $$s"; \
 	  echo ">>> molecule scenario $$s took $$(( $$(date +%s) - start )) s"; \
 	done; \
@@ -123,6 +127,33 @@ unit: setup ## unit tests of the engine and plugins
 integration: setup ## real nftables rulesets in network namespaces (root)
 	@echo ">>> integration tests (network namespaces)"
 	@python -m pytest -q -p no:cacheprovider tests/integration
+
+# The Galaxy artifact: built from the tracked files, installed into an empty collection path outside the checkout and
+# run from there; galaxy-importer and ansible-builder (their own virtualenv: their pins need not match ours).
+ARTIFACT_VENV := $(BUILD)/artifact-venv
+$(ARTIFACT_VENV)/.stamp: tests/artifact/requirements.txt
+	@echo ">>> artifact tools virtualenv"
+	@[ -x $(ARTIFACT_VENV)/bin/python ] || $(PYTHON) -m venv $(ARTIFACT_VENV)
+	@$(ARTIFACT_VENV)/bin/python -m pip install -q -r tests/artifact/requirements.txt
+	@touch $@
+
+# The tarball built from the tracked files, installed without dependencies into a collection path of its own.
+ARTIFACT_DIR := $(BUILD)/artifact
+ARTIFACT_COLLECTIONS := $(ARTIFACT_DIR)/collections
+.PHONY: artifact-install
+artifact-install: setup ## build the collection tarball from the tracked files and install it into .build/artifact/collections
+	@rm -rf $(ARTIFACT_DIR) && mkdir -p $(ARTIFACT_DIR)/src
+	@git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --files-from=- ./ $(ARTIFACT_DIR)/src/
+	@cd $(ARTIFACT_DIR)/src && ansible-galaxy collection build --output-path $(ARTIFACT_DIR) >/dev/null
+	@ANSIBLE_COLLECTIONS_PATH=$(ARTIFACT_COLLECTIONS) ansible-galaxy collection install --offline --no-deps \
+	  -p $(ARTIFACT_COLLECTIONS) $(ARTIFACT_DIR)/mseg-fleet-*.tar.gz >/dev/null
+	@rm -rf $(ARTIFACT_DIR)/src
+	@echo ">>> installed $$(ls $(ARTIFACT_DIR)/*.tar.gz) into $(ARTIFACT_COLLECTIONS)"
+
+.PHONY: artifact
+artifact: setup $(ARTIFACT_VENV)/.stamp ## build the collection tarball, install it outside the checkout, run render and trace from it, galaxy-importer, ansible-builder create
+	@echo ">>> the Galaxy artifact and the execution environment"
+	@MSEG_ARTIFACT_VENV=$(ARTIFACT_VENV) python -m pytest -q -p no:cacheprovider tests/artifact
 
 SANITY_ARGS ?=
 SANITY_VENV := $(BUILD)/sanity-venv
