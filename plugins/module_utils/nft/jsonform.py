@@ -45,7 +45,8 @@ CANARIES = "".join("table %s %s {\n\tchain keep {\n\t}\n}\n" % (family, CANARY_N
 # The scratch parse runs as nobody with CAP_NET_ADMIN only (no CAP_DAC_OVERRIDE: root-only files stay unreadable).
 SANDBOX_UID = 65534
 PARSE_TIMEOUT = 120
-_ORDER = {"table": 0, "counter": 1, "set": 1, "map": 1, "chain": 2, "rule": 3}
+# Chains before sets and maps: a verdict map's elements jump to chains, which nft -j -f needs to exist already.
+_ORDER = {"table": 0, "chain": 1, "counter": 2, "set": 2, "map": 2, "rule": 3}
 _STDIN = "/dev/stdin"
 _ERROR_AT_RE = re.compile(r"^(?P<file>\S+?):\d+:\d+(?:-\d+)?: Error: ")
 

@@ -79,7 +79,11 @@ def test_every_statement_kind_and_element_form_passes_and_is_what_is_loaded():
     assert judged == items
     loaded = json.loads(jsonform.transaction(judged))["nftables"]
     assert loaded[:2] == [{"add": {"table": items[0]["table"]}}, {"delete": {"table": items[0]["table"]}}]
-    assert [command["add"] for command in loaded[2:]] == items  # already in table, sets, chains, rules order
+    # chains before sets and maps (a verdict map's elements jump to chains), then the rules, each kind in its order
+    rank = {"table": 0, "chain": 1, "counter": 2, "set": 2, "map": 2, "rule": 3}
+    assert [command["add"] for command in loaded[2:]] == sorted(items, key=lambda item: rank[list(item)[0]])
+    kinds = [list(command["add"])[0] for command in loaded[2:]]
+    assert kinds.index("map") > max(at for at, kind in enumerate(kinds) if kind == "chain")
     assert jsonform.counts(judged) == {"tables": 1, "rules": len(STATEMENTS), "sets": 5, "elements": 8}
 
 
