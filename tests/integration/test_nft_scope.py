@@ -14,7 +14,12 @@ import sys
 
 import pytest
 
-from netns import Fleet, available
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                ".build", "collections"))
+
+from netns import Fleet, available  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import compile_fleet  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.render.nftables import render_plan  # noqa: E402
 
 OK, WHY = available()
 pytestmark = pytest.mark.skipif(not OK, reason=WHY)
@@ -92,6 +97,24 @@ def test_a_rendered_ruleset_loads_as_its_judged_json_and_lists_as_its_text(tmp_p
                                   "nft -s list ruleset" % FOREIGN], input=text, capture_output=True, text=True,
                                  check=True).stdout
         assert judged == scratch
+
+
+def test_a_rendered_verdict_map_goes_through_the_checked_load(tmp_path):
+    """Two consecutive allow rules on the same ports render as a verdict map whose elements jump to the rules' own
+    chains: the judged JSON must add those chains before the map, or nft -j -f refuses the whole table (it did)."""
+    policy = {"defaults": {"ingress": "deny", "egress": "allow"}, "rules": [
+        {"id": 10, "from": {"tags": {"role": "web"}}, "to": {"tags": {"role": "db"}}, "ports": ["tcp/5432"]},
+        {"id": 20, "from": {"tags": {"role": "app"}}, "to": {"tags": {"role": "db"}}, "ports": ["tcp/5432"]}]}
+    hosts = {name: {"tags": {"role": name}, "groups": [name], "mode": "enforce",
+                    "addresses": ["10.99.0.%d" % number, "fd00:99::%d" % number]}
+             for number, name in enumerate(["web", "app", "db"], start=1)}
+    text, _stats = render_plan(compile_fleet(policy, hosts).plans["db"])
+    assert " vmap @" in text
+    with Fleet(["a"]) as fleet:
+        result = apply_in(fleet, tmp_path, text)
+        assert result.get("changed"), result
+        listed = fleet.run("a", ["nft", "list", "table", "inet", "mseg"]).stdout
+        assert "vmap @" in listed and "jump allow_10_in" in listed and "jump allow_20_in" in listed, listed
 
 
 # ------------------------------------------------------------------ the boot restore loads only the judged JSON
