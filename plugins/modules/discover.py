@@ -38,6 +38,15 @@ options:
       incomplete.
     type: dict
     default: {}
+  audit:
+    description:
+      - Per inventory host, the audit records of its window, as RV(mseg.fleet.discover_collect#module:audit) returns
+        them (C(lines), C(from), C(to), C(overflow), C(unreadable)). Each line is judged again by the drop log's strict
+        parser and used only inside the host's window.
+      - An audit record is a connection the current policy would drop in enforce. A flow's count is the largest of
+        the hosts' audit counts and the collectors' count (the same connection is in both), never their sum.
+    type: dict
+    default: {}
   record_files:
     description: CSV files of flow records on the controller (docs/discovery.md, "Flow records"), e.g. the
       C(records.csv) of an earlier run, read in addition to O(records).
@@ -103,6 +112,11 @@ summary:
     seen_twice:
       description: Records left out because the receiving host reported the same connections itself.
       type: int
+    audit:
+      description: What the audit records gave. C(lines) received, C(used), C(outside_window), C(rejected) (with
+        the first C(problems)), C(flows_added) (flows the collectors had not recorded), C(counts_raised), and per
+        host C(overflow) and C(unreadable).
+      type: dict
     flows_kept:
       description: Endpoint pairs at or above C(min_count) that the proposal allows.
       type: int
