@@ -13,7 +13,10 @@ from ansible.errors import AnsibleActionFail
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.audit import add_audit, read_audit
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.check import discover
-from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.records import FIELDS, SETTINGS_KEYS, Flows, read_csv
+from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.pcap import read_pcaps
+from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.records import (
+    DEFAULT_SETTINGS, FIELDS, SETTINGS_KEYS, Flows, _port_range, read_csv,
+)
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.report import write_report
 from ansible_collections.mseg.fleet.plugins.plugin_utils.action import FleetAction
 from ansible_collections.mseg.fleet.plugins.plugin_utils.inventory import gather_fleet, gather_system
@@ -94,6 +97,10 @@ class ActionModule(FleetAction):
             raise MsegError(problems)
         policy = args["policy"] if args["policy"] is not None else task_vars.get("mseg_policy")
         policy = self._templar.template(policy) if policy is not None else None
+        # each setting defaults to the play's mseg_discover_<name>; the option's keys win
+        settings = {key: from_command_line(key, self._templar.template(task_vars[VAR_PREFIX + key]))
+                    for key in SETTINGS_KEYS if VAR_PREFIX + key in task_vars}
+        settings.update(args["settings"])
         merged, twice = merge_records(args["records"] or {}, fleet)
         flows = read_csv(io.StringIO(merged), Flows(), source="records collected")
         for path in args["record_files"]:
@@ -103,18 +110,17 @@ class ActionModule(FleetAction):
             except (IOError, OSError) as exc:
                 raise MsegError("record_files: cannot read %s: %s; give a CSV of flow records (docs/discovery.md)"
                                 % (path, exc.strerror or exc))
+        ephemeral = _port_range(str(settings.get("ephemeral_ports", DEFAULT_SETTINGS["ephemeral_ports"])))
+        captures, from_captures, capture_problems = read_pcaps(args["pcaps"], flows, ephemeral or (32768, 60999))
         audit = audit_records(args["audit"], flows)
-        # each setting defaults to the play's mseg_discover_<name>; the option's keys win
-        settings = {key: from_command_line(key, self._templar.template(task_vars[VAR_PREFIX + key]))
-                    for key in SETTINGS_KEYS if VAR_PREFIX + key in task_vars}
-        settings.update(args["settings"])
         report = discover(flows, fleet, policy, settings, gather_system(task_vars, self._templar))
         data = report.to_data()
         summary = {
             "hosts": {"collected": sorted(args["records"] or {}), "not_collected": dict(args["failed"]),
                       "incomplete": incomplete(args["status"])},
             "records": data["records"]["read"], "malformed": data["records"]["malformed"],
-            "seen_twice": twice, "audit": audit, "flows_kept": len(data["flows"]), "rules": len(data["rules"]),
+            "seen_twice": twice, "audit": audit,
+            "pcaps": {"files": captures, "records": from_captures, "problems": capture_problems}, "flows_kept": len(data["flows"]), "rules": len(data["rules"]),
             "left_out": {reason: item["flows"] for reason, item in data["left_out"].items() if item["flows"]},
             "uncovered": len(data["coverage"]["uncovered"]),
             "closed_pairs": data["closed_pairs"]["count"],
@@ -179,6 +185,9 @@ def format_summary(summary, data):
         lines.append("NOT collected on %s: %s" % (name, why))
     for name, why in sorted(hosts["incomplete"].items()):
         lines.append("INCOMPLETE on %s: %s" % (name, why))
+    for item in summary["pcaps"]["files"]:
+        lines.append("capture %s: %d packet(s)" % (item["file"], item["packets"]))
+    lines.extend("CAPTURE %s" % problem for problem in summary["pcaps"]["problems"])
     audit = summary["audit"]
     if not summary["records"] and not audit["used"]:
         lines.append("EMPTY: no connection was recorded; check the window was long enough for the traffic that "

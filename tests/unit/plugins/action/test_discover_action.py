@@ -56,6 +56,7 @@ def _summary(**audit):
                 "flows_added": 0, "counts_raised": 0, "overflow": {}, "unreadable": {}}
     return {"hosts": {"collected": ["web-01"], "not_collected": {}, "incomplete": {}}, "records": 0, "malformed": 0,
             "flows_kept": 0, "rules": 0, "left_out": {}, "uncovered": 0, "closed_pairs": 0, "audit": dict(no_audit, **audit),
+            "pcaps": {"files": [], "records": 0, "problems": []},
             "current_would_drop": None, "current_unused_rules": None, "notes": []}
 
 
@@ -86,3 +87,24 @@ def test_the_audit_records_are_said_in_the_summary_and_count_as_a_window_with_tr
         "recorded, 0 counted higher",
         "audit records of db-01 line 4: not an audit record of the drop log: 'junk'",
         "INCOMPLETE audit of db-01: 4 audit line(s) of the window over the bound, not read"]
+
+
+def test_the_captures_read_and_their_problems_are_in_the_summary():
+    from ansible_collections.mseg.fleet.plugins.action.discover import format_summary
+    summary = _summary()
+    summary["records"] = 3
+    summary["pcaps"] = {"files": [{"file": "a.pcap", "packets": 12}, {"file": "b.pcap", "packets": 0}], "records": 3,
+                        "problems": ["b.pcap: not a pcap or pcapng capture (...); write one with tcpdump -w FILE"]}
+    assert format_summary(summary, {"rules": []})[1:4] == [
+        "capture a.pcap: 12 packet(s)", "capture b.pcap: 0 packet(s)",
+        "CAPTURE b.pcap: not a pcap or pcapng capture (...); write one with tcpdump -w FILE"]
+
+
+def test_without_dpkt_a_capture_is_one_message_on_how_to_install_it(monkeypatch):
+    from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover import pcap
+    from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.records import Flows
+    monkeypatch.setattr(pcap, "dpkt", None)
+    assert pcap.read_pcaps(["baseline.pcap"], Flows()) == ([], 0, [
+        "mseg_discover_pcaps: reading a capture needs the Python package dpkt on the control node (pip install -r "
+        "requirements.txt, or dpkt in the execution environment)"])
+    assert pcap.read_pcaps([], Flows()) == ([], 0, [])
