@@ -22,8 +22,8 @@ description:
   - Connection tracking only sees what a ruleset makes the kernel track, so V(started) requires the mseg.fleet
     table on the host (put it in observe mode first; C(mseg.fleet.mode -e mseg_mode=observe)). It never loads a
     table of its own.
-  - V(collected) also returns the audit records the host's drop log wrote inside the window (RV(audit)): in observe
-    mode, the connections the current policy would drop in enforce, read from the trusted record channel (the
+  - V(collected) also returns the audit records the host's drop log wrote inside the window (RV(audit)). In observe
+    mode they are the connections the current policy would drop in enforce, read from the trusted record channel (the
     runtime logs of the agent and of C(mseg-droplog.service)), never from the kernel log.
   - Bounded and temporary. The unit runs niced, with idle I/O priority, O(memory_max), O(cpu_quota) and a run-time
     limit (C(RuntimeMaxSec), O(duration) plus a minute); it keeps at most O(max_flows) distinct flows (more are
