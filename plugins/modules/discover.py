@@ -53,8 +53,8 @@ options:
         managed), read with the Python package C(dpkt) (a control-node requirement); docs/discovery.md, "Packet
         captures". A TCP connection is a SYN without ACK; UDP's server port is the one outside C(ephemeral_ports);
         no payload is kept.
-      - A file that is not a capture, or is cut short, is named in RV(summary.pcaps.problems) with what is wrong; the
-        other files and inputs are still read.
+      - A file that is not a capture, or is cut short, is named in RV(summary.pcaps) (its C(problems)) with what is
+        wrong; the other files and inputs are still read.
     type: list
     elements: path
     default: []
