@@ -97,10 +97,14 @@ def test_a_baseline_capture_becomes_exact_flow_records(tmp_path):
 def test_tcpdump_i_any_linux_cooked_captures_are_read(tmp_path):
     packet, kind = tcp("10.0.1.1", 40000, "10.0.2.1", 8080, SYN)
     cooked = bytes(dpkt.sll.SLL(type=4, hrd=1, hlen=6, hdr=b"\x02" * 6 + b"\x00\x00", ethtype=kind, data=packet))
-    path = write(tmp_path / "any.pcap", [cooked], linktype=113)
+    packet6, kind6 = tcp("fd00::1", 40000, "fd00::2", 443, SYN)
+    cooked2 = bytes(dpkt.sll2.SLL2(ethtype=kind6, intindex=2, hrd=1, type=0, hlen=6, hdr=b"\x02" * 6 + b"\x00\x00",
+                                   data=packet6))
+    v1 = write(tmp_path / "any.pcap", [cooked], linktype=113)
+    v2 = write(tmp_path / "any2.pcap", [cooked2], linktype=276)   # what tcpdump 4.99 writes for -i any
     flows = Flows()
-    assert read_pcaps([path], flows)[2] == []
-    assert flows.counts == {("10.0.1.1", "10.0.2.1", "tcp", 8080): 1}
+    assert read_pcaps([v1, v2], flows)[2] == []
+    assert flows.counts == {("10.0.1.1", "10.0.2.1", "tcp", 8080): 1, ("fd00::1", "fd00::2", "tcp", 443): 1}
 
 
 def test_a_malformed_capture_is_said_by_name_and_the_rest_still_read(tmp_path):
@@ -132,3 +136,15 @@ def test_a_packet_that_does_not_decode_is_skipped_and_counted(tmp_path):
     problems = read_pcaps([path], flows)[2]
     assert len(problems) == 1 and problems[0].startswith("%s: packet 1 does not decode (" % path)
     assert flows.counts == {("10.0.1.1", "10.0.2.1", "tcp", 8080): 1}
+
+
+def test_pcapng_captures_are_read(tmp_path):
+    path = str(tmp_path / "baseline.pcapng")
+    with open(path, "wb") as handle:
+        writer = dpkt.pcapng.Writer(handle, linktype=dpkt.pcap.DLT_EN10MB)
+        writer.writepkt(ethernet(tcp("10.0.1.1", 40000, "10.0.2.1", 8080, SYN)), ts=1765000000)
+        writer.writepkt(ethernet(tcp("10.0.2.1", 8080, "10.0.1.1", 40000, SYN | ACK)), ts=1765000001)
+    flows = Flows()
+    assert read_pcaps([path], flows) == ([{"file": path, "packets": 2}], 1, [])
+    assert flows.counts == {("10.0.1.1", "10.0.2.1", "tcp", 8080): 1}
+    assert flows.listening == {("10.0.1.1", "10.0.2.1", "tcp", 8080): True}
