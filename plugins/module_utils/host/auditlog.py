@@ -28,10 +28,12 @@ def window_time(epoch):
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch)))
 
 
-def window_lines(start, end, paths=contract.RUNTIME_LOGS, limit=MAX_LINES):
+def window_lines(start, end, paths=None, limit=MAX_LINES):
     """``(lines, overflow, unreadable)``: the audit event lines the drop log wrote from ``start`` to ``end`` (epoch
     seconds, both ends included to the second), at most ``limit`` of them (``overflow`` counts the rest), and the
-    logs that could not be read other than for not existing (a host has the agent's log or mseg-droplog's)."""
+    logs that could not be read other than for not existing (a host has the agent's log or mseg-droplog's).
+    ``paths`` defaults to the wire contract's RUNTIME_LOGS."""
+    paths = contract.RUNTIME_LOGS if paths is None else paths
     first, last = window_time(start), window_time(end)
     found = []
     overflow = 0
