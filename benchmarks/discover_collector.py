@@ -121,7 +121,7 @@ def one_round(pair, variant, args, workdir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--quick", action="store_true", help="2 rounds of 10 s")
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--seconds", type=float)
