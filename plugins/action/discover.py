@@ -11,8 +11,12 @@ import ipaddress
 
 from ansible.errors import AnsibleActionFail
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
+from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.audit import add_audit, read_audit
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.check import discover
-from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.records import FIELDS, SETTINGS_KEYS, Flows, read_csv
+from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.pcap import read_pcaps
+from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.records import (
+    DEFAULT_SETTINGS, FIELDS, SETTINGS_KEYS, Flows, _port_range, read_csv,
+)
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.report import write_report
 from ansible_collections.mseg.fleet.plugins.plugin_utils.action import FleetAction
 from ansible_collections.mseg.fleet.plugins.plugin_utils.inventory import gather_fleet, gather_system
@@ -93,6 +97,10 @@ class ActionModule(FleetAction):
             raise MsegError(problems)
         policy = args["policy"] if args["policy"] is not None else task_vars.get("mseg_policy")
         policy = self._templar.template(policy) if policy is not None else None
+        # each setting defaults to the play's mseg_discover_<name>; the option's keys win
+        settings = {key: from_command_line(key, self._templar.template(task_vars[VAR_PREFIX + key]))
+                    for key in SETTINGS_KEYS if VAR_PREFIX + key in task_vars}
+        settings.update(args["settings"])
         merged, twice = merge_records(args["records"] or {}, fleet)
         flows = read_csv(io.StringIO(merged), Flows(), source="records collected")
         for path in args["record_files"]:
@@ -102,17 +110,17 @@ class ActionModule(FleetAction):
             except (IOError, OSError) as exc:
                 raise MsegError("record_files: cannot read %s: %s; give a CSV of flow records (docs/discovery.md)"
                                 % (path, exc.strerror or exc))
-        # each setting defaults to the play's mseg_discover_<name>; the option's keys win
-        settings = {key: from_command_line(key, self._templar.template(task_vars[VAR_PREFIX + key]))
-                    for key in SETTINGS_KEYS if VAR_PREFIX + key in task_vars}
-        settings.update(args["settings"])
+        ephemeral = _port_range(str(settings.get("ephemeral_ports", DEFAULT_SETTINGS["ephemeral_ports"])))
+        captures, from_captures, capture_problems = read_pcaps(args["pcaps"], flows, ephemeral or (32768, 60999))
+        audit = audit_records(args["audit"], flows)
         report = discover(flows, fleet, policy, settings, gather_system(task_vars, self._templar))
         data = report.to_data()
         summary = {
             "hosts": {"collected": sorted(args["records"] or {}), "not_collected": dict(args["failed"]),
                       "incomplete": incomplete(args["status"])},
             "records": data["records"]["read"], "malformed": data["records"]["malformed"],
-            "seen_twice": twice, "flows_kept": len(data["flows"]), "rules": len(data["rules"]),
+            "seen_twice": twice, "audit": audit,
+            "pcaps": {"files": captures, "records": from_captures, "problems": capture_problems}, "flows_kept": len(data["flows"]), "rules": len(data["rules"]),
             "left_out": {reason: item["flows"] for reason, item in data["left_out"].items() if item["flows"]},
             "uncovered": len(data["coverage"]["uncovered"]),
             "closed_pairs": data["closed_pairs"]["count"],
@@ -137,6 +145,24 @@ class ActionModule(FleetAction):
                     lines=format_summary(summary, data))
 
 
+def audit_records(given, flows):
+    """Add the observe-mode audit records the hosts returned (``{host: discover_collect's audit}``) to ``flows``;
+    returns what they gave, for the summary."""
+    lines, windows, overflow, unreadable = {}, {}, {}, {}
+    for host, item in sorted((given or {}).items()):
+        item = item if isinstance(item, dict) else {}
+        lines[host] = item.get("lines") if isinstance(item.get("lines"), list) else []
+        if isinstance(item.get("from"), str) and isinstance(item.get("to"), str):
+            windows[host] = (item["from"], item["to"])
+        if item.get("overflow"):
+            overflow[host] = item["overflow"]
+        if item.get("unreadable"):
+            unreadable[host] = item["unreadable"]
+    audit, stats = read_audit(lines, windows)
+    added, raised = add_audit(flows, audit)
+    return dict(stats, flows_added=added, counts_raised=raised, overflow=overflow, unreadable=unreadable)
+
+
 def incomplete(status):
     """Per host whose collector did not see the whole window, why (its status as discover_collect returns it)."""
     found = {}
@@ -159,9 +185,23 @@ def format_summary(summary, data):
         lines.append("NOT collected on %s: %s" % (name, why))
     for name, why in sorted(hosts["incomplete"].items()):
         lines.append("INCOMPLETE on %s: %s" % (name, why))
-    if not summary["records"]:
+    for item in summary["pcaps"]["files"]:
+        lines.append("capture %s: %d packet(s)" % (item["file"], item["packets"]))
+    lines.extend("CAPTURE %s" % problem for problem in summary["pcaps"]["problems"])
+    audit = summary["audit"]
+    if not summary["records"] and not audit["used"]:
         lines.append("EMPTY: no connection was recorded; check the window was long enough for the traffic that "
                      "matters, and that the hosts carry the mseg.fleet table (observe mode)")
+    if audit["lines"] or audit["unreadable"]:
+        lines.append("audit records (observe mode): %d used, %d outside the window, %d rejected; %d flow(s) the "
+                     "collectors had not recorded, %d counted higher"
+                     % (audit["used"], audit["outside_window"], audit["rejected"], audit["flows_added"],
+                        audit["counts_raised"]))
+    lines.extend(audit["problems"])
+    for name, count in sorted(audit["overflow"].items()):
+        lines.append("INCOMPLETE audit of %s: %d audit line(s) of the window over the bound, not read" % (name, count))
+    for name, why in sorted(audit["unreadable"].items()):
+        lines.append("audit records of %s: cannot read %s" % (name, "; ".join(why)))
     lines.append("%d record(s) (%d malformed), %d flow(s) kept, %d rule(s) proposed"
                  % (summary["records"], summary["malformed"], summary["flows_kept"], summary["rules"]))
     if summary["left_out"]:

@@ -38,6 +38,26 @@ options:
       incomplete.
     type: dict
     default: {}
+  audit:
+    description:
+      - Per inventory host, the audit records of its window, as RV(mseg.fleet.discover_collect#module:audit) returns
+        them (C(lines), C(from), C(to), C(overflow), C(unreadable)). Each line is judged again by the drop log's strict
+        parser and used only inside the host's window.
+      - An audit record is a connection the current policy would drop in enforce. A flow's count is the largest of
+        the hosts' audit counts and the collectors' count (the same connection is in both), never their sum.
+    type: dict
+    default: {}
+  pcaps:
+    description:
+      - Packet captures on the controller (pcap or pcapng, e.g. C(tcpdump -i any -w baseline.pcap) on a host not yet
+        managed), read with the Python package C(dpkt) (a control-node requirement); docs/discovery.md, "Packet
+        captures". A TCP connection is a SYN without ACK; UDP's server port is the one outside C(ephemeral_ports);
+        no payload is kept.
+      - A file that is not a capture, or is cut short, is named in RV(summary.pcaps) (its C(problems)) with what is
+        wrong; the other files and inputs are still read.
+    type: list
+    elements: path
+    default: []
   record_files:
     description: CSV files of flow records on the controller (docs/discovery.md, "Flow records"), e.g. the
       C(records.csv) of an earlier run, read in addition to O(records).
@@ -103,6 +123,15 @@ summary:
     seen_twice:
       description: Records left out because the receiving host reported the same connections itself.
       type: int
+    audit:
+      description: What the audit records gave. C(lines) received, C(used), C(outside_window), C(rejected) (with
+        the first C(problems)), C(flows_added) (flows the collectors had not recorded), C(counts_raised), and per
+        host C(overflow) and C(unreadable).
+      type: dict
+    pcaps:
+      description: The captures read. C(files) (each C(file) and its C(packets)), C(records) (the flow records they
+        gave) and C(problems) (one per bad file or packet).
+      type: dict
     flows_kept:
       description: Endpoint pairs at or above C(min_count) that the proposal allows.
       type: int

@@ -22,6 +22,9 @@ description:
   - Connection tracking only sees what a ruleset makes the kernel track, so V(started) requires the mseg.fleet
     table on the host (put it in observe mode first; C(mseg.fleet.mode -e mseg_mode=observe)). It never loads a
     table of its own.
+  - V(collected) also returns the audit records the host's drop log wrote inside the window (RV(audit)). In observe
+    mode they are the connections the current policy would drop in enforce, read from the trusted record channel (the
+    runtime logs of the agent and of C(mseg-droplog.service)), never from the kernel log.
   - Bounded and temporary. The unit runs niced, with idle I/O priority, O(memory_max), O(cpu_quota) and a run-time
     limit (C(RuntimeMaxSec), O(duration) plus a minute); it keeps at most O(max_flows) distinct flows (more are
     counted in RV(status.overflow), not kept). Its files live in C(/run/mseg-discover) (root only, tmpfs, gone at
@@ -123,6 +126,34 @@ status:
       description: Whether it ran the whole window (false when it was stopped early).
       type: bool
       returned: always
+audit:
+  description: The drop log's audit records of the window (V(collected)), for the control node to judge again.
+  returned: when state is collected
+  type: dict
+  contains:
+    from:
+      description: The window's start, UTC, as the runtime log writes time.
+      type: str
+      returned: always
+      sample: "2026-12-06T03:00:00Z"
+    to:
+      description: The window's end (the collector's last sample), UTC.
+      type: str
+      returned: always
+    lines:
+      description: The C(Policy Audit) lines logged from RV(audit.from) to RV(audit.to), at most 200,000.
+      type: list
+      elements: str
+      returned: always
+    overflow:
+      description: Audit lines of the window not returned because of that bound.
+      type: int
+      returned: always
+    unreadable:
+      description: Runtime logs that exist but could not be read, with why.
+      type: list
+      elements: str
+      returned: always
 unit:
   description: The collector's transient unit.
   returned: always
@@ -139,6 +170,7 @@ import time  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
+from ansible_collections.mseg.fleet.plugins.module_utils.host import auditlog  # noqa: E402
 from ansible_collections.mseg.fleet.plugins.module_utils.host import discover as collector  # noqa: E402
 
 RUN_DIR = "/run/mseg-discover"
@@ -224,6 +256,13 @@ def collect(module, wait):
     return records, status
 
 
+def audit(status):
+    """The drop log's audit lines of the collector's window (from its start to its last sample)."""
+    lines, overflow, unreadable = auditlog.window_lines(status["started"], status["updated"])
+    return {"from": auditlog.window_time(status["started"]), "to": auditlog.window_time(status["updated"]),
+            "lines": lines, "overflow": overflow, "unreadable": unreadable}
+
+
 def main():
     module = AnsibleModule(argument_spec=dict(
         state=dict(type="str", choices=["started", "collected", "absent"], default="started"),
@@ -247,7 +286,7 @@ def main():
         module.exit_json(changed=True, unit=UNIT)
     if state == "collected":
         records, status = collect(module, params["wait"])
-        module.exit_json(changed=False, unit=UNIT, records=records, status=status)
+        module.exit_json(changed=False, unit=UNIT, records=records, status=status, audit=audit(status))
     module.exit_json(changed=remove(module), unit=UNIT)
 
 

@@ -51,12 +51,60 @@ def test_a_collector_that_missed_part_of_the_window_or_of_its_flows_is_named():
         "db-01": "the collector stopped before the end of the window (1 sample(s))"}
 
 
+def _summary(**audit):
+    no_audit = {"lines": 0, "used": 0, "outside_window": 0, "rejected": 0, "problems": [], "no_window": [],
+                "flows_added": 0, "counts_raised": 0, "overflow": {}, "unreadable": {}}
+    return {"hosts": {"collected": ["web-01"], "not_collected": {}, "incomplete": {}}, "records": 0, "malformed": 0,
+            "flows_kept": 0, "rules": 0, "left_out": {}, "uncovered": 0, "closed_pairs": 0, "audit": dict(no_audit, **audit),
+            "pcaps": {"files": [], "records": 0, "problems": []},
+            "current_would_drop": None, "current_unused_rules": None, "notes": []}
+
+
 def test_an_empty_window_is_said_in_the_summary():
     from ansible_collections.mseg.fleet.plugins.action.discover import format_summary
-    summary = {"hosts": {"collected": ["web-01"], "not_collected": {}, "incomplete": {}}, "records": 0, "malformed": 0,
-               "flows_kept": 0, "rules": 0, "left_out": {}, "uncovered": 0, "closed_pairs": 0,
-               "current_would_drop": None, "current_unused_rules": None, "notes": []}
-    lines = format_summary(summary, {"rules": []})
+    lines = format_summary(_summary(), {"rules": []})
     assert lines[1].startswith("EMPTY: no connection was recorded")
+    summary = _summary()
     summary["records"] = 5
     assert not any(line.startswith("EMPTY") for line in format_summary(summary, {"rules": []}))
+
+
+def test_the_audit_records_are_said_in_the_summary_and_count_as_a_window_with_traffic():
+    from ansible_collections.mseg.fleet.plugins.action.discover import audit_records, format_summary
+    from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.records import Flows
+    line = "2026-12-06T03:0%d:00Z INFO Policy Audit: ID=0 src=10.0.1.1 dst=10.0.3.1 proto=tcp dport=5432 dir=ingress"
+    flows = Flows()
+    audit = audit_records({"db-01": {"from": "2026-12-06T03:01:00Z", "to": "2026-12-06T03:05:00Z", "overflow": 4,
+                                     "lines": [line % 0, line % 1, line % 2, "junk"], "unreadable": []},
+                           "web-01": {"lines": [line % 1]}}, flows)
+    assert flows.counts == {("10.0.1.1", "10.0.3.1", "tcp", 5432): 2}
+    assert audit["used"] == 2 and audit["outside_window"] == 1 and audit["rejected"] == 1
+    assert audit["no_window"] == ["web-01"] and audit["overflow"] == {"db-01": 4} and audit["flows_added"] == 1
+    lines = format_summary(_summary(**audit), {"rules": []})
+    assert not any(text.startswith("EMPTY") for text in lines)
+    assert lines[1:4] == [
+        "audit records (observe mode): 2 used, 1 outside the window, 1 rejected; 1 flow(s) the collectors had not "
+        "recorded, 0 counted higher",
+        "audit records of db-01 line 4: not an audit record of the drop log: 'junk'",
+        "INCOMPLETE audit of db-01: 4 audit line(s) of the window over the bound, not read"]
+
+
+def test_the_captures_read_and_their_problems_are_in_the_summary():
+    from ansible_collections.mseg.fleet.plugins.action.discover import format_summary
+    summary = _summary()
+    summary["records"] = 3
+    summary["pcaps"] = {"files": [{"file": "a.pcap", "packets": 12}, {"file": "b.pcap", "packets": 0}], "records": 3,
+                        "problems": ["b.pcap: not a pcap or pcapng capture (...); write one with tcpdump -w FILE"]}
+    assert format_summary(summary, {"rules": []})[1:4] == [
+        "capture a.pcap: 12 packet(s)", "capture b.pcap: 0 packet(s)",
+        "CAPTURE b.pcap: not a pcap or pcapng capture (...); write one with tcpdump -w FILE"]
+
+
+def test_without_dpkt_a_capture_is_one_message_on_how_to_install_it(monkeypatch):
+    from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover import pcap
+    from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.records import Flows
+    monkeypatch.setattr(pcap, "dpkt", None)
+    assert pcap.read_pcaps(["baseline.pcap"], Flows()) == ([], 0, [
+        "mseg_discover_pcaps: reading a capture needs the Python package dpkt on the control node (pip install -r "
+        "requirements.txt, or dpkt in the execution environment)"])
+    assert pcap.read_pcaps([], Flows()) == ([], 0, [])
