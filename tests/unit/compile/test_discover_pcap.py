@@ -6,7 +6,6 @@ import socket
 import struct
 
 import dpkt   # a control-node requirement (requirements.txt): missing, these tests fail rather than skip
-import pytest
 
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.pcap import read_pcaps
 from ansible_collections.mseg.fleet.plugins.module_utils.compile.discover.records import Flows
