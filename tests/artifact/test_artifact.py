@@ -218,5 +218,6 @@ def test_execution_environment_build_context(artifact):
     python = [line.split()[0] for line in found["python"]]
     system = [line.split("#")[0].strip() for line in found["system"]]
     # --sanitize drops PyYAML, which every image gets with ansible-core
-    assert python == ["netaddr>=0.10.1", "cryptography>=41.0.0"]
-    assert system == ["openssh-clients [platform:rpm]", "openssh-client [platform:dpkg]"]
+    assert python == ["netaddr>=0.10.1", "cryptography>=41.0.0", "dpkt>=1.9.8"]
+    assert system == ["openssh-clients [platform:rpm]", "openssh-client [platform:dpkg]", "graphviz [platform:rpm]",
+                      "graphviz [platform:dpkg]"]
