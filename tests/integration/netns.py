@@ -115,6 +115,12 @@ def available():
     return True, ""
 
 
+def bench_namespaces():
+    """The named namespaces the benchmarks' packet-path fleet makes (``mspp`` prefix): a smoke run leaves none."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return {line.split(" ")[0] for line in out.splitlines() if line.startswith("mspp")}
+
+
 def _ip(args, check=True):
     proc = subprocess.run(["ip"] + args, capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:

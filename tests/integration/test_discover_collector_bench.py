@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from netns import available
+from netns import available, bench_namespaces
 
 OK, WHY = available()
 pytestmark = pytest.mark.skipif(not OK, reason=WHY)
@@ -21,13 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SCRIPT = os.path.join(ROOT, "benchmarks", "discover_collector.py")
 
 
-def _namespaces():
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    return {line.split(" ")[0] for line in out.splitlines() if line.startswith("mspp")}
-
-
 def test_smoke_the_collector_records_the_traffic_and_the_ratios_print():
-    before = _namespaces()
+    before = bench_namespaces()
     proc = subprocess.run([sys.executable, SCRIPT, "--rounds", "1", "--seconds", "1", "--interval", "0.5"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -36,4 +31,4 @@ def test_smoke_the_collector_records_the_traffic_and_the_ratios_print():
     assert recorded and int(recorded.group(1)) > 0 and int(recorded.group(2)) > 0, out
     for name in ("rate with / without the collector", "collector CPU / traffic CPU", "collector peak RSS / traffic"):
         assert re.search(r"^ratio: %s.* [0-9]+\.[0-9]+" % re.escape(name), out, re.M), out
-    assert _namespaces() == before
+    assert bench_namespaces() == before

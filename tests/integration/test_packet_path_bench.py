@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from netns import available
+from netns import available, bench_namespaces
 
 OK, WHY = available()
 pytestmark = pytest.mark.skipif(not OK, reason=WHY)
@@ -20,13 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SCRIPT = os.path.join(ROOT, "benchmarks", "packet_path.py")
 
 
-def _namespaces():
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    return {line.split(" ")[0] for line in out.splitlines() if line.startswith("mspp")}
-
-
 def test_smoke_every_variant_connects_and_the_table_prints():
-    before = _namespaces()
+    before = bench_namespaces()
     proc = subprocess.run([sys.executable, SCRIPT, "--sizes", "10x10", "--rounds", "1", "--seconds", "0.3"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -40,7 +35,7 @@ def test_smoke_every_variant_connects_and_the_table_prints():
     assert re.search(r"^  10x10\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+", out, re.M), out
     assert "ours / no-firewall: conn rate" in out
     assert "targets (" in out
-    assert _namespaces() <= before
+    assert bench_namespaces() <= before
 
 
 def test_bad_size_is_one_clear_message():
