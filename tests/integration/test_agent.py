@@ -31,7 +31,8 @@ from ansible_collections.mseg.fleet.plugins.module_utils.bundle import envelope 
 from ansible_collections.mseg.fleet.plugins.module_utils.common.contract import CONTROLLER_IDENTITY  # noqa: E402
 from netns import CONNECTED, TIMEOUT, Fleet, available  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not available(), reason="needs root and network namespaces")
+OK, WHY = available()
+pytestmark = pytest.mark.skipif(not OK, reason=WHY)
 
 # The host CLI as the entry point in /usr/sbin runs it (agent/cli.py's main), from this checkout.
 CLI = [sys.executable, "-m", "ansible_collections.mseg.fleet.plugins.module_utils.agent.cli"]

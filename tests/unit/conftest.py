@@ -15,6 +15,9 @@ if not os.path.exists(_LINK):
     os.symlink(ROOT, _LINK)
 if _COLLECTIONS not in sys.path:
     sys.path.insert(0, _COLLECTIONS)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402,F401 pylint: disable=wrong-import-position,unused-import
 
 
 @pytest.fixture(name="load_fleet", scope="session")
