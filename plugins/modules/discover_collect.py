@@ -30,6 +30,10 @@ description:
     counted in RV(status.overflow), not kept). Its files live in C(/run/mseg-discover) (root only, tmpfs, gone at
     reboot), and a transient timer, C(mseg-discover-cleanup.timer), removes them O(grace) seconds after the window
     even when the play that started it was interrupted.
+  - Sandboxed as the host's mseg.fleet services are (docs/security.md); it runs as root with C(CAP_NET_ADMIN) alone
+    in its bounding set (a conntrack dump over netlink needs it; the listening sockets in C(/proc/net) need none),
+    netlink sockets only, no new privileges, a read-only system but for C(/run/mseg-discover), private C(/tmp), no
+    devices, home directories or kernel tunables, and the system services' system calls only.
 author:
   - mseg.fleet contributors (@mseg-fleet)
 extends_documentation_fragment:
@@ -179,6 +183,36 @@ CLEANUP = "mseg-discover-cleanup"
 SCRIPT = "collector.py"
 RECORDS = "records.csv"
 TABLE = ["list", "table", "inet", "mseg"]
+# The collector's sandbox (the shared one of the agent and the drop log, roles/agent's mseg-hardening.j2): root, but
+# with CAP_NET_ADMIN alone (the kernel answers a conntrack dump over netlink only to it; /proc/net/{tcp,udp}[6],
+# fib_trie and if_inet6 need no capability), netlink sockets only, a read-only system where only its own directory
+# is writable, no devices, no kernel, clock or hostname changes, no new privileges, system services' calls only.
+SANDBOX = (
+    ("CapabilityBoundingSet", "CAP_NET_ADMIN"),
+    ("NoNewPrivileges", "yes"),
+    ("UMask", "0077"),
+    ("ProtectSystem", "strict"),
+    ("ReadWritePaths", RUN_DIR),
+    ("ProtectHome", "yes"),
+    ("PrivateTmp", "yes"),
+    ("PrivateDevices", "yes"),
+    ("ProtectKernelLogs", "yes"),
+    ("ProtectKernelTunables", "yes"),
+    ("ProtectKernelModules", "yes"),
+    ("ProtectControlGroups", "yes"),
+    ("ProtectClock", "yes"),
+    ("ProtectHostname", "yes"),
+    ("ProtectProc", "invisible"),
+    ("RestrictAddressFamilies", "AF_NETLINK"),
+    ("RestrictNamespaces", "yes"),
+    ("RestrictRealtime", "yes"),
+    ("RestrictSUIDSGID", "yes"),
+    ("LockPersonality", "yes"),
+    ("MemoryDenyWriteExecute", "yes"),
+    ("SystemCallArchitectures", "native"),
+    ("SystemCallFilter", "@system-service"),
+    ("SystemCallErrorNumber", "EPERM"),
+)
 
 
 def unit_argv(module, params):
@@ -188,8 +222,10 @@ def unit_argv(module, params):
     window = params["duration"]
     run = [systemd_run, "--unit", UNIT, "--description", "mseg.fleet discovery collector", "--collect",
            "--nice=10", "-p", "IOSchedulingClass=idle", "-p", "MemoryMax=%s" % params["memory_max"],
-           "-p", "CPUQuota=%s" % params["cpu_quota"], "-p", "RuntimeMaxSec=%d" % (window + 60),
-           python, os.path.join(RUN_DIR, SCRIPT), "--seconds", str(window), "--interval", str(params["interval"]),
+           "-p", "CPUQuota=%s" % params["cpu_quota"], "-p", "RuntimeMaxSec=%d" % (window + 60)]
+    for name, value in SANDBOX:
+        run += ["-p", "%s=%s" % (name, value)]
+    run += [python, os.path.join(RUN_DIR, SCRIPT), "--seconds", str(window), "--interval", str(params["interval"]),
            "--max-flows", str(params["max_flows"]), "--out", os.path.join(RUN_DIR, RECORDS)]
     cleanup = [systemd_run, "--unit", CLEANUP, "--description", "mseg.fleet discovery collector cleanup", "--collect",
                "--on-active=%d" % (window + params["grace"]), "--timer-property=AccuracySec=1s",
@@ -220,8 +256,9 @@ def start(module, params):
     rc = module.run_command([nft] + TABLE)[0] if nft else 1
     if rc != 0:
         module.fail_json(msg="no mseg.fleet table (inet mseg) here, so the kernel tracks no connection to collect: "
-                             "put the host in observe mode first (ansible-playbook mseg.fleet.mode -e "
-                             "mseg_mode=observe --limit THIS_HOST), then run discover again", unit=UNIT)
+                             "put the host in observe mode first with ansible-playbook mseg.fleet.mode -e "
+                             "mseg_mode=observe --limit THIS_HOST (an allow-all policy when mseg_policy is not set "
+                             "yet), then run discover again", unit=UNIT)
     if module.check_mode:
         return
     remove(module)

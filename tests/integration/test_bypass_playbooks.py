@@ -51,7 +51,9 @@ class Host:
             "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
             "mseg_addresses": [self.fleet.addr("h")], "mseg_tags": {"role": "web"}, "mseg_mode": mode}},
             # The namespace runs no systemd, so no drop-log service: molecule/policy proves that one on the lab.
-            "vars": {"mseg_become": False, "mseg_policy": mseg_policy, "policy_droplog": False}}}
+            "vars": {"mseg_become": False, "policy_droplog": False}}}
+        if mseg_policy is not None:
+            data["all"]["vars"]["mseg_policy"] = mseg_policy
         (self.tmp / "inventory.yml").write_text(yaml.safe_dump(data))
 
     def playbook(self, name, *extra):
@@ -136,3 +138,20 @@ def test_site_compiles_before_any_host_is_prepared(host):
     assert "rule 10 (peer-to-h): ports[0]: 'tcp/80800' has a port outside 1-65535" in out
     assert "PLAY [Prepare the kernels" not in out and "kernel_prereqs" not in out
     assert host.table() == ""
+
+
+def test_observe_without_a_policy_applies_an_allow_all_one_and_enforce_still_needs_one(host):
+    """Discovery's first step (issue 20): an inventory with no mseg_policy yet is put in observe mode under an
+    allow-all policy, in the mseg.fleet table, so the kernel tracks every connection; enforce is refused."""
+    host.inventory(mode="enforce", mseg_policy=None)
+    rc, out = host.playbook("mseg.fleet.mode", "-e", "mseg_mode=enforce")
+    assert rc != 0
+    assert "mseg_policy is not set; define it (usually in group_vars/all)" in out
+    assert host.table() == ""
+
+    rc, out = host.playbook("mseg.fleet.mode", "-e", "mseg_mode=observe")
+    assert rc == 0, out
+    table = host.table()
+    assert 'counter name "default_in" accept' in table and 'counter name "default_out" accept' in table, table
+    assert " drop" not in table, table
+    assert host.open_to_peer(5432) and host.open_to_peer(8080)

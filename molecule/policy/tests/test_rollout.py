@@ -8,6 +8,9 @@ with what mseg.fleet.trace predicts. The tests run in file order; each leaves th
 import json
 import os
 import re
+import shlex
+import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -74,7 +77,7 @@ def agreement(**extra):
     switched to); returns ({(src, dst, family, port): open}, {...: allowed})."""
     with tempfile.NamedTemporaryFile(suffix=".json") as output:
         playbook(os.path.join(ROOT, "playbooks", "lab", "agreement.yml"),
-                 *ev(dict(extra, reachability_ports=PORTS, reachability_families=["ipv4", "ipv6"],
+                 *ev(dict({"reachability_ports": PORTS, "reachability_families": ["ipv4", "ipv6"]}, **extra,
                           agreement_output=output.name)))
         with open(output.name, encoding="utf-8") as handle:
             data = json.load(handle)
@@ -365,31 +368,61 @@ def test_every_batch_applies_the_policy_the_canary_was_checked_with():
     assert set(after.values()).isdisjoint(before.values())  # the edited policy was applied
 
 
-# Discovery (issue 20): a known traffic pattern, a short window, the proposal enforced and measured.
+# Discovery (issue 20): a known traffic pattern, a short window, the proposal enforced and measured. out-01 is the
+# monitoring host (role=monitoring) and scrapes every host on tcp/9100; the control node is the bastion (tcp/22);
+# a second address on out-01, in no host's addresses, sends the noise.
 ADDRESS = {"web-01": "10.213.240.11", "app-01": "10.213.240.21", "db-01": "10.213.240.31", "out-01": "10.213.240.91"}
-PATTERN = {("web-01", "app-01", "tcp/8080"), ("app-01", "db-01", "tcp/5432")}
+NOISE = "10.213.240.92"
+BASTION = "10.213.240.1"        # the control node on the lab bridge: the tests connect from it
+PATTERN = {("web-01", "app-01", "tcp/8080"), ("app-01", "db-01", "tcp/5432")} | \
+    {("out-01", name, "tcp/9100") for name in MANAGED}
 DISCOVER_MIN = 10   # above what the earlier tests' probes leave in the conntrack tables (TIME_WAIT lasts 120 s)
+DISCOVER_UNITS = "mseg-discover.service mseg-discover-cleanup.timer mseg-discover-cleanup.service"
+SCRAPE = ("import socket, time\n"
+          "for _ in range(%d):\n"
+          "    for dst in %r:\n"
+          "        try:\n"
+          "            socket.create_connection((dst, 9100), 2).close()\n"
+          "        except OSError:\n"
+          "            pass\n"
+          "    time.sleep(1)\n")
 
 
-def _connect(src, dst, port, times):
-    """``times`` TCP connections from ``src`` to ``dst``'s IPv4 address, each opened and closed."""
-    host(src).check_output("python3 -c 'import socket; [socket.create_connection((\"%s\", %d), 3).close() "
-                           "for _ in range(%d)]'" % (ADDRESS[dst], port, times))
+def _connect(src, dst, port, times, source=""):
+    """``times`` TCP connections from ``src`` (from its address ``source`` if given) to ``dst``'s IPv4 address."""
+    host(src).check_output("python3 -c 'import socket; [socket.create_connection((\"%s\", %d), 3, (\"%s\", 0)).close() "
+                           "for _ in range(%d)]'" % (ADDRESS[dst], port, source, times))
+
+
+def _scrape_in_background(seconds):
+    """out-01 scrapes every managed host's tcp/9100 once a second for ``seconds``, detached from this test."""
+    script = SCRAPE % (seconds, [ADDRESS[name] for name in MANAGED])
+    host("out-01").check_output("printf %%s %s > /root/scrape.py && (setsid nohup python3 /root/scrape.py "
+                                ">/dev/null 2>&1 &)" % shlex.quote(script))
 
 
 def test_discover_proposes_the_observed_flows_and_enforcing_the_proposal_opens_exactly_them():
     playbook("mseg.fleet.mode", *ev({"mseg_mode": "observe", "mseg_hosts": "managed"}))
-    run("ansible", "app:db", "-i", INVENTORY, "-m", "mseg.fleet.probe_listener",
-        "-a", json.dumps({"ports": ["tcp/8080", "tcp/5432"], "duration": 900}))
+    run("ansible", "managed", "-i", INVENTORY, "-m", "mseg.fleet.probe_listener",
+        "-a", json.dumps({"ports": ["tcp/8080", "tcp/5432", "tcp/9100"], "duration": 900}))
+    host("out-01").check_output("ip -4 address replace %s/24 dev host0" % NOISE)
     _connect("web-01", "app-01", 8080, 12)
     _connect("app-01", "db-01", 5432, 12)
-    _connect("out-01", "app-01", 8080, 2)          # noise from an unlabelled address, below the threshold
+    _connect("out-01", "app-01", 8080, 2, NOISE)    # noise from an unlabelled address, below the threshold
+    for name in MANAGED:                            # the bastion's SSH sessions
+        for _ in range(12):
+            socket.create_connection((ADDRESS[name], 22), 3).close()
+    # the scrapes go on through the window: the policy has no rule for them, so each is an audit record
+    _scrape_in_background(30)
     with tempfile.TemporaryDirectory() as scratch:
         report = os.path.join(scratch, "report")
         proc = playbook("mseg.fleet.discover", *ev({"mseg_hosts": "managed", "mseg_discover_duration": "10s",
                                                     "mseg_discover_interval": 2, "mseg_discover_dir": report,
                                                     "mseg_discover_min_count": DISCOVER_MIN}))
         assert "Collected on 3 host(s): app-01, db-01, web-01" in proc.output, proc.output[-4000:]
+        audit = re.search(r"audit records \(observe mode\): (\d+) used, \d+ outside the window, (\d+) rejected",
+                          proc.output)
+        assert audit and int(audit.group(1)) >= 3 and int(audit.group(2)) == 0, proc.output[-4000:]
         with open(os.path.join(report, "proposal.yml"), encoding="utf-8") as handle:
             proposal = yaml.safe_load(handle)["mseg_policy"]
         with open(os.path.join(report, "discovery.json"), encoding="utf-8") as handle:
@@ -398,21 +431,75 @@ def test_discover_proposes_the_observed_flows_and_enforcing_the_proposal_opens_e
             svg = handle.read()
     assert data["coverage"]["uncovered"] == []
     kept = {(f["src"], f["dst"], f["service"]) for f in data["flows"]}
-    assert {("web-01", "app-01", "tcp/8080"), ("app-01", "db-01", "tcp/5432")} <= kept, kept
+    assert PATTERN <= kept, kept
+    bastion = [rule for rule in proposal["rules"] if rule["from"] == {"cidr": [BASTION]}]
+    assert [rule["ports"] for rule in bastion] == [["tcp/22"]], yaml.safe_dump(proposal)
+    assert bastion[0]["name"].startswith("net-10-213-240-1-to-"), bastion
+    assert any(rule["from"] == {"tags": {"role": "monitoring"}} and rule["ports"] == ["tcp/9100"]
+               for rule in proposal["rules"]), proposal
     noise = [e["flow"] for e in data["left_out"]["below_threshold"]["examples"]]
-    assert "out-01 -> app-01 tcp/8080" in noise, noise
-    assert "<svg" in svg and "role=web" in svg and "role=app" in svg
+    assert "%s -> app-01 tcp/8080" % NOISE in noise, noise
+    assert "<svg" in svg and "role=web" in svg and "role=monitoring" in svg
     for name in MANAGED:    # the collection removed itself: no unit, no timer, no file
         assert not host(name).file("/run/mseg-discover").exists
-        assert host(name).run("systemctl is-active mseg-discover.service mseg-discover-cleanup.timer").stdout.split() \
-            == ["inactive", "inactive"]
+        assert host(name).run("systemctl is-active " + DISCOVER_UNITS).stdout.split() == ["inactive"] * 3
     try:
         playbook("mseg.fleet.rollout", *ev({"mseg_hosts": "managed", "mseg_policy": proposal,
                                             "mseg_health_probes": []}))
-        measured, _predicted = agreement(mseg_policy=proposal)
+        measured, _predicted = agreement(mseg_policy=proposal, reachability_ports=PORTS + ["tcp/9100"])
         wrong = sorted((src, dst, family, port, is_open) for (src, dst, family, port), is_open in measured.items()
                        if dst in MANAGED and src != dst and is_open != ((src, dst, port) in PATTERN))
         assert wrong == [], wrong
+        # the operator is not locked out: a fresh SSH session (no shared master connection) from the bastion
+        fresh = subprocess.run(["ansible", "managed", "-i", INVENTORY, "-m", "ansible.builtin.ping"], cwd=ROOT,
+                               env=dict(ENV, ANSIBLE_SSH_ARGS="-o ControlMaster=no -o ControlPath=none"),
+                               capture_output=True, text=True, timeout=120, check=False)
+        assert fresh.returncode == 0 and fresh.stdout.count("SUCCESS") == len(MANAGED), fresh.stdout + fresh.stderr
+        # the noise stays closed
+        noisy = host("out-01").run("python3 -c 'import socket; socket.create_connection((\"%s\", 8080), 3, "
+                                   "(\"%s\", 0))'" % (ADDRESS["app-01"], NOISE))
+        assert noisy.rc != 0 and "timed out" in noisy.stderr, (noisy.rc, noisy.stderr)
     finally:
         start_db_listener()    # reachability stopped the listeners; the inventory's health probe needs db's
         playbook("mseg.fleet.rollout", *ev({"mseg_hosts": "managed"}))
+
+
+SANDBOXED = ("CapabilityBoundingSet=cap_net_admin", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes",
+             "PrivateTmp=yes", "PrivateDevices=yes", "ReadWritePaths=/run/mseg-discover",
+             "RestrictAddressFamilies=AF_NETLINK", "MemoryDenyWriteExecute=yes")
+
+
+def test_an_interrupted_discover_removes_its_collector_and_changes_no_ruleset():
+    """ansible-playbook killed in the window: each host's own timer removes the collector and its files after the
+    window and the grace; no ruleset changed. While it runs, the collector's unit shows its sandbox."""
+    before = listings()
+    with tempfile.TemporaryDirectory() as scratch:
+        log = os.path.join(scratch, "discover.log")
+        with open(log, "w", encoding="utf-8") as output:
+            proc = subprocess.Popen(  # pylint: disable=consider-using-with
+                ["ansible-playbook", "-i", INVENTORY, "mseg.fleet.discover",
+                 *ev({"mseg_hosts": "managed", "mseg_discover_duration": "6s", "mseg_discover_interval": 1,
+                      "mseg_discover_grace": 2, "mseg_discover_dir": os.path.join(scratch, "report")})],
+                cwd=ROOT, env=ENV, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            with open(log, encoding="utf-8") as output:
+                while "TASK [Wait for the window to end]" not in output.read() and time.monotonic() < deadline:
+                    assert proc.poll() is None, "discover ended before its window"
+                    time.sleep(0.2)
+                    output.seek(0)
+            shown = host("web-01").check_output("systemctl show -p %s mseg-discover.service"
+                                                % " -p ".join(item.split("=")[0] for item in SANDBOXED))
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert sorted(shown.splitlines()) == sorted(SANDBOXED), shown
+    time.sleep(8)    # the window (6 s, begun before the kill) and the grace (2 s)
+    for name in MANAGED:
+        node = host(name)
+        deadline = time.monotonic() + 15
+        while node.file("/run/mseg-discover").exists and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not node.file("/run/mseg-discover").exists, name
+        assert node.run("systemctl is-active " + DISCOVER_UNITS).stdout.split() == ["inactive"] * 3, name
+    assert listings() == before

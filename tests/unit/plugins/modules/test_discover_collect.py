@@ -1,5 +1,7 @@
 """mseg.fleet.discover_collect: the collector's unit carries its bounds, and a timer removes its files after the window."""
 
+import os
+
 from ansible_collections.mseg.fleet.plugins.modules import discover_collect
 
 
@@ -36,3 +38,22 @@ def test_collected_returns_the_audit_lines_of_the_collectors_window(tmp_path, mo
     found = discover_collect.audit(status)
     assert found["from"] == "2026-12-06T03:00:00Z" and found["to"] == "2026-12-06T03:00:10Z"
     assert found["lines"] == [inside] and found["overflow"] == 0 and found["unreadable"] == []
+
+
+HARDENING = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "roles", "agent", "templates", "etc",
+                         "systemd", "system", "mseg-hardening.j2")
+
+
+def test_the_collector_runs_in_the_sandbox_of_the_hosts_services():
+    """Every property of the shared sandbox of mseg-agent and mseg-droplog reaches systemd-run, except the ambient
+    capability (the collector runs as root, whose bounding set is CAP_NET_ADMIN alone); its directory stays
+    writable."""
+    run, _cleanup = discover_collect.unit_argv(FakeModule(), PARAMS)
+    given = [run[index + 1] for index, word in enumerate(run) if word == "-p"]
+    for name, value in discover_collect.SANDBOX:
+        assert "%s=%s" % (name, value) in given
+    with open(HARDENING, encoding="utf-8") as handle:
+        shared = [line.strip() for line in handle if line.strip() and not line.startswith(("#", "{"))]
+    assert [line for line in shared if line not in given] == ["AmbientCapabilities=CAP_NET_ADMIN"]
+    assert "CapabilityBoundingSet=CAP_NET_ADMIN" in given and "ProtectSystem=strict" in given
+    assert "ReadWritePaths=/run/mseg-discover" in given
