@@ -226,7 +226,7 @@ def unit_argv(module, params):
     for name, value in SANDBOX:
         run += ["-p", "%s=%s" % (name, value)]
     run += [python, os.path.join(RUN_DIR, SCRIPT), "--seconds", str(window), "--interval", str(params["interval"]),
-           "--max-flows", str(params["max_flows"]), "--out", os.path.join(RUN_DIR, RECORDS)]
+            "--max-flows", str(params["max_flows"]), "--out", os.path.join(RUN_DIR, RECORDS)]
     cleanup = [systemd_run, "--unit", CLEANUP, "--description", "mseg.fleet discovery collector cleanup", "--collect",
                "--on-active=%d" % (window + params["grace"]), "--timer-property=AccuracySec=1s",
                "/bin/rm", "-rf", RUN_DIR]

@@ -410,7 +410,7 @@ def test_discover_proposes_the_observed_flows_and_enforcing_the_proposal_opens_e
     _connect("app-01", "db-01", 5432, 12)
     _connect("out-01", "app-01", 8080, 2, NOISE)    # noise from an unlabelled address, below the threshold
     for name in MANAGED:                            # the bastion's SSH sessions
-        for _ in range(12):
+        for _attempt in range(12):
             socket.create_connection((ADDRESS[name], 22), 3).close()
     # the scrapes go on through the window: the policy has no rule for them, so each is an audit record
     _scrape_in_background(30)
@@ -489,7 +489,7 @@ def test_an_interrupted_discover_removes_its_collector_and_changes_no_ruleset():
                     time.sleep(0.2)
                     output.seek(0)
             shown = host("web-01").check_output("systemctl show -p %s mseg-discover.service"
-                                                % " -p ".join(item.split("=")[0] for item in SANDBOXED))
+                                                % " -p ".join(item.split("=", maxsplit=1)[0] for item in SANDBOXED))
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
