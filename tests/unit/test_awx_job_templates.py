@@ -153,7 +153,7 @@ def test_survey_and_documented_variables_agree(template):
     options = role_options(text)
 
     missing = sorted(v for v in expected if not covers(declared, v))
-    assert missing == [], "%s: documented or read by %s but neither in the survey nor in not_in_survey" % (missing, name)
+    assert missing == [], "%s: documented or read by %s, neither in the survey nor in not_in_survey" % (missing, name)
     extra = sorted(v for v in declared - expected if v.startswith("mseg_")
                    and not (name == "discover" and v in discovery_variables()))
     assert extra == [], "%s: in the %s template but not documented for %s" % (extra, template["name"], name)
