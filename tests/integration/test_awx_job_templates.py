@@ -169,7 +169,8 @@ def test_mode_and_bypass_jobs_on_a_host(tmp_path):
             proc = fleet.run("h", ["nft", "list", "table", "inet", "mseg"], check=False)
             return proc.stdout if proc.returncode == 0 else ""
 
-        done = job("mseg.fleet mode", {"mseg_mode": "enforce", "mseg_become": "false"})
+        # the zone question answered blank: every targeted host
+        done = job("mseg.fleet mode", {"mseg_mode": "enforce", "mseg_zone": "", "mseg_become": "false"})
         assert awx_job.status(done) == "successful", open(os.path.join(done, "stdout")).read()[-3000:]
         assert 'counter name "rule_10_in" accept' in table()
         assert fleet.probe("p", "h", 8080) == CONNECTED and fleet.probe("p", "h", 5432) != CONNECTED

@@ -188,7 +188,10 @@ def test_survey_fields_match_docs_code_and_argument_specs(template):
         else:
             assert same_value(default, doc["default"]), "%s: docs %r, survey %r" % (where, doc["default"], default)
         literal = code_default(text, variable)
-        if literal is not None:
+        if literal == "":
+            # the playbook reads a blank answer as no answer
+            assert default is None, "%s: blank in the playbook means unset, the survey gives %r" % (where, default)
+        elif literal is not None:
             assert same_value(default, literal), "%s: playbook %r, survey %r" % (where, literal, default)
         if question["required"]:
             # the playbook checks it first, so a launch without the survey fails before any host is touched too
