@@ -195,7 +195,7 @@ def test_survey_fields_match_docs_code_and_argument_specs(template):
             assert same_value(default, literal), "%s: playbook %r, survey %r" % (where, literal, default)
         if question["required"]:
             # the playbook checks it first, so a launch without the survey fails before any host is touched too
-            assert re.search(r"\b%s is defined\b" % variable, text), where
+            assert re.search(r"\b%s (is defined|in \[)" % variable, text), where
         if question["type"] == "multiplechoice" and question["choices"] != BOOLEAN_CHOICES:
             match = re.search(r"\b%s in (\[[^\]]*\])" % variable, text)
             assert match and ast.literal_eval(match.group(1)) == question["choices"], where
