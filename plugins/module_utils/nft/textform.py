@@ -13,9 +13,9 @@ two loads, listing against listing, for real rendered rulesets.
 
 It reads only what it reads exactly as nft does, and returns None for anything else: then the caller has nft parse
 the text in a scratch namespace as before (``jsonform.parse``). Never a guess: every line must be one of the shapes
-below, token for token, single-spaced, printable ASCII, newlines only ``\\n``; every name used must be declared
-(a counter, a set of the right type, a chain); a quoted string is short and holds no quote, backslash, ``#``, ``$``
-or ``;``. Among what it leaves to nft on purpose:
+below, token for token, single-spaced, printable ASCII without a backslash, newlines only ``\\n``; every name used
+must be declared (a counter, a set of the right type, a chain) and be one of the contract's; a quoted string is
+short and holds no quote, backslash, ``#``, ``$`` or ``;``. Among what it leaves to nft on purpose:
 
 * any statement, keyword or flag the renderer does not write: ``reject``, ``log level``, ``th dport``, ``ct mark``,
   ``meta mark``, anonymous counters, ``goto``, ``return``, set ``size``/``timeout``/``policy``/``auto-merge``,
@@ -49,7 +49,7 @@ PROTOCOLS_FILE = "/etc/protocols"
 
 _FAMILY, _NAME = contract.TABLE_FAMILY, contract.TABLE_NAME
 _TABLE = contract.TABLE
-_PRINTABLE_RE = re.compile(r"[^\t\n -~]")
+_PRINTABLE_RE = re.compile(r"[^\t\n -\[\]-~]")  # printable ASCII but the backslash, tab, newline
 _TOKEN_RE = re.compile(r'"[^"]*"|\S+')
 _STRING_RE = re.compile(r'^"([A-Za-z0-9 =\[\]().,_:-]{1,127})"$')
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
@@ -266,7 +266,7 @@ class _Reader(object):
 
     def read(self, text):
         if _PRINTABLE_RE.search(text):
-            raise NotMine("a character other than printable ASCII, tab or newline")
+            raise NotMine("a character other than printable ASCII (no backslash), tab or newline")
         lines = text.split("\n")
         at = 0
         while at < len(lines):
