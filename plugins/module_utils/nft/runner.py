@@ -4,8 +4,9 @@
 """The one ``nft`` runner: check, load and list table ``inet mseg``, list its counters, read the generation id.
 
 Everything that runs ``nft`` on a host goes through ``Nft`` (the apply engine, the agent, its trace, the counter
-readers); ``check`` and ``load`` take a text but load only its judged JSON form (``jsonform``). ``runner`` is
-replaceable, and ``tests/unit/nft/fake.py`` is the fake the unit tests use.
+readers); ``check`` and ``load`` take a text but load only its judged JSON form (``jsonform``; the renderer's own
+text is read into it by ``textform``, any other text by nft in a scratch namespace). ``runner`` is replaceable, and
+``tests/unit/nft/fake.py`` is the fake the unit tests use.
 """
 
 from __future__ import annotations
