@@ -100,31 +100,42 @@ def worker_nft(count, repeat):
                               unit_dir=os.path.join(where, "units"))
 
     def first_apply(content, translate=True):
-        """Median of ``repeat`` first applies of ``content``: each from no table and an empty state directory."""
-        def once():
-            subprocess.run([nft, "delete", "table", "inet", "mseg"], check=False, capture_output=True)
-            fresh = tempfile.mkdtemp(dir=work)
-            start = time.perf_counter()
-            res = engine.apply(request(content, fresh), Nft(translate=translate))
-            return time.perf_counter() - start, res, fresh
-        runs = [once() for dummy in range(repeat)]
-        assert all(res["changed"] and res["elements"] == count for seconds, res, fresh in runs), runs[-1][1]
-        return statistics.median(seconds for seconds, res, fresh in runs), runs[-1][2]
+        """One first apply of ``content`` from no table and an empty state directory: (seconds, state dir)."""
+        subprocess.run([nft, "delete", "table", "inet", "mseg"], check=False, capture_output=True)
+        fresh = tempfile.mkdtemp(dir=work)
+        start = time.perf_counter()
+        res = engine.apply(request(content, fresh), Nft(translate=translate))
+        seconds = time.perf_counter() - start
+        assert res["changed"] and res["elements"] == count, res
+        return seconds, fresh
+
+    def bare_first():
+        subprocess.run([nft, "delete", "table", "inet", "mseg"], check=False, capture_output=True)
+        start = time.perf_counter()
+        subprocess.run([nft, "-f", "-"], input=full, text=True, check=True)
+        return time.perf_counter() - start
 
     out = {}
     try:
         full = peers.build_transaction(text, [])  # the very text the engine judges and loads
         assert textform.objects(full, textform.protocol_names()) is not None, "the rendered text is not translated"
+        # The same ruleset in the JSON form (what a renderer writing the JSON form hands the host): judged as it is,
+        # one nft -j -f, no scratch parse.
+        document = json.dumps({"nftables": jsonform.check(jsonform.parse(full, nft))}) + "\n"
 
-        def bare_first():
-            subprocess.run([nft, "delete", "table", "inet", "mseg"], check=False, capture_output=True)
-            start = time.perf_counter()
-            subprocess.run([nft, "-f", "-"], input=full, text=True, check=True)
-            return time.perf_counter() - start
+        # First applies, interleaved so that the machine's load weighs on each alike: a bare nft -f; the same text
+        # parsed by nft in a scratch namespace (the path before the translator, and still the one for a text it does
+        # not read); the JSON form; and, last, the product path: the rendered text read without nft (textform).
+        firsts = {"nft_first": [], "scratch_first": [], "json_first": [], "first": []}
+        fresh = None
+        for dummy in range(repeat):
+            firsts["nft_first"].append(bare_first())
+            firsts["scratch_first"].append(first_apply(text, translate=False)[0])
+            firsts["json_first"].append(first_apply(document)[0])
+            seconds, fresh = first_apply(text)
+            firsts["first"].append(seconds)
+        out.update((key, statistics.median(runs)) for key, runs in firsts.items())
 
-        out["nft_first"] = statistics.median(bare_first() for dummy in range(repeat))
-        # The product path: the rendered text, read without nft (textform), judged, one nft -j -f.
-        out["first"], fresh = first_apply(text)
         out["unchanged"], res = timed(lambda: engine.apply(request(text, fresh)), repeat)
         assert res["changed"] is False, res
 
@@ -142,17 +153,11 @@ def worker_nft(count, repeat):
         out["replace"], res = timed(lambda: engine.apply(request(next(alternate), fresh)), repeat)
         assert res["changed"] is True
 
-        # The same text parsed by nft in a scratch namespace (the path before the translator, and still the one for
-        # a text the translator does not read).
-        out["scratch_first"], fresh = first_apply(text, translate=False)
+        fresh = first_apply(text, translate=False)[1]
         out["scratch_unchanged"], res = timed(lambda: engine.apply(request(text, fresh), Nft(translate=False)),
                                               repeat)
         assert res["changed"] is False, res
-
-        # The same ruleset in the JSON form (what a renderer writing the JSON form hands the host): judged as it is,
-        # one nft -j -f, no scratch parse.
-        document = json.dumps({"nftables": jsonform.check(jsonform.parse(full, nft))}) + "\n"
-        out["json_first"], fresh = first_apply(document)
+        fresh = first_apply(document)[1]
         out["json_unchanged"], res = timed(lambda: engine.apply(request(document, fresh)), repeat)
         assert res["changed"] is False, res
 

@@ -12,6 +12,7 @@ text is read into it by ``textform``, any other text by nft in a scratch namespa
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import struct
@@ -35,6 +36,8 @@ def find_nft():
     return path
 
 
+# (netns prefix, nft path, inode, mtime, runner) -> whether textform writes that release's listing (``Nft``).
+_RELEASES = {}
 _KERNEL_HINTS = ("Operation not supported", "Protocol not supported", "Address family not supported",
                  "cache initialization failed")
 
@@ -110,12 +113,26 @@ class Nft:
         if not self.translate:
             return None
         if self._protocols is None:
-            rc, out, _err = self._run(["--version"])
-            listed = rc == 0 and textform.nft_release(out) in textform.LISTED_BY
-            self._protocols = (textform.protocol_names() or {}) if listed else False
+            self._protocols = (textform.protocol_names() or {}) if self._listed_release() else False
         if self._protocols is False:
             return None
         return textform.objects(text, self._protocols)
+
+    def _listed_release(self):
+        """Whether this nft's release is one whose listing ``textform`` writes: ``nft --version`` asked once per
+        binary (its inode and modification time: an upgrade asks again) and runner, so the agent asks once."""
+        try:
+            stat = os.stat(self.path)
+            key = (tuple(self.prefix), self.path, stat.st_ino, stat.st_mtime_ns, self.runner)
+        except OSError:
+            key = None
+        if key is None or key not in _RELEASES:
+            rc, out, _err = self._run(["--version"])
+            listed = rc == 0 and textform.nft_release(out) in textform.LISTED_BY
+            if key is None:
+                return listed
+            _RELEASES[key] = listed
+        return _RELEASES[key]
 
     def counts(self, text):
         """Counts of the judged form of ``text`` (``jsonform.counts``: tables, rules, sets, elements)."""
