@@ -176,9 +176,8 @@ def _interval(item, version):
 def _elements_of(inside, version, verdicts):
     """The elements of an interval set (or, with ``verdicts``, a verdict map: ``key : jump chain``), in nft's
     listing order: they must already be in it (ascending, no overlap). Returns (elements, jump targets)."""
-    items = inside.split(",")
     if version == 4 and not verdicts and "/" not in inside:  # IPv4 addresses only, the bulk: one C call each
-        items = [item.strip() for item in items]
+        items = inside.split(", ")  # the renderer's separator; any other spacing fails inet_pton below
         try:
             values = struct.unpack("!%dI" % len(items), b"".join(map(_PTON4, items)))
         except (OSError, ValueError):
@@ -189,7 +188,7 @@ def _elements_of(inside, version, verdicts):
     found = []
     targets = set()
     previous = -1
-    for item in items:
+    for item in inside.split(","):
         item = item.strip()
         if verdicts:
             key, separator, verdict = item.partition(" : ")
