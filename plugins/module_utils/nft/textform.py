@@ -60,14 +60,13 @@ _RANGE_RE = re.compile(r"^(0|[1-9][0-9]{0,9})-(0|[1-9][0-9]{0,9})$")
 _RATE_RE = re.compile(r"^([1-9][0-9]{0,8})/second$")
 _ICMPV6_TYPES = {"nd-router-solicit": 133, "nd-router-advert": 134, "nd-neighbor-solicit": 135,
                  "nd-neighbor-advert": 136}
-_CT_STATES = ("invalid", "new", "untracked")
+_CT_STATES = ("invalid", "new")
 _ADDR_TYPE = {"ipv4_addr": 4, "ipv6_addr": 6}
 _VERSION_OF = {"ip": 4, "ip6": 6}
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 _PTON4 = functools.partial(socket.inet_pton, socket.AF_INET)
 _BITS = {4: 32, 6: 128}
 _BASE_LINE_RE = re.compile(r"^type filter hook (input|output|forward) priority filter; policy (accept|drop);$")
-_HOOKS = {"input", "output", "forward"}
 _DYNAMIC_SIZE = 65535  # what nft gives a set a rule adds to when the text names no size, and lists
 
 
@@ -263,6 +262,10 @@ class _Reader(object):
 
     def __init__(self, protocols):
         self.protocols = protocols
+        self._clear()
+
+    def _clear(self):
+        """No table: the state before the text, and after ``delete table inet mseg``."""
         self.present = False
         self.filled = False
         self.counters = []
@@ -290,7 +293,7 @@ class _Reader(object):
             elif line == "delete table %s" % _TABLE:
                 if not self.present:
                     raise NotMine(line)
-                self.__init__(self.protocols)
+                self._clear()
             elif line == "table %s {" % _TABLE:
                 if self.filled:
                     raise NotMine(line)
