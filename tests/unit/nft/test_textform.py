@@ -102,8 +102,8 @@ RULES = {
         {"counter": "rule_7_in"}, ACCEPT],
     "tcp dport 22 ip saddr @r7_in_v4 accept": [match(payload("tcp", "dport"), 22),
                                                match(payload("ip", "saddr"), "@r7_in_v4"), ACCEPT],
-    "udp dport 5000-5010 ip6 saddr @r7_in_v6 accept": [match(payload("udp", "dport"), {"range": [5000, 5010]}),
-                                                        match(payload("ip6", "saddr"), "@r7_in_v6"), ACCEPT],
+    "udp dport 5000-5010 ip6 saddr @r7_in_v6 accept": [
+        match(payload("udp", "dport"), {"range": [5000, 5010]}), match(payload("ip6", "saddr"), "@r7_in_v6"), ACCEPT],
     "tcp dport { 8000-8010, 8080 } accept": [match(payload("tcp", "dport"),
                                                    {"set": [{"range": [8000, 8010]}, 8080]}), ACCEPT],
     "meta l4proto 1 meta nfproto ipv4 accept": [match({"meta": {"key": "l4proto"}}, "icmp"),
@@ -122,8 +122,8 @@ RULES = {
         {"limit": {"rate": 10, "burst": 20, "per": "second"}}, {"log": {"prefix": "[MSEG-DROP] ID=7 "}},
         {"log": {"prefix": "[MSEG-DROP] ID=7 ", "group": 2710}}],
     LIMITED: [match(payload("tcp", "dport"), 443),
-                      {"set": {"op": "add", "elem": payload("ip", "saddr"), "set": "@sys_controller_connlimit_v4",
-                               "stmt": [{"ct count": {"val": 3, "inv": True}}]}}, ACCEPT],
+              {"set": {"op": "add", "elem": payload("ip", "saddr"), "set": "@sys_controller_connlimit_v4",
+                       "stmt": [{"ct count": {"val": 3, "inv": True}}]}}, ACCEPT],
 }
 
 
