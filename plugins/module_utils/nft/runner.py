@@ -131,6 +131,8 @@ class Nft:
             listed = rc == 0 and textform.nft_release(out) in textform.LISTED_BY
             if key is None:
                 return listed
+            if len(_RELEASES) >= 64:  # a caller with a runner per call (a trace): keep the cache bounded
+                _RELEASES.clear()
             _RELEASES[key] = listed
         return _RELEASES[key]
 

@@ -327,3 +327,11 @@ def test_the_contract_judges_a_translation_as_it_judges_nft_s_listing():
         runner.Nft(PATH, fake).judge(content)
     assert "chain input is a filter chain on hook output" in str(err.value)
     assert not scratch_runs(fake)
+
+
+def test_the_release_is_asked_once_per_binary_and_runner():
+    fake = VersionedFake(textform.LISTED_BY[0])
+    runner.Nft(PATH, fake).judge(golden())
+    runner.Nft(PATH, fake).judge(golden("db-01"))
+    assert [argv for argv, _input in fake.calls if "--version" in argv] == [[PATH, "--version"]]
+    assert not scratch_runs(fake)
