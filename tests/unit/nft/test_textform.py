@@ -329,6 +329,7 @@ def test_the_contract_judges_a_translation_as_it_judges_nft_s_listing():
     assert not scratch_runs(fake)
 
 
+@pytest.mark.skipif(not os.path.exists(PATH), reason="the cache is keyed by the nft binary's inode: needs %s" % PATH)
 def test_the_release_is_asked_once_per_binary_and_runner():
     fake = VersionedFake(textform.LISTED_BY[0])
     runner.Nft(PATH, fake).judge(golden())
