@@ -4,18 +4,22 @@
 
 Runs as root in two throw-away network namespaces (nothing outside them is touched):
 
-* nft_apply: the engine the module runs on the host (``plugins/module_utils/apply/``) applying a
-  contract-shaped ruleset whose peer set holds N elements: the checked load (nft parses the text in a
-  scratch namespace, its JSON form is judged, ``nft/jsonform.py``), the one ``nft -j -f`` transaction,
-  recording, persisting. Then re-runs: unchanged (the usual case: the kernel's ruleset generation id is
-  unchanged, so nothing is parsed or listed), unchanged after another table changed (the table is listed
-  and compared), and a change of one element (a full replace).
+* nft_apply: the engine the module runs on the host (``plugins/module_utils/apply/``) applying the ruleset
+  as the product renders it (``compile_fleet`` and ``render_plan`` of a policy whose one rule allows tcp/8080
+  from N addresses: the text the policy role, the rollout and the agent pass): the text read without nft
+  (``nft/textform.py``), its JSON form judged (``nft/jsonform.py``), the one ``nft -j -f`` transaction,
+  recording, persisting. Each first apply starts from no table and an empty state directory. Then re-runs:
+  unchanged (the usual case: the kernel's ruleset generation id is unchanged, so nothing is parsed or
+  listed), unchanged after another table changed (the table is listed and compared), and a change of one
+  element (a full replace).
+* nft_apply with the same text parsed by nft in a scratch namespace (``Nft(translate=False)``: the path
+  before the translator, and still the one for a text it does not read): first apply and unchanged re-run.
 * nft_apply with the same ruleset in the JSON form (``{"nftables": [...]}``, here made once from the text by nft
   itself, as a renderer writing the JSON form would hand it to the host): judged as it is (``jsonform``,
-  ``contract.check_ruleset``), one ``nft -j -f``, no scratch parse; first apply (from no table) and unchanged re-run.
+  ``contract.check_ruleset``), one ``nft -j -f``, no scratch parse; first apply and unchanged re-run.
 * bare nft: ``nft -f`` of the same transaction text into a namespace without the table (what a first
-  apply with no checks at all would cost), and the engine's parts on their own: the scratch parse, ``nft
-  -j -f`` of the judged document, ``nft -s list``.
+  apply with no checks at all would cost), and the engine's parts on their own: the translation (read,
+  judge, write the JSON), the scratch parse, ``nft -j -f`` of the judged document, ``nft -s list``.
 * baseline: ``iptables-restore`` (and ``iptables-legacy-restore`` when installed) of the same policy
   as N linear rules, ``-A INPUT -s ADDR -p tcp --dport 8080 -j ACCEPT``, loaded fresh and re-loaded
   unchanged (iptables-restore has no notion of "unchanged": it always reloads).
@@ -42,7 +46,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 
 from ansible_collections.mseg.fleet.plugins.module_utils.apply import engine, peers  # noqa: E402  (plain Python)
-from ansible_collections.mseg.fleet.plugins.module_utils.nft import jsonform  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.compile.fleet import compile_fleet  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.nft import jsonform, textform  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.nft.runner import Nft  # noqa: E402
+from ansible_collections.mseg.fleet.plugins.module_utils.render.nftables import render_plan  # noqa: E402
 
 
 def addresses(count):
@@ -51,35 +58,13 @@ def addresses(count):
 
 
 def ruleset(elements, port=8080):
-    peers = ",\n            ".join(elements)
-    return """#!/usr/sbin/nft -f
-table inet mseg {}
-delete table inet mseg
-table inet mseg {
-    set mgmt_auto_v4 {
-        type ipv4_addr . inet_service
-    }
-    set mgmt_auto_v6 {
-        type ipv6_addr . inet_service
-    }
-    set r1024_in_v4 {
-        type ipv4_addr
-        flags interval
-        elements = { %s }
-    }
-    chain input {
-        type filter hook input priority filter; policy drop;
-        ct state established,related accept
-        iif "lo" accept
-        ip saddr . tcp dport @mgmt_auto_v4 accept
-        ip saddr @r1024_in_v4 tcp dport %d counter accept comment "ID=1024"
-        counter drop
-    }
-    chain output {
-        type filter hook output priority filter; policy accept;
-    }
-}
-""" % (peers, port)
+    """The ruleset as the product renders it (``compile_fleet`` and ``render_plan``, what the policy role, the rollout
+    and the agent pass to nft_apply): one rule allowing tcp/``port`` from ``elements``, default deny."""
+    policy = {"defaults": {"ingress": "deny", "egress": "allow"}, "rules": [
+        {"id": 1024, "name": "bench", "from": {"cidr": elements}, "to": {"hosts": ["bench"]},
+         "ports": ["tcp/%d" % port]}]}
+    compiled = compile_fleet(policy, {"bench": {"addresses": ["192.0.2.1"], "mode": "enforce"}})
+    return render_plan(compiled.plans["bench"])[0]
 
 
 def iptables_file(elements, port=8080):
@@ -110,59 +95,75 @@ def worker_nft(count, repeat):
     work = tempfile.mkdtemp(prefix="mseg-bench-")
     nft = engine.Nft().path
 
-    def request(content):
-        return engine.Request(content, state_dir=os.path.join(work, "etc-mseg"), unit_dir=os.path.join(work, "units"))
+    def request(content, where=work):
+        return engine.Request(content, state_dir=os.path.join(where, "etc-mseg"),
+                              unit_dir=os.path.join(where, "units"))
+
+    def first_apply(content, translate=True):
+        """One first apply of ``content`` from no table and an empty state directory: (seconds, state dir)."""
+        subprocess.run([nft, "delete", "table", "inet", "mseg"], check=False, capture_output=True)
+        fresh = tempfile.mkdtemp(dir=work)
+        start = time.perf_counter()
+        res = engine.apply(request(content, fresh), Nft(translate=translate))
+        seconds = time.perf_counter() - start
+        assert res["changed"] and res["elements"] == count, res
+        return seconds, fresh
+
+    def bare_first():
+        subprocess.run([nft, "delete", "table", "inet", "mseg"], check=False, capture_output=True)
+        start = time.perf_counter()
+        subprocess.run([nft, "-f", "-"], input=full, text=True, check=True)
+        return time.perf_counter() - start
 
     out = {}
     try:
-        start = time.perf_counter()
-        first = engine.apply(request(text))
-        out["first"] = time.perf_counter() - start
-        assert first["changed"] and first["elements"] == count, first
-        out["unchanged"], res = timed(lambda: engine.apply(request(text)), repeat)
+        full = peers.build_transaction(text, [])  # the very text the engine judges and loads
+        assert textform.objects(full, textform.protocol_names()) is not None, "the rendered text is not translated"
+        # The same ruleset in the JSON form (what a renderer writing the JSON form hands the host): judged as it is,
+        # one nft -j -f, no scratch parse.
+        document = json.dumps({"nftables": jsonform.check(jsonform.parse(full, nft))}) + "\n"
+
+        # First applies, interleaved so that the machine's load weighs on each alike: a bare nft -f; the same text
+        # parsed by nft in a scratch namespace (the path before the translator, and still the one for a text it does
+        # not read); the JSON form; and, last, the product path: the rendered text read without nft (textform).
+        firsts = {"nft_first": [], "scratch_first": [], "json_first": [], "first": []}
+        fresh = None
+        for dummy in range(repeat):
+            firsts["nft_first"].append(bare_first())
+            firsts["scratch_first"].append(first_apply(text, translate=False)[0])
+            firsts["json_first"].append(first_apply(document)[0])
+            seconds, fresh = first_apply(text)
+            firsts["first"].append(seconds)
+        out.update((key, statistics.median(runs)) for key, runs in firsts.items())
+
+        out["unchanged"], res = timed(lambda: engine.apply(request(text, fresh)), repeat)
         assert res["changed"] is False, res
 
         def after_foreign_change():
             subprocess.run([nft, "add", "table", "ip", "bench_other"], check=True)
             subprocess.run([nft, "delete", "table", "ip", "bench_other"], check=True)
             start = time.perf_counter()
-            res = engine.apply(request(text))
+            res = engine.apply(request(text, fresh))
             return time.perf_counter() - start, res
         listed = [after_foreign_change() for dummy in range(repeat)]
         assert all(res["changed"] is False for seconds, res in listed)
         out["unchanged_listed"] = statistics.median(seconds for seconds, res in listed)
 
         alternate = itertools.cycle([changed, text])
-        out["replace"], res = timed(lambda: engine.apply(request(next(alternate))), repeat)
+        out["replace"], res = timed(lambda: engine.apply(request(next(alternate), fresh)), repeat)
         assert res["changed"] is True
 
-        full = peers.build_transaction(text, [])  # the very text the engine judges and loads
-
-        def bare_first():
-            subprocess.run([nft, "delete", "table", "inet", "mseg"], check=True)
-            start = time.perf_counter()
-            subprocess.run([nft, "-f", "-"], input=full, text=True, check=True)
-            return time.perf_counter() - start
-        out["nft_first"] = statistics.median(bare_first() for dummy in range(repeat))
-
-        # The same ruleset in the JSON form (what a renderer writing the JSON form hands the host): judged as it is,
-        # one nft -j -f, no scratch parse. Each first apply starts from no table and an empty state directory.
-        document = json.dumps({"nftables": jsonform.check(jsonform.parse(full, nft))}) + "\n"
-
-        def json_first():
-            subprocess.run([nft, "delete", "table", "inet", "mseg"], check=True)
-            fresh = tempfile.mkdtemp(dir=work)
-            start = time.perf_counter()
-            res = engine.apply(engine.Request(document, state_dir=os.path.join(fresh, "etc-mseg"),
-                                              unit_dir=os.path.join(fresh, "units")))
-            return time.perf_counter() - start, res, fresh
-        firsts = [json_first() for dummy in range(repeat)]
-        assert all(res["changed"] and res["elements"] == count for seconds, res, fresh in firsts)
-        out["json_first"] = statistics.median(seconds for seconds, res, fresh in firsts)
-        fresh = firsts[-1][2]
-        out["json_unchanged"], res = timed(lambda: engine.apply(engine.Request(
-            document, state_dir=os.path.join(fresh, "etc-mseg"), unit_dir=os.path.join(fresh, "units"))), repeat)
+        fresh = first_apply(text, translate=False)[1]
+        out["scratch_unchanged"], res = timed(lambda: engine.apply(request(text, fresh), Nft(translate=False)),
+                                              repeat)
         assert res["changed"] is False, res
+        fresh = first_apply(document)[1]
+        out["json_unchanged"], res = timed(lambda: engine.apply(request(document, fresh)), repeat)
+        assert res["changed"] is False, res
+
+        protocols = textform.protocol_names()
+        out["translate"] = timed(lambda: jsonform.transaction(jsonform.check(
+            textform.objects(full, protocols), require_table=False, scratch=False)), repeat)[0]
         out["scratch_parse"], items = timed(lambda: jsonform.parse(full, nft), repeat)
         document = jsonform.transaction(jsonform.check(items))
         out["nft_json_load"] = timed(lambda: subprocess.run([nft, "-j", "-f", "-"], input=document, text=True,
@@ -232,22 +233,24 @@ def main():
     print("apply benchmark: %d set elements (nft_apply) vs %d linear rules (iptables), median of %d"
           % (args.elements, args.elements, args.repeat))
     print()
-    header = "%-46s %10s" % ("measurement", "seconds")
+    header = "%-52s %10s" % ("measurement", "seconds")
     for name in dict(baselines):
         header += " %14s" % ("ratio vs " + name.split("-")[1])
     print(header)
     print("-" * len(header))
 
     def row(label, value, key):
-        line = "%-46s %10.3f" % (label, value)
+        line = "%-52s %10.3f" % (label, value)
         for base in dict(baselines).values():
             line += " %14s" % ("%.2fx" % (value / base[key]) if key else "")
         print(line)
 
-    row("nft_apply: first apply (check+load+record)", nft["first"], "first")
-    row("nft_apply: re-run, unchanged", nft["unchanged"], "unchanged")
-    row("nft_apply: re-run, unchanged, other table moved", nft["unchanged_listed"], "unchanged")
-    row("nft_apply: replace (one element changed)", nft["replace"], "first")
+    row("nft_apply, rendered text: first apply", nft["first"], "first")
+    row("nft_apply, rendered text: re-run, unchanged", nft["unchanged"], "unchanged")
+    row("nft_apply, rendered text: re-run, other table moved", nft["unchanged_listed"], "unchanged")
+    row("nft_apply, rendered text: replace (one element)", nft["replace"], "first")
+    row("nft_apply, text, scratch parse: first apply", nft["scratch_first"], "first")
+    row("nft_apply, text, scratch parse: re-run, unchanged", nft["scratch_unchanged"], "unchanged")
     row("nft_apply, JSON content: first apply", nft["json_first"], "first")
     row("nft_apply, JSON content: re-run, unchanged", nft["json_unchanged"], "unchanged")
     for name, base in baselines:
@@ -256,10 +259,15 @@ def main():
     print()
     print("bare nft -f of the same transaction, no table before: %.3f s (first apply / it: %.2fx)"
           % (nft["nft_first"], nft["first"] / nft["nft_first"]))
-    print("parts: scratch parse (nft -f + nft -j list in a scratch namespace) %.3f s, nft -j -f of the judged "
-          "document %.3f s, nft -f replacing the table %.3f s, nft -s list %.3f s"
-          % (nft["scratch_parse"], nft["nft_json_load"], nft["nft_load"], nft["nft_list"]))
-    for label, first, unchanged in (("text content", "first", "unchanged"),
+    print("first apply / bare nft -f: rendered text %.2fx, text with the scratch parse %.2fx, JSON content %.2fx"
+          % (nft["first"] / nft["nft_first"], nft["scratch_first"] / nft["nft_first"],
+             nft["json_first"] / nft["nft_first"]))
+    print("parts: text read without nft, judged, JSON written (textform + jsonform) %.3f s; scratch parse (nft -f + "
+          "nft -j list in a scratch namespace) %.3f s; nft -j -f of the judged document %.3f s; nft -f replacing "
+          "the table %.3f s; nft -s list %.3f s"
+          % (nft["translate"], nft["scratch_parse"], nft["nft_json_load"], nft["nft_load"], nft["nft_list"]))
+    for label, first, unchanged in (("rendered text (the product path)", "first", "unchanged"),
+                                    ("text, scratch parse", "scratch_first", "scratch_unchanged"),
                                     ("JSON content", "json_first", "json_unchanged")):
         ratio = nft[first] / nft["nft_first"]
         print("targets, %s: first apply < 1 s: %s; first apply within 1.3x bare nft -f: %s (%.2fx); unchanged "

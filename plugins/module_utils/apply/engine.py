@@ -6,9 +6,10 @@
 Plain Python (no Ansible imports): the ``nft_apply`` module wraps it and the per-host agent
 reuses it. Guarantees (DESIGN section 5):
 
-* scope: nft reads the content in a scratch namespace, its JSON form is judged object by object against the wire
-  contract's allowlist, and only that JSON is ever loaded (``nft/jsonform.py``): anything but table ``inet mseg``
-  is refused before the host's ruleset is touched;
+* scope: the content is read into its JSON form (the renderer's text without nft, ``nft/textform.py``; any other
+  text by nft in a scratch namespace), that form is judged object by object against the wire contract's
+  allowlist, and only that JSON is ever loaded (``nft/jsonform.py``): anything but table ``inet mseg`` is refused
+  before the host's ruleset is touched;
 * atomic: one ``nft -j -f`` transaction replaces the table, all or nothing in the kernel (a refused load leaves
   the live ruleset byte-identical, so the apply path runs no separate ``nft -c``; check mode, which loads nothing,
   asks ``nft -j -c``);

@@ -11,6 +11,9 @@ contract's names, filter chains, allowed statements, marks and log channels); a 
 canary (``flush ruleset``, ``delete table ...``) is refused too. ``transaction`` builds the JSON document that is
 loaded (``nft -j -f``): add and delete table inet mseg, then add each judged object. Whatever lexer tricks the text
 plays (strings spanning lines, ``include`` inside a block, ``define``), what reaches the kernel is the judged JSON.
+The text the renderer writes needs no scratch parse either: ``textform`` reads it into the very objects ``parse``
+would return (without the canaries, so it is judged with ``scratch=False``) and refuses any other text, which
+then comes here.
 
 A ruleset that is already in the JSON form (``{"nftables": [{"table": ...}, {"set": ...}, ...]}``, the objects
 ``nft -j list`` prints) needs no scratch parse: ``document_objects`` reads it strictly (a duplicate key, NaN or a

@@ -4,13 +4,15 @@
 """The one ``nft`` runner: check, load and list table ``inet mseg``, list its counters, read the generation id.
 
 Everything that runs ``nft`` on a host goes through ``Nft`` (the apply engine, the agent, its trace, the counter
-readers); ``check`` and ``load`` take a text but load only its judged JSON form (``jsonform``). ``runner`` is
-replaceable, and ``tests/unit/nft/fake.py`` is the fake the unit tests use.
+readers); ``check`` and ``load`` take a text but load only its judged JSON form (``jsonform``; the renderer's own
+text is read into it by ``textform``, any other text by nft in a scratch namespace). ``runner`` is replaceable, and
+``tests/unit/nft/fake.py`` is the fake the unit tests use.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import struct
@@ -18,7 +20,7 @@ import subprocess
 
 from ansible_collections.mseg.fleet.plugins.module_utils.common import contract
 from ansible_collections.mseg.fleet.plugins.module_utils.common.errors import MsegError
-from ansible_collections.mseg.fleet.plugins.module_utils.nft import jsonform
+from ansible_collections.mseg.fleet.plugins.module_utils.nft import jsonform, textform
 
 
 class NftError(MsegError):
@@ -34,6 +36,8 @@ def find_nft():
     return path
 
 
+# (netns prefix, nft path, inode, mtime, runner) -> whether textform writes that release's listing (``Nft``).
+_RELEASES = {}
 _KERNEL_HINTS = ("Operation not supported", "Protocol not supported", "Address family not supported",
                  "cache initialization failed")
 
@@ -43,13 +47,17 @@ class Nft:
 
     ``runner`` (``subprocess.run``'s signature) is replaceable: unit tests pass the fake of ``tests/unit/nft``.
     ``netns`` runs every command inside that named network namespace (``ip netns exec``), as the agent's trace does.
+    ``translate``: read a text in the renderer's grammar without nft (``textform``) when this nft's release lists
+    what that module writes; False: nft always parses a text in a scratch namespace.
     """
 
-    def __init__(self, path=None, runner=None, netns=None):
+    def __init__(self, path=None, runner=None, netns=None, translate=True):
         self.path = path or find_nft()
         self.runner = runner or subprocess.run
         self.prefix = ["ip", "netns", "exec", netns] if netns else []
+        self.translate = translate
         self._judged = {}
+        self._protocols = None
 
     def _run(self, args, text=None):
         proc = self.runner(self.prefix + [self.path] + args, input=text, capture_output=True, text=True,
@@ -71,9 +79,10 @@ class Nft:
     def judge(self, text, require_table=False):
         """The JSON transaction ``text`` stands for, judged by ``jsonform`` (NftError when the contract refuses it).
 
-        Every text this runner loads or checks goes through here: nft reads it in a scratch namespace, the JSON form
-        is judged object by object, and only that JSON reaches the host's ruleset (``jsonform``). A text already in
-        the JSON form (``jsonform.is_document``) is read strictly and judged as it is, with no scratch parse.
+        Every text this runner loads or checks goes through here and only its judged JSON form reaches the host's
+        ruleset (``jsonform``). A text in the renderer's grammar is read into the objects nft would list for it
+        (``textform``); any other text nft reads in a scratch namespace. A text already in the JSON form
+        (``jsonform.is_document``) is read strictly and judged as it is. The same contract judges all three.
         ``require_table``: the text must leave table inet mseg (not only remove it).
         """
         if text not in self._judged:
@@ -81,7 +90,11 @@ class Nft:
                 if jsonform.is_document(text):
                     objects = jsonform.check(jsonform.document_objects(text), require_table=False, scratch=False)
                 else:
-                    objects = jsonform.check(jsonform.parse(text, self.path, self.runner), require_table=False)
+                    translated = self._translated(text)
+                    if translated is not None:
+                        objects = jsonform.check(translated, require_table=False, scratch=False)
+                    else:
+                        objects = jsonform.check(jsonform.parse(text, self.path, self.runner), require_table=False)
                 self._judged = {text: (jsonform.transaction(objects), jsonform.counts(objects))}
             except jsonform.ScopeError as exc:
                 raise NftError(str(exc))
@@ -93,6 +106,35 @@ class Nft:
             raise NftError("the ruleset does not define table %s: pass the ruleset rendered by mseg.fleet; nothing "
                            "was changed" % contract.TABLE)
         return document
+
+    def _translated(self, text):
+        """``textform``'s objects for ``text``, or None: not asked to, an nft release whose listing that module
+        does not write (asked once), or a text outside the renderer's grammar."""
+        if not self.translate:
+            return None
+        if self._protocols is None:
+            self._protocols = (textform.protocol_names() or {}) if self._listed_release() else False
+        if self._protocols is False:
+            return None
+        return textform.objects(text, self._protocols)
+
+    def _listed_release(self):
+        """Whether this nft's release is one whose listing ``textform`` writes: ``nft --version`` asked once per
+        binary (its inode and modification time: an upgrade asks again) and runner, so the agent asks once."""
+        try:
+            stat = os.stat(self.path)
+            key = (tuple(self.prefix), self.path, stat.st_ino, stat.st_mtime_ns, self.runner)
+        except OSError:
+            key = None
+        if key is None or key not in _RELEASES:
+            rc, out, _err = self._run(["--version"])
+            listed = rc == 0 and textform.nft_release(out) in textform.LISTED_BY
+            if key is None:
+                return listed
+            if len(_RELEASES) >= 64:  # a caller with a runner per call (a trace): keep the cache bounded
+                _RELEASES.clear()
+            _RELEASES[key] = listed
+        return _RELEASES[key]
 
     def counts(self, text):
         """Counts of the judged form of ``text`` (``jsonform.counts``: tables, rules, sets, elements)."""

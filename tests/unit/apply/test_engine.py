@@ -48,7 +48,7 @@ class Host:
 
     def apply(self, content="", **kwargs):
         request = engine.Request(content, **dict(self.dirs, **kwargs))
-        return engine.apply(request, runner.Nft(self.fake.path, self.fake))
+        return engine.apply(request, runner.Nft(self.fake.path, self.fake, translate=False))
 
     def state(self):
         return json.loads(read_text(self.paths.state))
@@ -468,7 +468,7 @@ def test_previous_takes_no_content():
 def test_last_applied_knows_a_table_recorded_without_a_listing(host):
     """The agent asks ``last_applied`` whether an emergency bypass in the live table is its own: an apply that
     recorded no listing is still recognised, after another table's commit too, and a hand edit is not."""
-    nft = runner.Nft(host.fake.path, host.fake)
+    nft = runner.Nft(host.fake.path, host.fake, translate=False)
     host.apply(bypass_ruleset("web-01"))
     assert read_text(host.paths.live) is None
     assert engine.last_applied(host.paths, host.fake.table, nft)

@@ -21,6 +21,9 @@ knftables' ``fake.go`` it does not parse nftables, it records. What it models is
 * ``-j list counters table inet mseg``: the ``counter NAME {`` declarations of the table, with the packets and
   bytes a test put into ``counters``;
 * ``list tables``;
+* not ``nft --version``: a runner that asks it (``Nft(translate=True)``, to read a text without nft,
+  ``nft/textform.py``) gets no release it knows and has nft parse every text in the scratch namespace modelled
+  here; tests that count its calls say so with ``translate=False``;
 * a kernel without nf_tables: with ``kernel_error`` set, every command fails with that message;
 * the kernel's generation id: ``genid()`` bumps on every load and every ``edit``; install it as
   ``nft.runner.ruleset_genid`` (``patch_genid``) so the engine's "nothing changed since" shortcut is exercised.

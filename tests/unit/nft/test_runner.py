@@ -22,7 +22,7 @@ def test_invalid_ruleset_message_names_the_error():
     fake = FakeNft()
     fake.reject = "/dev/stdin:7:20-25: Error: syntax error, unexpected string\n"
     with pytest.raises(MsegError) as err:
-        runner.Nft(PATH, fake).check("x")
+        runner.Nft(PATH, fake, translate=False).check("x")
     assert str(err.value).startswith("nft rejected the ruleset (nft -c -f): content:7:20-25: Error: syntax error")
     assert [argv for argv, _input in fake.calls][1:] == [[PATH, "-j", "-c", "-f", "-"]]
     assert fake.table is None
