@@ -13,7 +13,7 @@ version_added: 0.1.0
 description:
   - Returns a complete C(nft -f) file that replaces table C(inet mseg) with one that accepts every packet in both
     directions and counts it in the named counters C(mode_bypass) (a bypass table) and C(emergency_bypass) (put
-    there by an operator, outside the inventory), so the M(mseg.fleet.policy) role keeps it until it is lifted.
+    there by an operator, outside the inventory), so the P(mseg.fleet.policy#role) role keeps it until it is lifted.
   - It needs no policy and no inventory contract, so an emergency bypass works even when the policy document is
     broken. Apply it with M(mseg.fleet.nft_apply), as the C(mseg.fleet.bypass) playbook does.
 author:

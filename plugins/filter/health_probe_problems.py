@@ -15,7 +15,7 @@ description:
     line each, naming up to three of the hosts that have it; an empty list when every probe can run.
   - A probe needs C(dst), a host of the inventory, and C(port), one port as the probe module reads it
     (V(tcp/<1-65535>), V(udp/<1-65535>) or V(icmp)); the port is checked by the collection's one port parser.
-  - The M(mseg.fleet.policy) role's C(health_probes) entry point fails the play with these lines before any host
+  - The P(mseg.fleet.policy#role) role's C(health_probes) entry point fails the play with these lines before any host
     changes.
 author:
   - mseg.fleet contributors (@mseg-fleet)

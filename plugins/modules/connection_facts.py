@@ -16,7 +16,7 @@ description:
   - Returns C(ansible_facts.mseg_connection), the controller's address and the host's SSH port of the connection
     this task runs over, found exactly as M(mseg.fleet.nft_apply) finds them to keep the operator reachable
     (C(SSH_CONNECTION) of the module, else of its ancestors up to the SSH session, so it works under C(become)).
-  - The M(mseg.fleet.agent) role adds this address to the management peers every bundle keeps reachable on SSH.
+  - The P(mseg.fleet.agent#role) role adds this address to the management peers every bundle keeps reachable on SSH.
   - Changes nothing; on a connection that is not SSH (local, a container) it reports C(ssh=false).
 author:
   - mseg.fleet contributors (@mseg-fleet)

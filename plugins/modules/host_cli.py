@@ -13,7 +13,7 @@ module: host_cli
 short_description: Run a verb of the agent's host CLI (mseg status, mode, rollback, trace) and return its answer
 version_added: 0.2.0
 description:
-  - Runs the operator's CLI that the M(mseg.fleet.agent) role installs on an agent host (C(/usr/sbin/mseg), the
+  - Runs the operator's CLI that the P(mseg.fleet.agent#role) role installs on an agent host (C(/usr/sbin/mseg), the
     name and directory come from the collection's wire contract) with C(--json), and returns its answer parsed.
     Playbooks call the host CLI through this module, never by spelling the command out.
   - V(status) returns mode, override, serial, bundle, last poll, last apply, last error and the named counters.

@@ -46,7 +46,7 @@ description:
   - Concurrent applies on one host are serialised with a lock on C(<state_dir>/lock) and the host-wide lock of the
     table (C(/run/mseg/inet-mseg.lock)), which the agent and the commit-confirmed worker take too, so writers with
     different state directories never interleave.
-  - On a host whose table the M(mseg.fleet.agent) role handed to the agent (C(<state_dir>/agent.json) exists) the
+  - On a host whose table the P(mseg.fleet.agent#role) role handed to the agent (C(<state_dir>/agent.json) exists) the
     module refuses and changes nothing; change such hosts through the agent (a published bundle, or
     M(mseg.fleet.host_cli) for a local mode or bypass), so a playbook and the agent never undo each other.
   - A commit-confirmed rollback restores the previous table only while the live table is still the one its apply
