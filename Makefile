@@ -68,8 +68,8 @@ demo-render: setup ## render the example inventory (no hosts needed): ruleset su
 	@ansible-playbook -i inventories/example playbooks/demo.yml
 
 .PHONY: test
-TEST_STAGES := unit integration artifact sanity lint molecule
-test: setup ## run every test: unit, integration (real nftables in network namespaces), artifact, sanity, lint, molecule
+TEST_STAGES := unit integration artifact sanity lint docs molecule
+test: setup ## run every test: unit, integration (real nftables in network namespaces), artifact, sanity, lint, docs, molecule
 	@failed=""; for stage in $(TEST_STAGES); do \
 	  start=$$(date +%s); \
 	  $(MAKE) --no-print-directory $$stage || failed="$$failed $$stage"; \
@@ -154,6 +154,29 @@ artifact-install: setup ## build the collection tarball from the tracked files a
 artifact: setup $(ARTIFACT_VENV)/.stamp ## build the collection tarball, install it outside the checkout, run render and trace from it, galaxy-importer, ansible-builder create
 	@echo ">>> the Galaxy artifact and the execution environment"
 	@MSEG_ARTIFACT_VENV=$(ARTIFACT_VENV) python -m pytest -q -p no:cacheprovider tests/artifact
+
+# The docs site: antsibull-docs lints the plugins' and roles' documentation and writes their pages, Sphinx builds them
+# with the Markdown pages of docs/ (docs/site: configuration and front page) into .build/docs/html, warnings as errors.
+# Its tools live in their own virtualenv; ansible-doc, which antsibull-docs runs, is the main virtualenv's.
+DOCS_VENV := $(BUILD)/docs-venv
+DOCS_OUT := $(BUILD)/docs
+$(DOCS_VENV)/.stamp: docs/site/requirements.txt
+	@echo ">>> docs virtualenv"
+	@[ -x $(DOCS_VENV)/bin/python ] || $(PYTHON) -m venv $(DOCS_VENV)
+	@$(DOCS_VENV)/bin/python -m pip install -q -r docs/site/requirements.txt
+	@touch $@
+
+.PHONY: docs
+docs: setup $(DOCS_VENV)/.stamp ## the docs site (antsibull-docs: plugin and role pages, and docs/*.md) into .build/docs/html, no warnings
+	@echo ">>> docs: antsibull-docs lint-collection-docs, then the site"
+	@$(DOCS_VENV)/bin/antsibull-docs lint-collection-docs --plugin-docs --check-extra-docs-refs .
+	@rm -rf $(DOCS_OUT) && mkdir -p -m 0755 $(DOCS_OUT)/src/collection
+	@$(DOCS_VENV)/bin/antsibull-docs collection --use-current --squash-hierarchy --fail-on-error \
+	  --dest-dir $(DOCS_OUT)/src/collection mseg.fleet >/dev/null
+	@cp docs/*.md docs/site/index.md $(DOCS_OUT)/src/ && cp README.md $(DOCS_OUT)/src/readme.md
+	@$(DOCS_VENV)/bin/sphinx-build -q -W --keep-going -b html -c docs/site -d $(DOCS_OUT)/doctrees \
+	  $(DOCS_OUT)/src $(DOCS_OUT)/html
+	@echo ">>> docs site: $(DOCS_OUT)/html/index.html"
 
 SANITY_ARGS ?=
 SANITY_VENV := $(BUILD)/sanity-venv
