@@ -19,6 +19,7 @@ from mseg_cli import completion, runner, tags
 from mseg_cli.errors import BAD_INPUT, DENIED, EXIT_STATUSES, OK, CliError
 
 PROG = "mseg-cli"
+QUIET = "no progress lines on standard error"
 HOST_CLI = os.environ.get("MSEG_HOST_CLI", "/usr/sbin/mseg")
 MODES = ("enforce", "observe", "bypass")
 DESCRIPTION = ("The mseg.fleet verbs. On the control node (-i INVENTORY or MSEG_INVENTORY) they drive the fleet "
@@ -35,8 +36,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _sub(parent, name, help_text, description=None):
-    return parent.add_parser(name, help=help_text, description=description or help_text, epilog=EPILOG,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parent.add_parser(name, help=help_text, description=description or help_text, epilog=EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    # accepted after the verb too; SUPPRESS keeps the value given before the verb
+    sub.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET)
+    return sub
 
 
 def _limit(parser, what="the hosts to act on"):
@@ -51,7 +55,7 @@ def parser():
     root.add_argument("--local", action="store_true",
                       help="act on this host alone through %s (the default on a host that has it and no inventory "
                       "is given)" % HOST_CLI)
-    root.add_argument("-q", "--quiet", action="store_true", help="no progress lines on standard error")
+    root.add_argument("-q", "--quiet", action="store_true", help=QUIET)
     verbs = root.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
 

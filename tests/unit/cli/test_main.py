@@ -91,7 +91,7 @@ def test_bash_completion_offers_the_verbs_and_options_of_each_level(capsys, tmp_
 
     assert complete("mseg-cli ") == ["--help", "--inventory", "--local", "--quiet", "completion", "discover", "mode",
                                      "policy", "status", "tag", "trace"]
-    assert complete("mseg-cli -i inv mode set ") == ["--all-zones", "--help", "--limit", "--zone", "bypass", "clear",
+    assert complete("mseg-cli -i inv mode set ") == ["--all-zones", "--help", "--limit", "--quiet", "--zone", "bypass", "clear",
                                                      "enforce", "observe"]
     assert complete("mseg-cli policy commit --a") == ["--atomic"]
     assert complete("mseg-cli tag a") == ["add"]
