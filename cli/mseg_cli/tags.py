@@ -74,6 +74,11 @@ def _refuse(path, why):
                     "nothing was changed" % (path, why))
 
 
+def _in_block(line):
+    """Whether ``line`` still belongs to the block of the top-level key above it: blank, a comment, or indented."""
+    return not line.strip() or line.strip().startswith("#") or line[0] in " \t"
+
+
 def edit(text, labels, path):
     """The text of the host_vars file ``path`` (``text``; None when it does not exist yet) with ``labels`` (label
     -> value, in order) set in its ``mseg_tags``; CliError when it cannot be edited safely."""
@@ -99,8 +104,7 @@ def edit(text, labels, path):
         if not _TOP_TAGS.match(lines[start].rstrip("\n")):
             raise _refuse(path, "mseg_tags on line %d is in flow style ({...}); write one label per line" % (start + 1))
         end = start + 1
-        while end < len(lines) and (not lines[end].strip() or lines[end].strip().startswith("#")
-                                     or lines[end][0] in " \t"):
+        while end < len(lines) and _in_block(lines[end]):
             end += 1
         entries = {}
         last = start
