@@ -36,8 +36,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _sub(parent, name, help_text, description=None):
+    # no abbreviations: tag add takes any --LABEL, and --r must be label r, not --role
     sub = parent.add_parser(name, help=help_text, description=description or help_text, epilog=EPILOG,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     # accepted after the verb too; SUPPRESS keeps the value given before the verb
     sub.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET)
     return sub
@@ -218,7 +219,9 @@ def mode_set(args):
         extravars["mseg_zone"] = args.zone
     result = runner.run("mseg.fleet.mode", inventory, extravars=extravars, limit=args.limit, quiet=args.quiet)
     status = result.status()
-    print("mode %s set on %s" % (args.mode, ", ".join(_changed_hosts(result)) or "no host (already in that mode)"))
+    nobody = "no host changed (already in that mode%s)" % (
+        ", or no host carries zone=%s" % args.zone if args.zone else "")
+    print("mode %s set on %s" % (args.mode, ", ".join(_changed_hosts(result)) or nobody))
     return status
 
 

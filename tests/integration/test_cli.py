@@ -178,6 +178,9 @@ def test_mode_set_status_and_policy_commit_on_a_host(cli, tmp_path):
         assert "== Set the enforcement mode" in err and "changed          h" in err
         assert fleet.probe("p", "h", 5432) != CONNECTED and fleet.probe("p", "h", 8080) == CONNECTED
 
+        status, out, err = run("mode", "set", "observe", "--zone", "nowhere", "-q")
+        assert status == 0 and "no host carries zone=nowhere" in out and fleet.probe("p", "h", 5432) != CONNECTED
+
         status, out, err = run("mode", "set", "bypass", "--all-zones", "--quiet")
         assert status == 0 and err == "", err
         assert "counter emergency_bypass" in table() and fleet.probe("p", "h", 5432) == CONNECTED

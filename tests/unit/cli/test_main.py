@@ -96,3 +96,11 @@ def test_bash_completion_offers_the_verbs_and_options_of_each_level(capsys, tmp_
     assert complete("mseg-cli policy commit --a") == ["--atomic"]
     assert complete("mseg-cli tag a") == ["add"]
     assert os.path.getsize(tmp_path / "c.sh") > 0
+
+
+def test_tag_add_takes_any_label_in_order_and_no_abbreviation(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(cli, "tag_add", lambda args, labels: seen.update(labels) or OK)
+    assert cli.main(["-i", "inv", "tag", "add", "--id", "a", "--r", "x", "--env=prod", "--role", "db", "--zone",
+                     "-dmz"]) == OK
+    assert list(seen.items()) == [("role", "db"), ("r", "x"), ("env", "prod"), ("zone", "-dmz")]
