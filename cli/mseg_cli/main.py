@@ -155,7 +155,7 @@ def tag_add(args, labels):
                        % (args.id, inventory, inventory))
     path = tags.host_vars_file(inventory, args.id)
     before = tags.read(path)
-    if before is None or "mseg_tags" not in (tags.yaml.safe_load(before) or {}):
+    if before is None or "mseg_tags" not in tags.load(before, path):
         _refuse_inline_tags(inventory, args.id)
     text = tags.edit(before, labels, path)
     _validate(inventory, path, text, args.quiet)
@@ -169,7 +169,11 @@ def _refuse_inline_tags(inventory, host):
     """A host whose mseg_tags are written in the inventory file itself: a host_vars file would hide them."""
     from ansible.inventory.manager import InventoryManager  # pylint: disable=import-outside-toplevel
     from ansible.parsing.dataloader import DataLoader  # pylint: disable=import-outside-toplevel
-    found = InventoryManager(DataLoader(), sources=[inventory]).get_host(host)
+    from ansible.errors import AnsibleError  # pylint: disable=import-outside-toplevel
+    try:
+        found = InventoryManager(DataLoader(), sources=[inventory]).get_host(host)
+    except AnsibleError as exc:
+        raise CliError("cannot parse the inventory %s: %s; fix it, nothing was changed" % (inventory, exc))
     if found is not None and "mseg_tags" in found.vars:
         raise CliError("tag add: %s's mseg_tags are written in the inventory source itself (%s); a host_vars file "
                        "would hide them: move them to %s, or edit them there; nothing was changed"

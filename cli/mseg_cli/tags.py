@@ -56,7 +56,8 @@ def host_vars_file(inventory, host):
     return nested + ".yml"
 
 
-def _load(text, path):
+def load(text, path):
+    """The variables of the host_vars file ``path`` (its ``text``); CliError when it is not YAML or not a mapping."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -84,7 +85,7 @@ def edit(text, labels, path):
     -> value, in order) set in its ``mseg_tags``; CliError when it cannot be edited safely."""
     if text is None:
         return "---\nmseg_tags:\n" + "".join("  %s: %s\n" % (k, scalar(v)) for k, v in labels.items())
-    data = _load(text, path)
+    data = load(text, path)
     old_tags = data.get("mseg_tags")
     if old_tags is not None and not isinstance(old_tags, dict):
         raise _refuse(path, "its mseg_tags is not a mapping of label to value")
@@ -133,7 +134,7 @@ def edit(text, labels, path):
     new_text = "".join(lines)
     expected = dict(data, mseg_tags=dict(old_tags or {}, **labels))
     try:
-        again = _load(new_text, path)
+        again = load(new_text, path)
     except CliError:
         again = None
     if again != expected:
