@@ -187,7 +187,15 @@ def _validate(inventory, path, text, quiet):
     scratch = tempfile.mkdtemp(prefix="mseg-cli-tag-")
     try:
         copy = os.path.join(scratch, "inventory")
-        shutil.copytree(base, copy, symlinks=True)
+        if os.path.isdir(inventory):
+            shutil.copytree(base, copy, symlinks=True)
+        else:
+            # an inventory file: only what Ansible reads beside it, not the whole directory it sits in
+            os.makedirs(copy)
+            shutil.copy2(inventory, copy)
+            for name in ("group_vars", "host_vars"):
+                if os.path.isdir(os.path.join(base, name)):
+                    shutil.copytree(os.path.join(base, name), os.path.join(copy, name), symlinks=True)
         copied = os.path.join(copy, os.path.relpath(os.path.abspath(path), base))
         os.makedirs(os.path.dirname(copied), exist_ok=True)
         with open(copied, "w", encoding="utf-8") as handle:
