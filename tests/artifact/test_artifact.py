@@ -133,6 +133,23 @@ def test_render_and_trace_run_from_the_install(artifact):
     assert_nothing_from_checkout(log)
 
 
+def test_mseg_cli_installs_from_the_artifact_and_traces(artifact):
+    """docs/cli.md's install: pip install of the installed collection's cli/; the command then traces the shipped lab
+    inventory with the installed playbooks, reading nothing from the checkout."""
+    site = artifact["base"] / "cli-site"
+    run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(artifact["root"] / "cli")],
+        cwd=str(artifact["base"]), timeout=300)
+    env, log = guarded_env(artifact, "cli")
+    env["PYTHONPATH"] += os.pathsep + str(site)
+    proc = subprocess.run([str(site / "bin" / "mseg-cli"), "-i", str(artifact["root"] / "inventories" / "lab"), "trace",
+                           "--src", "web-01", "--dst", "db-01", "--port", "tcp/5432"], cwd=str(artifact["base"]),
+                          env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and all(re.search(r"DENY .*by rule 700 \(no-web-to-db\)", line) for line in lines), lines
+    assert_nothing_from_checkout(log)
+
+
 # Paths the docs name on a managed host that look like repository paths (roles/agent/README.md: the agent's state
 # directory /var/lib/mseg-agent/nft/).
 HOST_FILES = {"nft/ruleset.json"}
