@@ -31,7 +31,8 @@ PIDFILE = "/run/mseg-probe-listener.pid"
 # Outcomes of one probe; only "open" means the packet got through and the intended host answered.
 OPEN = "open"            # handshake completed / reply received (banner names the responder, if ours)
 REFUSED = "refused"      # the destination answered with a TCP reset or ICMP port unreachable
-TIMEOUT = "timeout"      # nothing came back within the timeout: the packet (or its answer) was dropped
+TIMEOUT = "timeout"      # nothing came back within the timeout: the packet (or its answer) was dropped; also
+#                          a packet this host's own ruleset dropped on the way out (the kernel says EPERM at once)
 UNREACHABLE = "unreachable"  # no route, or the neighbour did not answer ARP / ND
 
 
@@ -59,7 +60,9 @@ def _classify(exc):
         return REFUSED
     if code in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL):
         return UNREACHABLE
-    if code == errno.ETIMEDOUT:
+    if code in (errno.ETIMEDOUT, errno.EPERM):
+        # EPERM: netfilter on this host dropped the packet on its way out (a UDP send fails at once); it is as
+        # dropped as a packet lost on the way, not a fault of the probe
         return TIMEOUT
     raise exc
 

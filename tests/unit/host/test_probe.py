@@ -1,5 +1,6 @@
 """Probes and listeners exchange real packets on this machine's loopback interface."""
 
+import errno
 import os
 import socket
 import time
@@ -137,3 +138,16 @@ def test_listener_exits_after_its_duration(tmp_path):
     while probe.running_listener(pidfile) and time.time() < deadline:
         time.sleep(0.1)
     assert probe.running_listener(pidfile) is None
+
+
+@pytest.mark.parametrize("code, outcome", [(errno.EPERM, probe.TIMEOUT), (errno.ETIMEDOUT, probe.TIMEOUT),
+                                           (errno.ECONNREFUSED, probe.REFUSED),
+                                           (errno.EHOSTUNREACH, probe.UNREACHABLE)])
+def test_errors_that_mean_dropped_refused_or_unreachable_are_outcomes(code, outcome):
+    """EPERM is what a UDP send gets when the sender's own ruleset drops the packet on its way out: a drop."""
+    assert probe._classify(OSError(code, os.strerror(code))) == outcome  # pylint: disable=protected-access
+
+
+def test_other_errors_are_not_taken_for_outcomes():
+    with pytest.raises(OSError):
+        probe._classify(OSError(errno.EBADF, os.strerror(errno.EBADF)))  # pylint: disable=protected-access
