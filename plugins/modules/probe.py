@@ -89,7 +89,8 @@ results:
     result:
       description:
         - V(open) (handshake or reply), V(refused) (TCP reset or ICMP port unreachable), V(timeout) (nothing came
-          back, so the packet was dropped, or this host's own ruleset dropped it on its way out), or V(unreachable) (no route or no neighbour).
+          back, so the packet was dropped, or this host's own ruleset dropped it on its way out), or V(unreachable)
+          (no route or no neighbour).
       type: str
       sample: open
     reachable:
