@@ -44,6 +44,13 @@ def _sub(parent, name, help_text, description=None):
     return sub
 
 
+def _actions(parent, name, help_text):
+    """A verb that only groups actions (tag, mode, policy): its required ACTION subcommands."""
+    actions = _sub(parent, name, help_text).add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    return actions
+
+
 def _limit(parser, what="the hosts to act on"):
     parser.add_argument("--limit", metavar="HOSTS", help="%s: hosts or groups, as ansible-playbook --limit" % what)
 
@@ -60,9 +67,7 @@ def parser():
     verbs = root.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
 
-    tag = _sub(verbs, "tag", "labels of a host (mseg_tags in its host_vars)")
-    tag_verbs = tag.add_subparsers(dest="action", metavar="ACTION")
-    tag_verbs.required = True
+    tag_verbs = _actions(verbs, "tag", "labels of a host (mseg_tags in its host_vars)")
     add = _sub(tag_verbs, "add", "set labels of one host: --id HOST --role VALUE [--LABEL VALUE ...]",
                "Set labels in the host's own mseg_tags (host_vars/HOST.yml beside the inventory), keeping every other "
                "line, comment and the order of keys, then compile the fleet policy with the edited inventory; the "
@@ -70,9 +75,7 @@ def parser():
     add.add_argument("--id", required=True, metavar="HOST", help="the host's inventory name")
     add.add_argument("--role", metavar="VALUE", help="the role label (any other label: --LABEL VALUE)")
 
-    mode = _sub(verbs, "mode", "enforcement mode")
-    mode_verbs = mode.add_subparsers(dest="action", metavar="ACTION")
-    mode_verbs.required = True
+    mode_verbs = _actions(verbs, "mode", "enforcement mode")
     mode_set = _sub(mode_verbs, "set", "move hosts to enforce, observe or bypass (playbook mseg.fleet.mode)",
                     "Move hosts to a mode (playbook mseg.fleet.mode): the policy is compiled first, so a broken policy "
                     "changes no host. bypass is the emergency bypass table, kept by site and rollout until a mode "
@@ -83,9 +86,7 @@ def parser():
     where.add_argument("--zone", metavar="ZONE", help="the hosts whose zone label is ZONE")
     where.add_argument("--limit", metavar="HOSTS", help="hosts or groups, as ansible-playbook --limit")
 
-    policy = _sub(verbs, "policy", "the fleet policy")
-    policy_verbs = policy.add_subparsers(dest="action", metavar="ACTION")
-    policy_verbs.required = True
+    policy_verbs = _actions(verbs, "policy", "the fleet policy")
     commit = _sub(policy_verbs, "commit", "compile, then roll out a canary first (playbook mseg.fleet.rollout)",
                   "Compile the policy once (a broken policy stops here, no host changed), then apply it in batches, a "
                   "canary first, with a health check after each; an unhealthy batch is rolled back and the rollout "
